@@ -1,0 +1,23 @@
+"""Prunefront's pruning library: plain PyTorch, no Ray (see docs/design.md section 1)."""
+
+from pruners.criteria import (
+    Criterion,
+    criterion_granularities,
+    list_criteria,
+    make_criterion,
+)
+from pruners.prune import GRANULARITIES, SCOPES, LayerReport, PruneReport, prune
+from pruners.thresholds import list_threshold_rules
+
+__all__ = [
+    "GRANULARITIES",
+    "SCOPES",
+    "Criterion",
+    "LayerReport",
+    "PruneReport",
+    "criterion_granularities",
+    "list_criteria",
+    "list_threshold_rules",
+    "make_criterion",
+    "prune",
+]

@@ -1,0 +1,105 @@
+"""Turn per-parameter scores into per-channel scores of a Torch-Pruning dependency group.
+
+A group lists every (layer, pruning function, indices) that removing one root channel
+touches: the conv's output rows, its BatchNorm entry, the next conv's input columns, the
+other branch of a residual add... A channel's score is the average over those layers of the
+score mass of its slice, the same reduction Torch-Pruning's group importances use, so a
+channel is only cheap if it is cheap everywhere it lives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+Elementwise = Callable[[nn.Module, str], "torch.Tensor | None"]
+
+
+def _is_depthwise(layer: nn.Module) -> bool:
+    return (
+        isinstance(layer, nn.modules.conv._ConvNd)
+        and layer.groups > 1
+        and layer.groups == layer.in_channels == layer.out_channels
+    )
+
+
+def layer_slice_scores(
+    layer: nn.Module, to_output: bool, elementwise: Elementwise
+) -> torch.Tensor | None:
+    """Score of every output (``to_output``) or input channel of ``layer``, or ``None``."""
+    if isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear)):
+        t = elementwise(layer, "weight")
+        if t is None:
+            return None
+        t = t.detach().to(torch.float64)
+        transposed = getattr(layer, "transposed", False)
+        if _is_depthwise(layer):
+            # One filter per channel: inputs and outputs are the same axis.
+            return t.flatten(1).sum(1)
+        if to_output:
+            w = t.transpose(0, 1) if transposed else t
+            return w.flatten(1).sum(1)
+        w = t if transposed else t.transpose(0, 1)
+        local = w.flatten(1).sum(1)
+        groups = getattr(layer, "groups", 1)
+        if groups > 1 and not transposed:
+            # Grouped conv: weight has in_channels // groups columns; every group reuses them.
+            local = local.repeat(groups)
+        return local
+    if isinstance(layer, (_BatchNorm, nn.LayerNorm, nn.GroupNorm)):
+        if getattr(layer, "weight", None) is None:
+            return None
+        t = elementwise(layer, "weight")
+        return None if t is None else t.detach().to(torch.float64).flatten()
+    return None
+
+
+def coupled_channel_scores(group, elementwise: Elementwise, power: float = 1.0) -> torch.Tensor:
+    """Per-root-channel scores of a dependency group (mean over coupled layers).
+
+    Each layer's slice sum is raised to ``1 / power`` first, so with ``|w|**p`` elementwise
+    and ``power=p`` a layer contributes the channel's p-norm.
+    """
+    dg = group._DG
+    n = len(group[0].idxs)
+    total = torch.zeros(n, dtype=torch.float64)
+    count = 0
+    for item in group:
+        dep, idxs = item.dep, item.idxs
+        root_idxs = getattr(item, "root_idxs", None)
+        layer = dep.target.module
+        if not isinstance(layer, nn.Module) or root_idxs is None:
+            continue
+        if any(r is None for r in root_idxs):
+            continue
+        to_output = dg.is_out_channel_pruning_fn(dep.handler)
+        local = layer_slice_scores(layer, to_output, elementwise)
+        if local is None or local.numel() <= max(idxs, default=-1):
+            continue
+        local = local[torch.as_tensor(idxs, dtype=torch.long)]
+        if power != 1.0:
+            local = local.clamp_min(0) ** (1.0 / power)
+        total.scatter_add_(0, torch.as_tensor(root_idxs, dtype=torch.long), local)
+        count += 1
+    if count == 0:
+        raise ValueError(
+            f"no scorable layer in the dependency group rooted at {type(group[0].dep.target.module).__name__}"
+        )
+    return total / count
+
+
+def head_slice_scores(module: nn.Module, elementwise: Elementwise) -> torch.Tensor:
+    """Per-head scores of a ``pruners`` attention module: its q/k/v rows + out columns."""
+    h, d = module.num_heads, module.head_dim
+    total = torch.zeros(h, dtype=torch.float64)
+    for proj in (module.q_proj, module.k_proj, module.v_proj):
+        t = elementwise(proj, "weight")
+        if t is not None:
+            total += t.detach().to(torch.float64).reshape(h, d, -1).sum(dim=(1, 2))
+    t = elementwise(module.out_proj, "weight")
+    if t is not None:
+        total += t.detach().to(torch.float64).reshape(t.shape[0], h, d).sum(dim=(0, 2))
+    return total

@@ -1,0 +1,472 @@
+"""``prune``: score units with a criterion, pick them with a threshold rule, remove them.
+
+* Unstructured: single weights of every Conv / Linear are masked through
+  ``torch.nn.utils.prune`` (``weight_orig`` + ``weight_mask``); weights masked before count as
+  removed, so calling again with a larger fraction reaches that total.
+* Structured: Torch-Pruning's ``DependencyGraph`` groups every coupled layer (BatchNorm, the
+  next layer's inputs, residual adds, concatenations, grouped / depthwise convolutions) and
+  removes channels from all of them at once; the criterion scores each group's channels.
+  Self-attention layers become :class:`~pruners._attention.PrunableMultiheadAttention`
+  (same function) whose heads are units too, ranked among heads.
+
+The final classifier (the last Conv / Linear executed in a forward pass) is never pruned.
+Everything here is deterministic given the weights and the criterion's statistics, so DDP
+ranks that share statistics make identical choices.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.utils.prune as torch_prune
+from torch import nn
+
+from pruners._attention import (
+    PrunableMultiheadAttention,
+    PrunableMultiheadAttentionPruner,
+    convert_attention,
+)
+from pruners.criteria import CRITERIA, Criterion, make_criterion
+from pruners.registry import check_choice
+from pruners.thresholds import fraction_count, get_threshold_rule
+
+GRANULARITIES: tuple[str, ...] = ("unstructured", "structured")
+SCOPES: tuple[str, ...] = ("global", "layerwise")
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """Units of one layer (unstructured: weights; structured: channels or heads)."""
+
+    name: str
+    units_before: int
+    units_after: int
+    achieved: float
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What one ``prune`` call asked for and what it did.
+
+    ``requested`` is the rule's own value (``amount``); ``requested_fraction`` the fraction of
+    prunable units the rule selected; ``achieved`` the fraction actually removed (differs
+    when a layer had to keep a unit, or Torch-Pruning refused a group).
+    """
+
+    criterion: str
+    granularity: str
+    threshold_rule: str
+    scope: str
+    requested: float
+    requested_fraction: float
+    achieved: float
+    units_before: int
+    units_after: int
+    layers: list[LayerReport] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _resolve_criterion(criterion: str | Criterion) -> tuple[Criterion, bool]:
+    if isinstance(criterion, Criterion):
+        return criterion, False
+    if isinstance(criterion, str):
+        return make_criterion(criterion), True
+    raise ValueError(
+        f"criterion must be a name or a Criterion, got {type(criterion).__name__}; "
+        f"valid names: {', '.join(CRITERIA.names())}"
+    )
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DistributedDataParallel / DataParallel keep the real model in .module.
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+def _call(model: nn.Module, example_inputs: Any) -> Any:
+    if isinstance(example_inputs, Mapping):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)
+
+
+def find_classifier(model: nn.Module, example_inputs: Any) -> str | None:
+    """Dotted name of the last Conv / Linear executed in a forward pass (the output layer)."""
+    order: list[nn.Module] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o: order.append(mod))
+        for m in model.modules()
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            _call(model, example_inputs)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    if not order:
+        return None
+    names = {m: n for n, m in model.named_modules()}
+    return names[order[-1]]
+
+
+def _ignored_modules(model: nn.Module, ignore: Iterable[str] | None, classifier: str | None) -> set[nn.Module]:
+    modules = dict(model.named_modules())
+    names = list(ignore or ())
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        raise ValueError(f"ignore names unknown module(s) {', '.join(unknown)}; use names from model.named_modules()")
+    if classifier is not None:
+        names.append(classifier)
+    out: set[nn.Module] = set()
+    for n in names:
+        out.update(modules[n].modules())
+    return out
+
+
+def _validate(criterion: Criterion, granularity: str, scope: str, threshold_rule: str, amount: float) -> float:
+    check_choice("granularity", granularity, GRANULARITIES)
+    check_choice("scope", scope, SCOPES)
+    if granularity not in criterion.granularities:
+        raise ValueError(
+            f"criterion {criterion.name!r} does not support {granularity} pruning; "
+            f"it supports: {', '.join(criterion.granularities)}"
+        )
+    return get_threshold_rule(threshold_rule).validate(amount)
+
+
+def _select(scores: torch.Tensor, removed: torch.Tensor, rule: str, value: float) -> torch.Tensor:
+    """Mask of units to remove; ``removed`` units are gone already and stay gone.
+
+    ``fraction`` counts them towards its total (cumulative targets); the other rules are
+    applied to the surviving units' scores (their statistics describe what is left).
+    """
+    n = scores.numel()
+    out = removed.clone()
+    if rule == "fraction":
+        k = fraction_count(n, value)
+        k_new = k - int(removed.sum())
+        if k_new > 0:
+            alive = (~removed).nonzero().flatten()
+            order = torch.sort(scores[alive], stable=True).indices
+            out[alive[order[:k_new]]] = True
+        return out
+    alive = (~removed).nonzero().flatten()
+    if alive.numel():
+        out[alive[get_threshold_rule(rule)(scores[alive], value)]] = True
+    return out
+
+
+def prune(
+    model: nn.Module,
+    *,
+    criterion: str | Criterion,
+    granularity: str,
+    amount: float,
+    threshold_rule: str = "fraction",
+    scope: str = "global",
+    example_inputs: Any,
+    calibration: Iterable[Batch] | None = None,
+    ignore: Iterable[str] | None = None,
+) -> PruneReport:
+    """Prune ``model`` in place.
+
+    Args:
+        model: The model (a ``DistributedDataParallel`` is unwrapped; rebuild it after a
+            structured prune, since parameters are replaced).
+        criterion: A registered name (built, prepared, detached here) or a ``Criterion``
+            instance (prepared here, left attached: ``finetune`` owns its life cycle).
+        granularity: ``unstructured`` (mask weights) or ``structured`` (remove channels /
+            heads physically).
+        amount: The threshold value; its meaning is ``threshold_rule``'s.
+        threshold_rule: ``fraction``, ``absolute``, ``mean_std`` or ``sensitivity``.
+        scope: ``global`` (one ranking over all layers) or ``layerwise`` (the rule applied
+            to every layer separately).
+        example_inputs: A batch the model accepts (tensor, tuple of args, or kwargs dict);
+            used to find the classifier and, for structured, to trace the graph.
+        calibration: Iterable of ``(inputs, targets)`` batches, required by data-driven
+            criteria.
+        ignore: Dotted module names never pruned (with their submodules).
+
+    Returns:
+        A :class:`PruneReport` with requested vs achieved fractions overall and per layer.
+
+    Raises:
+        ValueError: Unknown names, unsupported granularity, bad amount, or missing
+            calibration for a data-driven criterion.
+    """
+    crit, owned = _resolve_criterion(criterion)
+    value = _validate(crit, granularity, scope, threshold_rule, amount)
+    net = _unwrap(model)
+    if crit.needs_calibration and calibration is None and owned:
+        raise ValueError(f"criterion {crit.name!r} needs calibration batches (calibration=...)")
+    # Self-attention becomes head-prunable (exact same outputs); done before anything holds
+    # references to the old parameters.
+    convert_attention(net)
+    if owned:
+        crit.attach(net)
+    try:
+        crit.prepare(net, calibration)
+        classifier = find_classifier(net, example_inputs)
+        ignored = _ignored_modules(net, ignore, classifier)
+        if granularity == "unstructured":
+            layers, requested_units = _prune_unstructured(net, crit, value, threshold_rule, scope, ignored)
+        else:
+            layers, requested_units = _prune_structured(
+                net, crit, value, threshold_rule, scope, ignored, example_inputs
+            )
+    finally:
+        if owned:
+            crit.detach(net)
+    before = sum(r.units_before for r in layers)
+    after = sum(r.units_after for r in layers)
+    return PruneReport(
+        criterion=crit.name,
+        granularity=granularity,
+        threshold_rule=threshold_rule,
+        scope=scope,
+        requested=value,
+        requested_fraction=requested_units / before if before else 0.0,
+        achieved=(before - after) / before if before else 0.0,
+        units_before=before,
+        units_after=after,
+        layers=layers,
+    )
+
+
+# --------------------------------------------------------------------------- unstructured
+def prunable_weights(model: nn.Module, ignored: set[nn.Module]) -> list[tuple[str, nn.Module]]:
+    """Conv / Linear layers whose weights unstructured pruning may mask."""
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and m not in ignored
+    ]
+
+
+def _current_mask(module: nn.Module) -> torch.Tensor:
+    mask = getattr(module, "weight_mask", None)
+    if mask is None:
+        return torch.ones_like(module.weight, dtype=torch.bool)
+    return mask.detach().bool()
+
+
+def _set_mask(module: nn.Module, keep: torch.Tensor) -> None:
+    """Install ``keep`` as the weight mask (first time through ``torch.nn.utils.prune``).
+
+    Later rounds overwrite the existing mask buffer in place instead of stacking another
+    ``PruningContainer`` hook, which keeps one mask per layer and allows regrowth.
+    """
+    if hasattr(module, "weight_mask"):
+        with torch.no_grad():
+            module.weight_mask.copy_(keep.to(module.weight_mask.dtype))
+    else:
+        torch_prune.custom_from_mask(module, "weight", keep.to(module.weight.dtype))
+    # The pre-hook recomputes `weight` each forward; refresh it now so counting nonzeros
+    # before the next forward sees the new mask.
+    with torch.no_grad():
+        module.weight = module.weight_orig * module.weight_mask
+
+
+def _weight_scores(crit: Criterion, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    s = crit.weight_scores(module, weight).detach().to(torch.float64).flatten().cpu()
+    if s.numel() != weight.numel():
+        raise ValueError(f"criterion {crit.name!r} returned {s.numel()} scores for {weight.numel()} weights")
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError(f"criterion {crit.name!r} produced non-finite scores")
+    return s
+
+
+def _prune_unstructured(
+    model: nn.Module, crit: Criterion, value: float, rule: str, scope: str, ignored: set[nn.Module]
+) -> tuple[list[LayerReport], int]:
+    targets = prunable_weights(model, ignored)
+    if not targets:
+        raise ValueError("the model has no prunable Conv / Linear layer (all ignored?)")
+    scores = [_weight_scores(crit, m, m.weight) for _, m in targets]
+    removed = [(~_current_mask(m)).flatten().cpu() for _, m in targets]
+    if scope == "global":
+        sel = _select(torch.cat(scores), torch.cat(removed), rule, value)
+        masks = list(torch.split(sel, [s.numel() for s in scores]))
+    else:
+        masks = [_select(s, r, rule, value) for s, r in zip(scores, removed)]
+    requested = int(sum(int(m.sum()) for m in masks))
+    layers = []
+    for (name, module), old, new in zip(targets, removed, masks):
+        n = new.numel()
+        if bool(new.all()) and n > 1:
+            # A layer with no weight left disconnects the network; keep its best weight.
+            s = scores[len(layers)]
+            new = new.clone()
+            new[int(torch.argmax(s))] = False
+        keep = (~new).view_as(module.weight).to(module.weight.device)
+        _set_mask(module, keep)
+        after = int((~new).sum())
+        layers.append(LayerReport(name, n, after, (n - after) / n))
+    return layers, requested
+
+
+# --------------------------------------------------------------------------- structured
+_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+@dataclass
+class _Unit:
+    """One ranking unit set: a dependency group's channels or an attention layer's heads."""
+
+    name: str
+    scores: torch.Tensor  # one per unit
+    module: nn.Module
+    kind: str  # "group" | "heads"
+    handler: Any = None
+    ch_groups: int = 1
+
+
+def _channel_groups(dg, group) -> int:
+    """How many interleaved channel groups a group has (grouped conv / GroupNorm)."""
+    best = 1
+    for item in group:
+        dep = item.dep
+        mod = dep.target.module
+        if not isinstance(mod, nn.Module):
+            continue
+        if isinstance(mod, nn.modules.conv._ConvNd) and mod.groups == mod.out_channels:
+            continue  # depthwise: one channel per group, no interleaving constraint
+        pruner = dg.get_pruner_of_module(mod)
+        if pruner is None:
+            continue
+        if dg.is_out_channel_pruning_fn(dep.handler):
+            g = pruner.get_out_channel_groups(mod)
+        else:
+            g = pruner.get_in_channel_groups(mod)
+        best = max(best, int(g or 1))
+    return best
+
+
+def _touches_attention_embedding(group) -> bool:
+    # The residual stream of a transformer: its width is baked into attributes of the
+    # model (e.g. torchvision ViT's hidden_dim reshape), so it is left alone; heads and MLP
+    # widths are the units pruned in transformers.
+    return any(
+        isinstance(item.dep.target.module, (PrunableMultiheadAttention, nn.MultiheadAttention))
+        for item in group
+    )
+
+
+def _build_graph(model: nn.Module, example_inputs: Any):
+    import torch_pruning as tp
+
+    was_training = model.training
+    try:
+        with warnings.catch_warnings():
+            # Torch-Pruning warns about unwrapped parameters it handles itself (ViT's
+            # class token and position embedding, pruned along their last dim).
+            warnings.simplefilter("ignore")
+            with torch.enable_grad():
+                dg = tp.DependencyGraph().build_dependency(
+                    model,
+                    example_inputs=example_inputs,
+                    forward_fn=lambda m, x: _call(m, x),
+                    customized_pruners={PrunableMultiheadAttention: PrunableMultiheadAttentionPruner()},
+                    verbose=False,
+                )
+    finally:
+        model.train(was_training)
+    return dg
+
+
+def _prune_structured(
+    model: nn.Module,
+    crit: Criterion,
+    value: float,
+    rule: str,
+    scope: str,
+    ignored: set[nn.Module],
+    example_inputs: Any,
+) -> tuple[list[LayerReport], int]:
+    dg = _build_graph(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    units: list[_Unit] = []
+    for group in dg.get_all_groups(
+        ignored_layers=list(ignored), root_module_types=[nn.modules.conv._ConvNd, nn.Linear]
+    ):
+        if _touches_attention_embedding(group):
+            continue
+        root = group[0].dep.target.module
+        scores = crit.group_scores(group)
+        if scores is None:
+            continue  # the criterion has nothing to say about this group (e.g. no BN)
+        scores = scores.detach().to(torch.float64).flatten().cpu()
+        if scores.numel() != len(group[0].idxs):
+            raise ValueError(f"criterion {crit.name!r} returned {scores.numel()} scores for {len(group[0].idxs)} channels")
+        ch_groups = _channel_groups(dg, group)
+        if ch_groups > 1:
+            scores = scores.view(ch_groups, -1).mean(0)
+        units.append(_Unit(names.get(root, type(root).__name__), scores, root, "group", group[0].dep.handler, ch_groups))
+    for module in model.modules():
+        if isinstance(module, PrunableMultiheadAttention) and module not in ignored and module.num_heads > 1:
+            scores = crit.head_scores(module).detach().to(torch.float64).flatten().cpu()
+            units.append(_Unit(names[module], scores, module, "heads"))
+    if not units:
+        raise ValueError("the model has no prunable channel group (all ignored?)")
+    for u in units:
+        if not bool(torch.isfinite(u.scores).all()):
+            raise ValueError(f"criterion {crit.name!r} produced non-finite scores for {u.name}")
+
+    # Channels and heads are ranked separately (a head is not comparable with a channel).
+    selections: list[torch.Tensor] = [None] * len(units)  # type: ignore[list-item]
+    for kind in ("group", "heads"):
+        idx = [i for i, u in enumerate(units) if u.kind == kind]
+        if not idx:
+            continue
+        if scope == "global":
+            cat = torch.cat([units[i].scores for i in idx])
+            sel = _select(cat, torch.zeros(cat.numel(), dtype=torch.bool), rule, value)
+            for i, part in zip(idx, torch.split(sel, [units[i].scores.numel() for i in idx])):
+                selections[i] = part
+        else:
+            for i in idx:
+                s = units[i].scores
+                selections[i] = _select(s, torch.zeros(s.numel(), dtype=torch.bool), rule, value)
+    requested = int(sum(int(s.sum()) for s in selections))
+
+    removed: dict[nn.Module, list[int]] = {}
+    layers: list[LayerReport] = []
+    for u, sel in zip(units, selections):
+        n = u.scores.numel()
+        if bool(sel.all()):
+            # Never empty a layer: keep its best unit.
+            sel = sel.clone()
+            sel[int(torch.argmax(u.scores))] = False
+        idxs = sel.nonzero().flatten().tolist()
+        done = 0
+        if idxs and u.kind == "heads":
+            u.module.remove_heads(idxs)
+            removed[u.module] = idxs
+            done = len(idxs)
+        elif idxs:
+            size = n  # channels per interleaved group
+            full = [i + g * size for g in range(u.ch_groups) for i in idxs]
+            pg = dg.get_pruning_group(u.module, u.handler, full)
+            if dg.check_pruning_group(pg):
+                for item in pg:
+                    mod = item.dep.target.module
+                    if isinstance(mod, nn.Module) and dg.is_out_channel_pruning_fn(item.dep.handler):
+                        removed.setdefault(mod, [])
+                        removed[mod] = sorted(set(removed[mod]) | set(int(i) for i in item.idxs))
+                pg.prune()
+                done = len(idxs)
+        layers.append(LayerReport(u.name, n, n - done, done / n))
+    crit.after_prune(model, removed)
+    return layers, requested
