@@ -7,10 +7,18 @@ from pruners.criteria import (
     make_criterion,
 )
 from pruners.prune import GRANULARITIES, SCOPES, LayerReport, PruneReport, prune
+from pruners.schedules import Dynamic, Gradual, Iterative, OneShot, Schedule, list_schedules, make_schedule
 from pruners.thresholds import list_threshold_rules
 
 __all__ = [
     "GRANULARITIES",
+    "Dynamic",
+    "Gradual",
+    "Iterative",
+    "OneShot",
+    "Schedule",
+    "list_schedules",
+    "make_schedule",
     "SCOPES",
     "Criterion",
     "LayerReport",

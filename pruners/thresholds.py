@@ -136,7 +136,7 @@ def sensitivity(scores: torch.Tensor, value: float) -> torch.Tensor:
     order = torch.sort(scores, stable=True).indices
     cum = torch.cumsum(scores[order] / total, dim=0)
     # Tolerance so that a mass that is exactly `value` up to rounding counts as <= value.
-    k = int((cum <= value + 1e-12).sum())
+    k = int((cum <= value + 1e-9).sum())
     return _lowest(scores, k)
 
 
