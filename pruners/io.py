@@ -1,0 +1,150 @@
+"""Save a pruned model so it loads and runs without the code that pruned it.
+
+The file is a ``torch.export`` program (``.pt2``): the graph is stored as data and the
+weights as plain tensors, so loading needs neither our classes nor unpickling arbitrary
+Python objects. Masks of unstructured pruning are made permanent first (on a copy), so the
+program holds ordinary weights with zeros in them; structurally pruned models are simply
+smaller. A small JSON document (``prunefront.json``) rides along in the archive.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import types
+from typing import Any
+
+import torch
+from torch import nn
+from torch.export import Dim
+from torch.nn.utils import prune as torch_prune
+
+from pruners.measure import as_tuple, unwrap
+
+__all__ = ["save", "load", "load_metadata", "make_permanent_copy"]
+
+FORMAT = "prunefront.model/1"
+_META = "prunefront.json"
+
+
+def make_permanent_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` (DDP wrapper removed) with every pruning mask made permanent.
+
+    The caller's model is left untouched (masks, hooks, train/eval flags).
+    """
+    model = unwrap(model)
+    # prune's pre-hook leaves ``module.weight`` as a non-leaf tensor (weight_orig * mask),
+    # which deepcopy refuses; hand deepcopy a detached stand-in (prune.remove recomputes it).
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                name = hook._tensor_name
+                t = getattr(module, name, None)
+                if isinstance(t, torch.Tensor) and not t.is_leaf:
+                    memo[id(t)] = t.detach().clone()
+    clone = copy.deepcopy(model, memo)
+    for module in clone.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                torch_prune.remove(module, hook._tensor_name)
+    return clone
+
+
+def _first(args: tuple[Any, ...]) -> torch.Tensor:
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a
+    raise ValueError("example_inputs must contain at least one tensor")
+
+
+def save(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    *,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Export ``model`` (eval mode, masks permanent) to ``path`` with ``torch.export``.
+
+    The batch dimension (dim 0 of every tensor input) is exported as dynamic, so the loaded
+    program accepts any batch size; if the model's code fixes the batch size, the program is
+    exported for the batch size of ``example_inputs`` instead and the metadata says so.
+
+    Args:
+        model: The model to save (a ``DistributedDataParallel`` wrapper is looked through).
+            It is not modified.
+        path: Destination file, conventionally ``model.pt2``.
+        example_inputs: A tensor (or tuple of positional tensors) with a batch dimension.
+        metadata: Extra JSON-serialisable information stored under ``"user"``.
+
+    Returns:
+        The metadata written to the archive (``load_metadata`` reads it back).
+    """
+    args = as_tuple(example_inputs)
+    _first(args)
+    clone = make_permanent_copy(model).eval()
+    device = next((p.device for p in clone.parameters()), torch.device("cpu"))
+    clone = clone.to("cpu")  # a program saved from a GPU trial must load on a CPU-only reader
+    args = tuple(a.detach().to("cpu") if isinstance(a, torch.Tensor) else a for a in args)
+
+    # Export specialises a dimension of size 1 (and 0) to a constant, so trace with two
+    # copies of the first example and declare the batch dynamic from 1 upwards.
+    two = tuple(
+        torch.cat([a[:1], a[:1]]) if isinstance(a, torch.Tensor) and a.dim() > 0 else a
+        for a in args
+    )
+    batch = Dim("batch", min=1)
+    dyn = tuple({0: batch} if isinstance(a, torch.Tensor) and a.dim() > 0 else None for a in two)
+    dynamic_batch = True
+    try:
+        with torch.no_grad():
+            program = torch.export.export(clone, two, dynamic_shapes=dyn)
+    except Exception:  # noqa: BLE001 - any failure to generalise the batch falls back to static
+        dynamic_batch = False
+        with torch.no_grad():
+            program = torch.export.export(clone, args)
+
+    n_params = sum(p.numel() for p in clone.parameters())
+    n_nonzero = sum(int(torch.count_nonzero(p)) for p in clone.parameters())
+    meta = {
+        "format": FORMAT,
+        "torch": torch.__version__,
+        "dynamic_batch": dynamic_batch,
+        "input_shapes": [list(a.shape) for a in args if isinstance(a, torch.Tensor)],
+        "saved_from_device": str(device),
+        "params": n_params,
+        "params_nonzero": n_nonzero,
+        "user": metadata or {},
+    }
+    torch.export.save(program, os.fspath(path), extra_files={_META: json.dumps(meta)})
+    return meta
+
+
+def load(path: str | os.PathLike[str]) -> nn.Module:
+    """Load a model written by ``save``: a plain ``nn.Module`` (eval-mode graph) on CPU.
+
+    Needs only PyTorch: no Prunefront code, no pickled Python classes. ``eval()`` (and
+    ``train(False)``) are accepted as no-ops, since the graph was exported in eval mode;
+    ``train()`` raises, since an exported graph cannot switch to training behaviour.
+    """
+    module = torch.export.load(os.fspath(path)).module()
+    module.train = types.MethodType(_train_eval_only, module)  # type: ignore[method-assign]
+    module.eval = types.MethodType(lambda self: self, module)  # type: ignore[method-assign]
+    return module
+
+
+def _train_eval_only(self: nn.Module, mode: bool = True) -> nn.Module:
+    if mode:
+        raise NotImplementedError(
+            "a model loaded by pruners.load is an eval-mode export graph; it cannot train()"
+        )
+    return self
+
+
+def load_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON metadata ``save`` stored in the archive (``{}`` for a foreign .pt2 file)."""
+    extra = {_META: ""}
+    torch.export.load(os.fspath(path), extra_files=extra)
+    return json.loads(extra[_META]) if extra[_META] else {}
