@@ -1,0 +1,102 @@
+"""Command line: ``python -m reports {build,show,plot,compare} ...``.
+
+DIR is an experiment directory (read from its ledger and computed in memory, so
+``show`` is current even while a search runs) or a report directory (its
+Parquet files are read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  python -m reports build prunefront-results/digits
+  python -m reports show prunefront-results/digits
+  python -m reports plot prunefront-results/digits/report --out /tmp/plots
+  python -m reports compare prunefront-results/run_a prunefront-results/run_b
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m reports",
+        description="Pareto-front reports of Prunefront experiments (no Ray needed).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    b = sub.add_parser("build", help="(re)write DIR/report from the experiment's storage")
+    b.add_argument("dir", metavar="DIR", help="experiment directory")
+    b.add_argument("--out", help="report directory (default: DIR/report)")
+    b.add_argument("--no-plots", action="store_true", help="write the Parquet files only")
+    s = sub.add_parser("show", help="print the fronts as tables")
+    s.add_argument("dir", metavar="DIR", help="experiment or report directory")
+    pl = sub.add_parser("plot", help="write fronts.png and fronts.html")
+    pl.add_argument("dir", metavar="DIR", help="experiment or report directory")
+    pl.add_argument("--out", help="output directory (default: the report directory)")
+    c = sub.add_parser("compare", help="compare two experiments' fronts")
+    c.add_argument("dir_a", metavar="DIR_A", help="experiment or report directory A")
+    c.add_argument("dir_b", metavar="DIR_B", help="experiment or report directory B")
+    return p
+
+
+def _default_report_dir(path: Path) -> Path:
+    from reports.ledger import is_experiment_dir
+
+    return path / "report" if is_experiment_dir(path) else path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "build":
+            from reports.build import build_report
+
+            written = build_report(args.dir, args.out, plots=not args.no_plots)
+            for path in written.values():
+                print(path)
+        elif args.command == "show":
+            from reports.build import open_report
+            from reports.text import format_show
+
+            frames, meta, title = open_report(args.dir)
+            print(format_show(frames, meta, title))
+        elif args.command == "plot":
+            from reports import plots
+            from reports.build import open_report
+            from reports.io import write_atomic
+
+            frames, meta, title = open_report(args.dir)
+            out = Path(args.out) if args.out else _default_report_dir(Path(args.dir))
+            png = plots.png_bytes(frames["fronts"], title)
+            page = plots.html_page(
+                frames["fronts"], meta.get("report", {}).get("fronts", {}), meta, title
+            ).encode()
+            for name, data in (("fronts.png", png), ("fronts.html", page)):
+                print(write_atomic(out / name, lambda f, data=data: f.write(data)))
+        elif args.command == "compare":
+            from reports.build import open_report
+            from reports.compare import compare_fronts
+            from reports.text import format_compare
+
+            frames_a, meta_a, _ = open_report(args.dir_a)
+            frames_b, meta_b, _ = open_report(args.dir_b)
+            comparisons = compare_fronts(
+                frames_a["fronts"],
+                frames_b["fronts"],
+                meta_a["report"]["fronts"],
+                meta_b["report"]["fronts"],
+            )
+            print(format_compare(comparisons, args.dir_a, args.dir_b))
+    except (ValueError, OSError) as exc:
+        # Bad input gets one line, not a traceback.
+        print(f"python -m reports {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

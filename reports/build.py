@@ -1,0 +1,144 @@
+"""Build an experiment's report directory from its storage (no Ray needed)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import uuid
+from pathlib import Path
+from typing import Any
+
+from reports.io import FORMAT_VERSION, AtomicFiles, write_parquet
+from reports.ledger import read_experiment
+from reports.tables import ReportTables, build_tables
+
+REPORT_FILES = ("trials.parquet", "final.parquet", "fronts.parquet", "fronts.png", "fronts.html")
+
+
+def _package_versions() -> dict[str, str]:
+    out = {}
+    for name in ("pandas", "pyarrow", "numpy", "matplotlib"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def report_metadata(tables: ReportTables, table: str, build_id: str, built_at: str) -> dict[str, Any]:
+    """The ``prunefront.*`` schema metadata of one report table."""
+    return {
+        "config": tables.config,
+        "versions": tables.versions,
+        "dense": tables.dense,
+        "experiment": tables.experiment,
+        "report": {
+            "build_id": build_id,
+            "built_at": built_at,
+            "format_version": FORMAT_VERSION,
+            "table": table,
+            "packages": _package_versions(),
+            "fronts": {k: s.to_dict() for k, s in tables.summaries.items()},
+        },
+    }
+
+
+def write_report(
+    tables: ReportTables,
+    report_dir: str | Path,
+    plots: bool = True,
+    title: str | None = None,
+) -> dict[str, Path]:
+    """Write ``tables`` (and the plots) to ``report_dir``, all or nothing.
+
+    Every file is staged to a temporary file first; only when all are written are
+    they renamed over the previous report, so a failure or crash part-way leaves
+    the previous report whole.
+
+    Returns:
+        ``{file name: path}`` of the files written.
+    """
+    report_dir = Path(report_dir)
+    build_id = uuid.uuid4().hex
+    built_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    written: dict[str, Path] = {}
+    with AtomicFiles() as files:
+        for name in ("trials", "final", "fronts"):
+            df = getattr(tables, name)
+            meta = report_metadata(tables, name, build_id, built_at)
+            written[f"{name}.parquet"] = write_parquet(df, report_dir / f"{name}.parquet", meta, files)
+        if plots:
+            from reports import plots as _plots
+
+            meta = report_metadata(tables, "fronts", build_id, built_at)
+            page_title = title or "Prunefront report"
+            png = _plots.png_bytes(tables.fronts, page_title)
+            written["fronts.png"] = files.write(report_dir / "fronts.png", lambda f: f.write(png))
+            page = _plots.html_page(
+                tables.fronts, meta["report"]["fronts"], meta, title=page_title
+            ).encode()
+            written["fronts.html"] = files.write(report_dir / "fronts.html", lambda f: f.write(page))
+    return written
+
+
+def experiment_title(tables: ReportTables, experiment_dir: str | Path) -> str:
+    """``Prunefront report: <name>`` from experiment.json, else the directory name."""
+    name = tables.experiment.get("name") or tables.config.get("name") or Path(experiment_dir).name
+    return f"Prunefront report: {name}"
+
+
+def build_report(
+    experiment_dir: str | Path,
+    report_dir: str | Path | None = None,
+    *,
+    reference: dict[str, float] | None = None,
+    reference_accuracy: float = 0.0,
+    plots: bool = True,
+) -> dict[str, Path]:
+    """Rebuild the report of an experiment, finished or still running.
+
+    Args:
+        experiment_dir: Experiment directory (docs/design.md section 4).
+        report_dir: Where to write; default ``<experiment_dir>/report``.
+        reference: ``{cost_column: value}`` overriding the hypervolume reference
+            cost of some fronts (default: the dense model's cost).
+        reference_accuracy: Accuracy of the hypervolume reference point.
+        plots: Also draw ``fronts.png`` and ``fronts.html``.
+
+    Returns:
+        ``{file name: path}`` of the files written.
+
+    Raises:
+        ValueError: the directory is not an experiment or holds malformed data.
+    """
+    exp = read_experiment(experiment_dir)
+    tables = build_tables(exp, reference=reference, reference_accuracy=reference_accuracy)
+    out = Path(report_dir) if report_dir is not None else Path(experiment_dir) / "report"
+    return write_report(tables, out, plots=plots, title=experiment_title(tables, experiment_dir))
+
+
+def open_report(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Tables, metadata and title of an experiment or report directory.
+
+    An experiment directory is read from its ledger and computed in memory
+    (always current, nothing written); a report directory is read from Parquet.
+
+    Returns:
+        ``(frames, metadata, title)`` where ``frames`` has ``trials``, ``final``,
+        ``fronts`` DataFrames and ``metadata`` the keys of the Parquet metadata.
+    """
+    from reports.io import load, read_metadata
+    from reports.ledger import is_experiment_dir
+
+    p = Path(path)
+    if p.is_dir() and is_experiment_dir(p):
+        tables = build_tables(read_experiment(p))
+        frames = {"trials": tables.trials, "final": tables.final, "fronts": tables.fronts}
+        meta = report_metadata(tables, "fronts", build_id="in-memory", built_at="")
+        return frames, meta, experiment_title(tables, p)
+    frames = load(p)
+    meta = read_metadata(p)
+    exp = meta.get("experiment") or {}
+    cfg = meta.get("config") or {}
+    name = exp.get("name") or cfg.get("name") or (p.parent.name if p.name == "report" else p.name)
+    return frames, meta, f"Prunefront report: {name}"
