@@ -214,11 +214,11 @@ def prune(
     # Self-attention becomes head-prunable (exact same outputs); done before anything holds
     # references to the old parameters.
     convert_attention(net)
-    if owned:
-        crit.attach(net)
     try:
+        # An owned criterion is attached (if it has anything to attach) by prepare itself.
         crit.prepare(net, calibration)
-        classifier = find_classifier(net, example_inputs)
+        with crit.suspended():
+            classifier = find_classifier(net, example_inputs)
         ignored = _ignored_modules(net, ignore, classifier)
         if granularity == "unstructured":
             layers, requested_units = _prune_unstructured(net, crit, value, threshold_rule, scope, ignored)
@@ -280,7 +280,8 @@ def _set_mask(module: nn.Module, keep: torch.Tensor) -> None:
 
 
 def _weight_scores(crit: Criterion, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
-    s = crit.weight_scores(module, weight).detach().to(torch.float64).flatten().cpu()
+    # float32: one score per weight, a float64 copy of a large model costs too much memory.
+    s = crit.weight_scores(module, weight).detach().to("cpu", torch.float32).flatten()
     if s.numel() != weight.numel():
         raise ValueError(f"criterion {crit.name!r} returned {s.numel()} scores for {weight.numel()} weights")
     if not bool(torch.isfinite(s).all()):
@@ -395,7 +396,8 @@ def _prune_structured(
     ignored: set[nn.Module],
     example_inputs: Any,
 ) -> tuple[list[LayerReport], int]:
-    dg = _build_graph(model, example_inputs)
+    with crit.suspended():
+        dg = _build_graph(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
     units: list[_Unit] = []
     for group in dg.get_all_groups(
@@ -416,7 +418,12 @@ def _prune_structured(
         units.append(_Unit(names.get(root, type(root).__name__), scores, root, "group", group[0].dep.handler, ch_groups))
     for module in model.modules():
         if isinstance(module, PrunableMultiheadAttention) and module not in ignored and module.num_heads > 1:
-            scores = crit.head_scores(module).detach().to(torch.float64).flatten().cpu()
+            scores = crit.head_scores(module)
+            if scores is None:
+                continue
+            scores = scores.detach().to(torch.float64).flatten().cpu()
+            if scores.numel() != module.num_heads:
+                raise ValueError(f"criterion {crit.name!r} returned {scores.numel()} head scores for {module.num_heads} heads")
             units.append(_Unit(names[module], scores, module, "heads"))
     if not units:
         raise ValueError("the model has no prunable channel group (all ignored?)")

@@ -67,7 +67,9 @@ def _register(name: str, check: Callable[[float], str | None]) -> Callable[[Rule
 def _as_scores(scores: torch.Tensor) -> torch.Tensor:
     if not isinstance(scores, torch.Tensor) or scores.dim() != 1:
         raise ValueError("threshold rules need a 1-D tensor of scores")
-    s = scores.detach().to(torch.float64)
+    s = scores.detach().cpu()
+    if not s.is_floating_point():
+        s = s.to(torch.float64)
     if s.numel() and not bool(torch.isfinite(s).all()):
         raise ValueError("scores contain NaN or infinite values; the criterion is broken")
     return s
@@ -112,6 +114,7 @@ def mean_std(scores: torch.Tensor, value: float) -> torch.Tensor:
     """Remove units strictly below ``mean - value * std`` (population standard deviation)."""
     if scores.numel() == 0:
         return torch.zeros(0, dtype=torch.bool)
+    scores = scores.to(torch.float64)
     mean = scores.mean()
     std = scores.std(unbiased=False)
     return scores < mean - value * std
@@ -126,6 +129,7 @@ def sensitivity(scores: torch.Tensor, value: float) -> torch.Tensor:
     """
     if scores.numel() == 0:
         return torch.zeros(0, dtype=torch.bool)
+    scores = scores.to(torch.float64)
     if bool((scores < 0).any()):
         raise ValueError("threshold 'sensitivity' needs non-negative scores")
     total = scores.sum()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pruners.criteria import baseline, magnitude  # noqa: F401  (registers)
+from pruners.criteria import attention, baseline, gradient, magnitude, penalty  # noqa: F401  (registers)
 from pruners.criteria.base import Criterion
 from pruners.criteria.registry import CRITERIA, register
 

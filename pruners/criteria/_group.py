@@ -34,16 +34,18 @@ def layer_slice_scores(
         t = elementwise(layer, "weight")
         if t is None:
             return None
-        t = t.detach().to(torch.float64)
+        # Keep the (possibly huge) elementwise tensor in its own dtype; accumulate in float64.
+        t = t.detach()
         transposed = getattr(layer, "transposed", False)
         if _is_depthwise(layer):
             # One filter per channel: inputs and outputs are the same axis.
-            return t.flatten(1).sum(1)
+            return t.flatten(1).sum(1, dtype=torch.float64).cpu()
         if to_output:
             w = t.transpose(0, 1) if transposed else t
-            return w.flatten(1).sum(1)
-        w = t if transposed else t.transpose(0, 1)
-        local = w.flatten(1).sum(1)
+            return w.flatten(1).sum(1, dtype=torch.float64).cpu()
+        # Column sums without materialising a transposed copy.
+        dims = [d for d in range(t.dim()) if d != (0 if transposed else 1)]
+        local = t.sum(dim=dims, dtype=torch.float64).cpu()
         groups = getattr(layer, "groups", 1)
         if groups > 1 and not transposed:
             # Grouped conv: weight has in_channels // groups columns; every group reuses them.
@@ -53,15 +55,18 @@ def layer_slice_scores(
         if getattr(layer, "weight", None) is None:
             return None
         t = elementwise(layer, "weight")
-        return None if t is None else t.detach().to(torch.float64).flatten()
+        return None if t is None else t.detach().to("cpu", torch.float64).flatten()
     return None
 
 
-def coupled_channel_scores(group, elementwise: Elementwise, power: float = 1.0) -> torch.Tensor:
+def coupled_channel_scores(
+    group, elementwise: Elementwise, power: float = 1.0, outputs_only: bool = False
+) -> torch.Tensor | None:
     """Per-root-channel scores of a dependency group (mean over coupled layers).
 
     Each layer's slice sum is raised to ``1 / power`` first, so with ``|w|**p`` elementwise
-    and ``power=p`` a layer contributes the channel's p-norm.
+    and ``power=p`` a layer contributes the channel's p-norm. ``outputs_only`` skips the
+    input columns of consumer layers. ``None`` if no layer of the group could be scored.
     """
     dg = group._DG
     n = len(group[0].idxs)
@@ -76,6 +81,8 @@ def coupled_channel_scores(group, elementwise: Elementwise, power: float = 1.0) 
         if any(r is None for r in root_idxs):
             continue
         to_output = dg.is_out_channel_pruning_fn(dep.handler)
+        if outputs_only and not to_output:
+            continue
         local = layer_slice_scores(layer, to_output, elementwise)
         if local is None or local.numel() <= max(idxs, default=-1):
             continue
@@ -85,9 +92,7 @@ def coupled_channel_scores(group, elementwise: Elementwise, power: float = 1.0) 
         total.scatter_add_(0, torch.as_tensor(root_idxs, dtype=torch.long), local)
         count += 1
     if count == 0:
-        raise ValueError(
-            f"no scorable layer in the dependency group rooted at {type(group[0].dep.target.module).__name__}"
-        )
+        return None
     return total / count
 
 
@@ -98,8 +103,8 @@ def head_slice_scores(module: nn.Module, elementwise: Elementwise) -> torch.Tens
     for proj in (module.q_proj, module.k_proj, module.v_proj):
         t = elementwise(proj, "weight")
         if t is not None:
-            total += t.detach().to(torch.float64).reshape(h, d, -1).sum(dim=(1, 2))
+            total += t.detach().reshape(h, d, -1).sum(dim=(1, 2), dtype=torch.float64).cpu()
     t = elementwise(module.out_proj, "weight")
     if t is not None:
-        total += t.detach().to(torch.float64).reshape(t.shape[0], h, d).sum(dim=(0, 2))
+        total += t.detach().reshape(t.shape[0], h, d).sum(dim=(0, 2), dtype=torch.float64).cpu()
     return total

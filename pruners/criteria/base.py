@@ -17,8 +17,11 @@ Life cycle inside ``pruners.finetune``::
     at the end:                             crit.detach(model)  # fold gates, remove hooks
 
 Standalone ``pruners.prune(model, criterion="taylor", calibration=batches, ...)`` builds the
-criterion, attaches it, calls ``crit.prepare(model, calibration)`` (gradient statistics, or a
-short gate training for the attention family), scores, removes, and detaches.
+criterion, calls ``crit.prepare(model, calibration)`` (gradient statistics, or attaching and
+briefly training gates for the attention family), scores, removes, and detaches. After a
+structural change ``prune`` calls ``crit.after_prune(model, removed)``; parameters are
+replaced, so rebuild the optimizer from ``model.parameters()`` and
+``crit.trainable_parameters()`` (gates are replaced too).
 
 Extension point. Most criteria only define :meth:`Criterion.elementwise`: a score per entry
 of a parameter (``|w|``, ``|dL/dw|``...). The base class turns it into per-weight scores
@@ -30,7 +33,8 @@ scales) override :meth:`group_scores` / :meth:`head_scores` instead.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -117,25 +121,27 @@ class Criterion:
         """Hook for criteria whose weight score depends on the tensor being scored."""
         return self.elementwise(module, "weight")
 
-    def group_scores(self, group: Any) -> torch.Tensor:
+    def group_scores(self, group: Any) -> torch.Tensor | None:
         """Per-channel scores for a Torch-Pruning dependency ``Group`` (structured).
 
         Default: for every coupled layer, sum :meth:`elementwise` over the channel's slice
         (rows for outputs, columns for inputs, the entry for norms), average over layers,
-        then normalise (``normalizer`` parameter).
+        then normalise (``normalizer`` parameter). ``None`` means the criterion cannot
+        score this group (e.g. ``slimming`` without a BatchNorm): ``prune`` leaves it alone.
         """
         if "structured" not in self.granularities:
             raise NotImplementedError(f"criterion {self.name!r} does not support structured")
         from pruners.criteria._group import coupled_channel_scores
 
         scores = coupled_channel_scores(group, self.elementwise)
-        return self.normalize(scores)
+        return None if scores is None else self.normalize(scores)
 
-    def head_scores(self, module: nn.Module) -> torch.Tensor:
+    def head_scores(self, module: nn.Module) -> torch.Tensor | None:
         """Per-head scores of an attention layer (a ``pruners`` attention module).
 
         Default: :meth:`elementwise` summed over each head's rows of the q/k/v projections
-        and its columns of the output projection, then normalised per layer.
+        and its columns of the output projection, then normalised per layer. ``None``: the
+        criterion cannot score heads and they are left alone.
         """
         from pruners.criteria._group import head_slice_scores
 
@@ -156,7 +162,16 @@ class Criterion:
 
     # -- training hooks (no-ops unless the criterion trains something) ----------------
     def attach(self, model: nn.Module) -> None:
-        """Insert gates / hooks before training. Build the optimizer after this."""
+        """Insert gates / hooks before training. Build the optimizer after this.
+
+        ``prepare`` on an unattached criterion attaches what it needs itself (standalone
+        ``prune``); ``finetune`` calls ``attach`` so that it can train the gates.
+        """
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Hooks act as identity inside the block (``prune`` traces the graph in it)."""
+        yield
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Extra parameters (gates) the fine-tuning optimizer must train."""

@@ -42,4 +42,4 @@ class RandomCriterion(Criterion):
             return None
         key = f"{self.params['seed']}:{max(self._round, 0)}:{self._names.get(module, type(module).__name__)}.{name}"
         gen = torch.Generator().manual_seed(zlib.crc32(key.encode()))
-        return torch.rand(param.shape, generator=gen, dtype=torch.float64)
+        return torch.rand(param.shape, generator=gen, dtype=torch.float32)

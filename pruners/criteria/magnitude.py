@@ -17,7 +17,7 @@ from pruners.criteria.registry import register
 
 def _weight(module: nn.Module, name: str) -> torch.Tensor | None:
     w = getattr(module, name, None)
-    return None if w is None else w.detach().to(torch.float64)
+    return None if w is None else w.detach()
 
 
 @register
@@ -41,21 +41,25 @@ class MagnitudeCriterion(Criterion):
 
     def elementwise(self, module: nn.Module, name: str) -> torch.Tensor | None:
         w = _weight(module, name)
-        return None if w is None else w.abs() ** self.p
+        if w is None:
+            return None
+        return w.abs() if self.p == 1 else w * w
 
     def _elementwise_for(self, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
-        return weight.detach().to(torch.float64).abs()
+        return weight.detach().abs()
 
-    def group_scores(self, group) -> torch.Tensor:
-        return self.normalize(coupled_channel_scores(group, self.elementwise, power=self.p))
+    def group_scores(self, group) -> torch.Tensor | None:
+        scores = coupled_channel_scores(group, self.elementwise, power=self.p)
+        return None if scores is None else self.normalize(scores)
 
     def head_scores(self, module: nn.Module) -> torch.Tensor:
         return super().head_scores(module) ** (1.0 / self.p)
 
 
 # Relative weight of the within-layer tie-break: small enough that whole layers are ordered
-# by their mean first (layer means closer than this are effectively equal anyway).
-_TIE = 1e-6
+# by their mean first (layer means within 0.1% are effectively equal anyway), large enough
+# to survive float32 per-weight scores.
+_TIE = 1e-3
 
 
 @register
@@ -64,7 +68,7 @@ class LayerNormCriterion(Criterion):
 
     Units of the layer with the lowest mean magnitude are removed first, so with ``global``
     scope whole layers empty out in order of their mean ``|w|``; inside the layer being
-    partly cut, the smallest weights / channels go first (a ``1e-6`` relative tie-break).
+    partly cut, the smallest weights / channels go first (a ``1e-3`` relative tie-break).
     With ``layerwise`` scope it reduces to magnitude pruning inside each layer.
     """
 
@@ -72,11 +76,11 @@ class LayerNormCriterion(Criterion):
     param_defaults: dict = {}
 
     def _elementwise_for(self, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
-        w = weight.detach().to(torch.float64).abs()
-        mean = w.mean()
+        w = weight.detach().abs()
+        mean = w.mean(dtype=torch.float64)
         top = w.max()
         rel = w / top if top > 0 else torch.zeros_like(w)
-        return mean * (1 + _TIE * rel)
+        return float(mean) * (1 + _TIE * rel)
 
     def elementwise(self, module: nn.Module, name: str) -> torch.Tensor | None:
         w = _weight(module, name)
@@ -87,15 +91,17 @@ class LayerNormCriterion(Criterion):
         w = _weight(root, "weight")
         if w is None:
             raise ValueError(f"layer_norm cannot score {type(root).__name__}")
-        mean = w.abs().mean()
+        mean = w.abs().mean(dtype=torch.float64)
         channel = coupled_channel_scores(group, self.elementwise)
+        if channel is None:
+            return None
         top = channel.max()
         rel = channel / top if top > 0 else torch.zeros_like(channel)
         return mean * (1 + _TIE * rel)
 
     def head_scores(self, module: nn.Module) -> torch.Tensor:
         ws = [module.q_proj.weight, module.k_proj.weight, module.v_proj.weight, module.out_proj.weight]
-        mean = torch.cat([w.detach().abs().flatten() for w in ws]).to(torch.float64).mean()
+        mean = torch.cat([w.detach().abs().flatten() for w in ws]).mean(dtype=torch.float64)
         heads = super().head_scores(module)
         top = heads.max()
         rel = heads / top if top > 0 else torch.zeros_like(heads)
