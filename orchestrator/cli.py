@@ -1,0 +1,355 @@
+"""Command line of the search: parse, validate, plan; never imports Ray.
+
+``orchestrator/search.py`` (the Ray side) starts with::
+
+    cfg, args = cli.parse(argv)        # exits 2 with one line on stderr when anything is wrong
+    if args.dry_run:
+        print(cli.describe(cfg, args)); return 0
+    ...                                # only now import ray
+    cli.fail("...")                    # same one-line error format for later problems
+
+``python -m orchestrator.cli --dry-run ...`` validates and prints the plan on its own; without
+``--dry-run`` it hands over to ``orchestrator.search.main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from orchestrator.config import (
+    ConfigError,
+    SearchConfig,
+    apply_overrides,
+    default_output,
+    flat_space,
+    load_config,
+    read_yaml,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "EXPERIMENT_FILE",
+    "ErrorExit",
+    "build_parser",
+    "check_environment",
+    "cluster_for",
+    "describe",
+    "fail",
+    "main",
+    "parse",
+    "resolve_experiment",
+]
+
+#: The shipped default search (digits, offline, a few minutes on 2 CPU cores).
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+#: The file that marks a directory as an experiment (design.md section 4).
+EXPERIMENT_FILE = "experiment.json"
+#: Where ``--resume NAME`` looks when NAME is not a directory.
+RESULTS_DIR = "prunefront-results"
+
+
+class ErrorExit(SystemExit):
+    """Raised by :func:`fail`: a ``SystemExit(2)`` that also carries the message."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(code)
+        self.message = message
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: <message>`` as one line on stderr and exit with ``code`` (default 2).
+
+    Use for every user-facing error: the message should say what is wrong and what is
+    allowed (``"x: 5 is too large; must be <= 4"``). Newlines are folded so the error stays
+    one line.
+    """
+    line = " ".join(str(message).split())
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    raise ErrorExit(line, code)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse prints the usage block and ``prog: error``)."""
+
+    def error(self, message: str) -> NoReturn:  # noqa: D102 - argparse API
+        fail(f"{message}; see --help")
+
+
+_EPILOG = """\
+configuration:
+  A YAML file; every key is optional and documented in configs/default.yaml.
+  Searched entries are a list (choice), {low, high, log?, int?} (range) or a scalar.
+  --set overrides any key with a YAML value:
+    --set search.num_samples=4  --set search.space.criterion=[magnitude,taylor]
+    --set 'search.space.amount={low: 0.5, high: 0.9}'  --set scheduler.name=moasha
+
+output:
+  <output>/experiment.json, results.jsonl, dense/, models/, tune/, report/ (docs/design.md).
+  An existing experiment is never overwritten: continue it with --resume DIR, or pick a new
+  --output. --resume reads the config recorded in DIR/experiment.json (--set may adjust it).
+
+examples:
+  python orchestrator/search.py                                   # default: digits, ~5 min on 2 CPUs
+  python orchestrator/search.py --config configs/fashion_mnist.yaml --dry-run
+  python orchestrator/search.py --config configs/cifar10_resnet56.yaml --dry-run --cluster-nodes 4 --cluster-cpus 16 --cluster-gpus 4
+  python orchestrator/search.py --resume prunefront-results/digits-default
+"""
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser (``--help`` text included)."""
+    p = _Parser(
+        prog=prog or "prunefront-search",
+        description=(
+            "Search pruning methods (criterion x granularity x threshold x schedule) for a "
+            "PyTorch model with Ray Tune, fine-tuning each trial with Ray Train, and write the "
+            "Pareto fronts. The config is validated, and the resources planned, before Ray starts."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE", help=f"YAML search config (default: configs/{DEFAULT_CONFIG.name})")
+    p.add_argument(
+        "--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+        help="override a config key (dotted path, YAML value); repeatable",
+    )
+    p.add_argument("--output", metavar="DIR", help="experiment directory (default: ./prunefront-results/<name>)")
+    p.add_argument(
+        "--resume", metavar="EXPERIMENT",
+        help="continue the experiment in this directory (or ./prunefront-results/EXPERIMENT)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="validate, print the plan and exit without starting Ray")
+    p.add_argument(
+        "--address", metavar="ADDR", default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster to connect to (default: $RAY_ADDRESS, else a local Ray)",
+    )
+    g = p.add_argument_group("cluster assumed by --dry-run (default: this machine, or resources.cluster)")
+    g.add_argument("--cluster-nodes", type=int, metavar="N", help="number of nodes")
+    g.add_argument("--cluster-cpus", type=float, metavar="N", help="CPUs per node")
+    g.add_argument("--cluster-gpus", type=float, metavar="N", help="GPUs per node")
+    return p
+
+
+# --------------------------------------------------------------------------------------
+# Experiments and paths
+# --------------------------------------------------------------------------------------
+
+
+def resolve_experiment(ref: str) -> Path:
+    """``--resume`` argument -> experiment directory (a path, or a name under ./prunefront-results)."""
+    p = Path(ref).expanduser()
+    if (p / EXPERIMENT_FILE).is_file() or p.is_dir() or os.sep in ref:
+        return p.absolute()
+    return Path(RESULTS_DIR, ref).absolute()
+
+
+def _check_writable(key: str, path: Path) -> None:
+    """``path`` is (or can be created as) a directory we can write to; nothing is created."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"{key}: cannot create {str(path)!r}: {str(probe)!r} is a file; choose a directory path")
+    try:
+        # A real write: os.access lies for root and on read-only mounts.
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        reason = e.strerror or e.__class__.__name__
+        raise ConfigError(f"{key}: cannot write to {str(probe)!r} ({reason}); choose a writable directory") from None
+
+
+def _is_local_storage(storage: str) -> str | None:
+    if storage.startswith("file://"):
+        return storage[len("file://"):]
+    if "://" in storage:
+        return None
+    return storage
+
+
+def cluster_for(cfg: SearchConfig, args: argparse.Namespace):  # -> plan.Cluster
+    """The cluster a pre-Ray plan assumes: flags, else ``resources.cluster``, else this machine."""
+    from orchestrator.plan import Cluster, available_cpus, detect_gpus
+
+    spec = cfg.resources.cluster
+    nodes = args.cluster_nodes if args.cluster_nodes is not None else (spec.nodes if spec else 1)
+    if args.cluster_cpus is not None:
+        cpus = args.cluster_cpus
+    else:
+        cpus = spec.cpus if spec else available_cpus()
+    if args.cluster_gpus is not None:
+        gpus = args.cluster_gpus
+    else:
+        gpus = spec.gpus if spec else detect_gpus()
+    if nodes < 1 or cpus <= 0 or gpus < 0:
+        raise ConfigError(
+            f"--cluster-nodes/--cluster-cpus/--cluster-gpus: got {nodes}, {cpus:g}, {gpus:g}; "
+            "need nodes >= 1, cpus > 0, gpus >= 0"
+        )
+    return Cluster.uniform(nodes, cpus, gpus)
+
+
+def check_environment(cfg: SearchConfig, *, resuming: bool, local: bool) -> None:
+    """Checks that need the file system or imports, in cheap-first order.
+
+    Output and storage are writable (nothing is created), an existing experiment is never
+    taken over unless resuming, the dataset is present (or may be downloaded), the dense
+    checkpoint exists, and the model name resolves. Data and checkpoint paths are only
+    checked when the cluster is this machine (``local``); a remote cluster sees its own disks.
+
+    Raises:
+        ConfigError: the first problem found.
+    """
+    out = cfg.output_dir
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output: {str(out)!r} is a file; choose a directory")
+    exp_file = out / EXPERIMENT_FILE
+    if not resuming and exp_file.exists():
+        raise ConfigError(
+            f"output: {str(out)!r} already holds an experiment; continue it with --resume {out} "
+            "or choose a new --output"
+        )
+    _check_writable("output", out)
+    if cfg.storage is not None:
+        local_storage = _is_local_storage(cfg.storage)
+        if local_storage is not None:
+            _check_writable("storage", Path(local_storage))
+
+    if local:
+        from orchestrator import data
+
+        data.locate(cfg.data)  # raises ConfigError saying where it looked
+        if cfg.dense.checkpoint is not None and not Path(cfg.dense.checkpoint).exists():
+            raise ConfigError(
+                f"dense.checkpoint: {cfg.dense.checkpoint!r} does not exist; give a state_dict (.pt) or "
+                "pruners.save file, or null to train the dense model"
+            )
+
+    from orchestrator import models
+
+    models.check_model_name(cfg.model.name)
+
+
+def _load(args: argparse.Namespace) -> tuple[SearchConfig, bool]:
+    """Read the config (from --config, the default file, or a resumed experiment)."""
+    if args.resume is not None:
+        if args.config is not None:
+            raise ConfigError(
+                "--resume: the config comes from the experiment's experiment.json; drop --config "
+                "(use --set to change values)"
+            )
+        if args.output is not None:
+            raise ConfigError("--resume: the experiment directory is the output; drop --output")
+        exp = resolve_experiment(args.resume)
+        exp_file = exp / EXPERIMENT_FILE
+        if not exp_file.is_file():
+            raise ConfigError(
+                f"--resume: no experiment at {str(exp)!r} ({EXPERIMENT_FILE} missing); give the directory "
+                "of an experiment that has started"
+            )
+        try:
+            recorded = json.loads(exp_file.read_text(encoding="utf-8"))
+            raw = recorded["config"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(
+                f"--resume: {str(exp_file)!r} is unreadable or has no 'config' ({e.__class__.__name__}); "
+                "it must be written by prunefront"
+            ) from None
+        raw = apply_overrides(raw, args.overrides)
+        raw["output"] = str(exp)
+        return SearchConfig.from_dict(raw), True
+
+    path = args.config if args.config is not None else DEFAULT_CONFIG
+    if args.output is not None:
+        raw = apply_overrides(read_yaml(path), args.overrides)
+        raw["output"] = args.output
+        return SearchConfig.from_dict(raw), False
+    return load_config(path, args.overrides), False
+
+
+def parse(argv: Sequence[str] | None = None, *, prog: str | None = None) -> tuple[SearchConfig, argparse.Namespace]:
+    """Parse the command line and validate everything that can be checked without Ray.
+
+    Returns the validated config (``output`` always set, absolute) and the argparse
+    namespace with these fields: ``config``, ``overrides`` (the ``--set`` items),
+    ``output``, ``resume``, ``dry_run``, ``address``, ``cluster_nodes``, ``cluster_cpus``,
+    ``cluster_gpus``, plus
+
+    * ``resuming`` (bool): continue the experiment in ``cfg.output_dir``;
+    * ``local`` (bool): no ``--address``/``RAY_ADDRESS``, Ray will run on this machine;
+    * ``plan`` (``orchestrator.plan.Plan`` | None): the resource plan for this machine (or
+      the dry-run cluster); None when a remote cluster will be asked after ``ray.init``.
+
+    Any problem: one line ``error: ...`` on stderr and ``SystemExit(2)`` (:func:`fail`).
+    """
+    args = build_parser(prog).parse_args(argv)
+    try:
+        cfg, resuming = _load(args)
+        if cfg.output is None:
+            cfg = dataclasses.replace(cfg, output=default_output(cfg.name))
+        args.resuming = resuming
+        args.local = not args.address
+        args.plan = None
+        if args.dry_run or args.local:
+            from orchestrator.plan import Cluster, make_plan
+
+            # A dry run plans for the cluster the user describes (flags, resources.cluster,
+            # else this machine); a real local run for this machine, which is what Ray sees.
+            cluster = cluster_for(cfg, args) if args.dry_run else Cluster.local()
+            args.plan = make_plan(cfg, cluster)
+        check_environment(cfg, resuming=resuming, local=args.local)
+    except ConfigError as e:
+        fail(str(e))
+    return cfg, args
+
+
+def describe(cfg: SearchConfig, args: argparse.Namespace) -> str:
+    """What ``--dry-run`` prints: experiment, search space and the resource plan."""
+    s = cfg.search
+    lines = [
+        f"experiment:  {cfg.name} -> {cfg.output_dir}" + ("  (resuming)" if getattr(args, "resuming", False) else ""),
+        f"storage:     {cfg.storage_path}" + ("" if cfg.storage else "  (Tune experiment under <output>/tune)"),
+        f"data:        {cfg.data.dataset}  model: {cfg.model.name}  dense: "
+        + (cfg.dense.checkpoint or f"{cfg.dense.epochs} epoch(s) at lr {cfg.dense.lr:g}"),
+        f"search:      {s.algorithm}, {s.num_samples} sample(s), {s.max_epochs} fine-tune epoch(s) max, "
+        f"scheduler {cfg.scheduler.name}"
+        + (f" on {cfg.scheduler.metric} ({cfg.scheduler.mode})" if cfg.scheduler.name == "asha" else "")
+        + (f" on {cfg.scheduler.objectives}" if cfg.scheduler.name == "moasha" else ""),
+        "space:",
+    ]
+    for key, p in flat_space(s).items():
+        lines.append(f"  {key:<32} {json.dumps(p.to_raw())}")
+    if args.plan is not None:
+        lines.append(args.plan.describe())
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m orchestrator.cli``: ``--dry-run`` here; otherwise run the search."""
+    try:
+        cfg, args = parse(argv, prog="python -m orchestrator.cli")
+    except ErrorExit as e:
+        return int(e.code)
+    if args.dry_run:
+        print(describe(cfg, args))
+        return 0
+    try:
+        search = importlib.import_module("orchestrator.search")
+    except ImportError as e:
+        fail(f"the search runner is unavailable ({e}); run with --dry-run to only validate")
+    return int(search.main(list(sys.argv[1:] if argv is None else argv)) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
