@@ -121,6 +121,13 @@ def to_arrow(df: pd.DataFrame, metadata: dict[str, Any]) -> pa.Table:
     Each value of ``metadata`` is stored as JSON under ``prunefront.<key>``.
     """
     table = pa.Table.from_pandas(df, preserve_index=False)
+    # pandas' pyarrow-backed strings map to large_string; plain string keeps the
+    # schema the same whichever pandas wrote it, so datasets of reports combine.
+    fields = [
+        pa.field(f.name, pa.string(), f.nullable, f.metadata) if pa.types.is_large_string(f.type) else f
+        for f in table.schema
+    ]
+    table = table.cast(pa.schema(fields, metadata=table.schema.metadata))
     meta = dict(table.schema.metadata or {})
     for key, value in metadata.items():
         meta[f"{META_PREFIX}{key}".encode()] = json.dumps(value, sort_keys=True, default=str).encode()

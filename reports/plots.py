@@ -68,7 +68,9 @@ def fronts_figure(fronts: pd.DataFrame, title: str | None = None) -> Any:
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    fig = Figure(figsize=(5.0 * len(FRONTS), 4.4), layout="constrained")
+    # Fixed margins instead of constrained layout, which costs an extra draw pass.
+    fig = Figure(figsize=(5.2 * len(FRONTS) + 1.6, 4.6))
+    fig.subplots_adjust(left=0.05, right=0.87, bottom=0.12, top=0.84, wspace=0.28)
     axes = fig.subplots(1, len(FRONTS), squeeze=False)[0]
     has_criterion = "criterion" in fronts.columns
     colours = _criteria_colours(fronts["criterion"]) if has_criterion else {}
@@ -138,7 +140,7 @@ def fronts_figure(fronts: pd.DataFrame, title: str | None = None) -> Any:
         Line2D([], [], marker="o", linestyle="", markerfacecolor="none",
                markeredgecolor="crimson", markersize=11, label="knee"),
     ]
-    fig.legend(handles=handles, loc="outside right upper", fontsize="small")
+    fig.legend(handles=handles, loc="upper right", fontsize="small")
     if title:
         fig.suptitle(title)
     return fig
