@@ -6,9 +6,10 @@ from pruners.criteria import (
     list_criteria,
     make_criterion,
 )
-from pruners.prune import GRANULARITIES, SCOPES, LayerReport, PruneReport, prune
+from pruners.prune import GRANULARITIES, SCOPES, LayerReport, PruneReport, prune, score
 from pruners.schedules import Dynamic, Gradual, Iterative, OneShot, Schedule, list_schedules, make_schedule
 from pruners.thresholds import list_threshold_rules
+from pruners._attention import PrunableMultiheadAttention, convert_attention
 
 __all__ = [
     "GRANULARITIES",
@@ -28,4 +29,7 @@ __all__ = [
     "list_threshold_rules",
     "make_criterion",
     "prune",
+    "score",
+    "PrunableMultiheadAttention",
+    "convert_attention",
 ]

@@ -25,6 +25,12 @@ from torch_pruning.pruner.function import BasePruningFunc
 class PrunableMultiheadAttention(nn.Module):
     """Drop-in for ``nn.MultiheadAttention`` (no bias_k/v, no zero-attn, kdim=vdim=embed)."""
 
+    # nn.TransformerEncoderLayer reads these to pick its fused fast path (which needs the
+    # packed in_proj weights); these values make it take the regular path through forward().
+    _qkv_same_embed_dim = False
+    in_proj_weight = None
+    in_proj_bias = None
+
     def __init__(
         self,
         embed_dim: int,

@@ -387,6 +387,59 @@ def _build_graph(model: nn.Module, example_inputs: Any):
     return dg
 
 
+def _collect_units(
+    model: nn.Module, crit: Criterion, ignored: set[nn.Module], example_inputs: Any
+) -> tuple[Any, list[_Unit]]:
+    """The dependency graph and every scored unit set (channel groups, then heads)."""
+    with crit.suspended():
+        dg = _build_graph(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    units: list[_Unit] = []
+    candidates = 0
+    for group in dg.get_all_groups(
+        ignored_layers=list(ignored), root_module_types=[nn.modules.conv._ConvNd, nn.Linear]
+    ):
+        if _touches_attention_embedding(group):
+            continue
+        candidates += 1
+        root = group[0].dep.target.module
+        scores = crit.group_scores(group)
+        if scores is None:
+            continue  # the criterion has nothing to say about this group (e.g. no BN)
+        scores = scores.detach().to(torch.float64).flatten().cpu()
+        if scores.numel() != len(group[0].idxs):
+            raise ValueError(
+                f"criterion {crit.name!r} returned {scores.numel()} scores for {len(group[0].idxs)} channels"
+            )
+        ch_groups = _channel_groups(dg, group)
+        if ch_groups > 1:
+            scores = scores.view(ch_groups, -1).mean(0)
+        units.append(_Unit(names.get(root, type(root).__name__), scores, root, "group", group[0].dep.handler, ch_groups))
+    for module in model.modules():
+        if isinstance(module, PrunableMultiheadAttention) and module not in ignored and module.num_heads > 1:
+            candidates += 1
+            scores = crit.head_scores(module)
+            if scores is None:
+                continue
+            scores = scores.detach().to(torch.float64).flatten().cpu()
+            if scores.numel() != module.num_heads:
+                raise ValueError(
+                    f"criterion {crit.name!r} returned {scores.numel()} head scores for {module.num_heads} heads"
+                )
+            units.append(_Unit(names[module], scores, module, "heads"))
+    if not units:
+        if candidates:
+            raise ValueError(
+                f"criterion {crit.name!r} scores no unit of this model"
+                + (" (it needs BatchNorm layers)" if crit.name == "slimming" else "")
+            )
+        raise ValueError("the model has no prunable channel group (all ignored?)")
+    for u in units:
+        if not bool(torch.isfinite(u.scores).all()):
+            raise ValueError(f"criterion {crit.name!r} produced non-finite scores for {u.name}")
+    return dg, units
+
+
 def _prune_structured(
     model: nn.Module,
     crit: Criterion,
@@ -396,40 +449,7 @@ def _prune_structured(
     ignored: set[nn.Module],
     example_inputs: Any,
 ) -> tuple[list[LayerReport], int]:
-    with crit.suspended():
-        dg = _build_graph(model, example_inputs)
-    names = {m: n for n, m in model.named_modules()}
-    units: list[_Unit] = []
-    for group in dg.get_all_groups(
-        ignored_layers=list(ignored), root_module_types=[nn.modules.conv._ConvNd, nn.Linear]
-    ):
-        if _touches_attention_embedding(group):
-            continue
-        root = group[0].dep.target.module
-        scores = crit.group_scores(group)
-        if scores is None:
-            continue  # the criterion has nothing to say about this group (e.g. no BN)
-        scores = scores.detach().to(torch.float64).flatten().cpu()
-        if scores.numel() != len(group[0].idxs):
-            raise ValueError(f"criterion {crit.name!r} returned {scores.numel()} scores for {len(group[0].idxs)} channels")
-        ch_groups = _channel_groups(dg, group)
-        if ch_groups > 1:
-            scores = scores.view(ch_groups, -1).mean(0)
-        units.append(_Unit(names.get(root, type(root).__name__), scores, root, "group", group[0].dep.handler, ch_groups))
-    for module in model.modules():
-        if isinstance(module, PrunableMultiheadAttention) and module not in ignored and module.num_heads > 1:
-            scores = crit.head_scores(module)
-            if scores is None:
-                continue
-            scores = scores.detach().to(torch.float64).flatten().cpu()
-            if scores.numel() != module.num_heads:
-                raise ValueError(f"criterion {crit.name!r} returned {scores.numel()} head scores for {module.num_heads} heads")
-            units.append(_Unit(names[module], scores, module, "heads"))
-    if not units:
-        raise ValueError("the model has no prunable channel group (all ignored?)")
-    for u in units:
-        if not bool(torch.isfinite(u.scores).all()):
-            raise ValueError(f"criterion {crit.name!r} produced non-finite scores for {u.name}")
+    dg, units = _collect_units(model, crit, ignored, example_inputs)
 
     # Channels and heads are ranked separately (a head is not comparable with a channel).
     selections: list[torch.Tensor] = [None] * len(units)  # type: ignore[list-item]
@@ -444,9 +464,9 @@ def _prune_structured(
                 selections[i] = part
         else:
             for i in idx:
-                s = units[i].scores
-                selections[i] = _select(s, torch.zeros(s.numel(), dtype=torch.bool), rule, value)
-    requested = int(sum(int(s.sum()) for s in selections))
+                sc = units[i].scores
+                selections[i] = _select(sc, torch.zeros(sc.numel(), dtype=torch.bool), rule, value)
+    requested = int(sum(int(x.sum()) for x in selections))
 
     removed: dict[nn.Module, list[int]] = {}
     layers: list[LayerReport] = []
@@ -463,17 +483,56 @@ def _prune_structured(
             removed[u.module] = idxs
             done = len(idxs)
         elif idxs:
-            size = n  # channels per interleaved group
-            full = [i + g * size for g in range(u.ch_groups) for i in idxs]
+            # Grouped layers: remove the same position from every interleaved group.
+            full = [i + g * n for g in range(u.ch_groups) for i in idxs]
             pg = dg.get_pruning_group(u.module, u.handler, full)
             if dg.check_pruning_group(pg):
                 for item in pg:
                     mod = item.dep.target.module
                     if isinstance(mod, nn.Module) and dg.is_out_channel_pruning_fn(item.dep.handler):
-                        removed.setdefault(mod, [])
-                        removed[mod] = sorted(set(removed[mod]) | set(int(i) for i in item.idxs))
+                        removed[mod] = sorted(set(removed.get(mod, [])) | set(int(i) for i in item.idxs))
                 pg.prune()
                 done = len(idxs)
         layers.append(LayerReport(u.name, n, n - done, done / n))
     crit.after_prune(model, removed)
     return layers, requested
+
+
+# --------------------------------------------------------------------------- inspection
+def score(
+    model: nn.Module,
+    *,
+    criterion: str | Criterion,
+    granularity: str,
+    example_inputs: Any,
+    calibration: Iterable[Batch] | None = None,
+    ignore: Iterable[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The scores ``prune`` would rank, per layer, without removing anything.
+
+    Unstructured: one score per weight (flattened) keyed by layer name. Structured: one per
+    channel (per interleaved channel for grouped layers) keyed by the group's root layer,
+    and one per head keyed by the attention layer. A named criterion is detached after.
+    Self-attention modules are converted (same outputs) as in ``prune``.
+    """
+    crit, owned = _resolve_criterion(criterion)
+    check_choice("granularity", granularity, GRANULARITIES)
+    if granularity not in crit.granularities:
+        raise ValueError(
+            f"criterion {crit.name!r} does not support {granularity} pruning; "
+            f"it supports: {', '.join(crit.granularities)}"
+        )
+    net = _unwrap(model)
+    convert_attention(net)
+    try:
+        crit.prepare(net, calibration)
+        with crit.suspended():
+            classifier = find_classifier(net, example_inputs)
+        ignored = _ignored_modules(net, ignore, classifier)
+        if granularity == "unstructured":
+            return {n: _weight_scores(crit, m, m.weight) for n, m in prunable_weights(net, ignored)}
+        _, units = _collect_units(net, crit, ignored, example_inputs)
+        return {u.name: u.scores for u in units}
+    finally:
+        if owned:
+            crit.detach(net)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pruners._attention import PrunableMultiheadAttention
+from pruners._attention import PrunableMultiheadAttention, convert_attention
 from pruners.criteria.base import Batch, Criterion
 from pruners.criteria.gradient import _device, _move
 from pruners.criteria.penalty import _classifier_guess
@@ -110,9 +110,14 @@ class _GateCriterion(Criterion):
         return bool(self._handles)
 
     def attach(self, model: nn.Module) -> None:
-        """Add a gate per output channel (and head, and layer for multilevel) via hooks."""
+        """Add a gate per output channel (and head, and layer for multilevel) via hooks.
+
+        Self-attention ``nn.MultiheadAttention`` layers are first converted (same function)
+        to head-prunable modules so their heads can be gated: build the optimizer after.
+        """
         if self.attached:
             raise ValueError(f"criterion {self.name!r} is already attached; detach it first")
+        convert_attention(model)
         init = float(self.params["gate_init"])
         for m in _gateable(model):
             dev = m.weight.device

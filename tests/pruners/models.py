@@ -67,3 +67,26 @@ def mlp_batch(n: int = 8, seed: int = 0, classes: int = 10) -> tuple[torch.Tenso
     """A reproducible (inputs, targets) batch for ``MLP`` (64 features, like digits)."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 64, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+class TinyTransformer(nn.Module):
+    """Token embedding -> one ``nn.TransformerEncoderLayer`` (4 heads) -> mean pool -> classifier.
+
+    Inputs are ``(batch, tokens=8, features=8)``; exercises head pruning on
+    ``nn.MultiheadAttention`` and MLP-width pruning inside a transformer block.
+    """
+
+    def __init__(self, features: int = 8, dim: int = 16, heads: int = 4, num_classes: int = 10) -> None:
+        super().__init__()
+        self.embed = nn.Linear(features, dim)
+        self.block = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=32, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.embed(x)).mean(1))
+
+
+def transformer_batch(n: int = 8, seed: int = 0, classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """A reproducible (inputs, targets) batch for ``TinyTransformer``."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 8, 8, generator=g), torch.randint(0, classes, (n,), generator=g)
