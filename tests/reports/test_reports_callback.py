@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, ExperimentWriter, cfg, metrics
+from reports_fixtures import REPO, ExperimentWriter, cfg, metrics
 
 import reports
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, cfg, metrics
+from reports_fixtures import REPO, cfg, metrics
 
 import reports
 from reports.build import open_report

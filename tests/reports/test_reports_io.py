@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from conftest import DENSE, REPO, cfg, metrics
+from reports_fixtures import DENSE, REPO, cfg, metrics
 
 import reports
 from reports import io as rio

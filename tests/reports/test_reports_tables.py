@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import DENSE, cfg, metrics
+from reports_fixtures import DENSE, cfg, metrics
 
 from reports.ledger import read_experiment
 from reports.tables import build_tables
