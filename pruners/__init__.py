@@ -10,8 +10,19 @@ from pruners.prune import GRANULARITIES, SCOPES, LayerReport, PruneReport, prune
 from pruners.schedules import Dynamic, Gradual, Iterative, OneShot, Schedule, list_schedules, make_schedule
 from pruners.thresholds import list_threshold_rules
 from pruners._attention import PrunableMultiheadAttention, convert_attention
+from pruners.finetune import OptimizerConfig, PruneSpec, finetune
+from pruners.measure import Metrics, measure
+from pruners.io import load, load_metadata, save
 
 __all__ = [
+    "Metrics",
+    "OptimizerConfig",
+    "PruneSpec",
+    "finetune",
+    "load",
+    "load_metadata",
+    "measure",
+    "save",
     "GRANULARITIES",
     "Dynamic",
     "Gradual",

@@ -1,0 +1,101 @@
+"""torch.distributed helpers for ``finetune`` (all no-ops in a single process)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def _comm_device() -> torch.device:
+    # NCCL reduces CUDA tensors only; gloo (and mpi) take CPU tensors.
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Sum each number over all ranks (float64, one collective)."""
+    if not is_distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.cpu().tolist()
+
+
+def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
+    """Average ``tensors`` in place over all ranks (one flat collective)."""
+    if not tensors or not is_distributed():
+        return
+    device = _comm_device()
+    flat = torch.cat([t.detach().flatten().to(device, torch.float64) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset : offset + n].view_as(t).to(t.device, t.dtype))
+        offset += n
+
+
+def ddp_kwargs(model: DDP) -> dict[str, Any]:
+    """The constructor arguments needed to wrap a changed module the same way again."""
+    return {
+        "device_ids": model.device_ids,
+        "output_device": model.output_device,
+        "broadcast_buffers": model.broadcast_buffers,
+        "find_unused_parameters": model.find_unused_parameters,
+        "process_group": model.process_group,
+        "gradient_as_bucket_view": model.gradient_as_bucket_view,
+        "static_graph": getattr(model, "static_graph", False),
+    }
+
+
+def wrap(module: nn.Module, kwargs: dict[str, Any] | None) -> nn.Module:
+    """``DistributedDataParallel(module, **kwargs)``, or ``module`` when not wrapping."""
+    return module if kwargs is None else DDP(module, **kwargs)
+
+
+def fingerprint(module: nn.Module) -> torch.Tensor:
+    """A per-rank summary of structure and masks: shapes and mask checksums, float64."""
+    values: list[float] = []
+    for _, p in module.named_parameters():
+        values.extend(float(s) for s in p.shape)
+    for name, b in module.named_buffers():
+        if name.endswith("_mask"):
+            flat = b.detach().flatten().to(torch.float64).cpu()
+            weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64)
+            values.extend([float(flat.sum()), float((flat * weights).sum())])
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def check_identical_across_ranks(module: nn.Module) -> None:
+    """Raise ``RuntimeError`` unless every rank has the same shapes and masks.
+
+    Structured pruning that diverged between ranks would make DDP hang or fail obscurely
+    later; a cheap fingerprint comparison catches it at the pruning step instead.
+    """
+    if not is_distributed():
+        return
+    fp = fingerprint(module).to(_comm_device())
+    size = torch.tensor([float(fp.numel())], dtype=torch.float64, device=fp.device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    if len({float(s) for s in sizes}) != 1:
+        raise RuntimeError("ranks diverged after pruning: their models have different structure")
+    lo, hi = fp.clone(), fp.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    if not torch.equal(lo, hi):
+        raise RuntimeError("ranks diverged after pruning: their masks or shapes differ")

@@ -1,0 +1,257 @@
+"""pruners.finetune on sklearn's digits: schedules, granularities, training hooks, checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import pruners
+from pruners._dynamic import StraightThrough, regrow
+from pruners.finetune import OptimizerConfig, PruneSpec, finetune
+from tests.pruners.models import MLP, ResidualCNN
+
+ROW_KEYS = {
+    "epoch", "accuracy", "loss", "train_loss", "sparsity", "requested_sparsity", "flops",
+    "flops_sparse", "params", "params_nonzero", "size_bytes", "latency_ms",
+}
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def digits() -> dict[str, torch.Tensor]:
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(d.target)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    return {"x": x[perm], "y": y[perm]}
+
+
+def _loaders(digits, image: bool, n_train: int = 1280):
+    x = digits["x"].view(-1, 1, 8, 8) if image else digits["x"]
+    y = digits["y"]
+    train = DataLoader(TensorDataset(x[:n_train], y[:n_train]), batch_size=64, shuffle=True,
+                       generator=torch.Generator().manual_seed(0))
+    test = DataLoader(TensorDataset(x[n_train:], y[n_train:]), batch_size=256)
+    return train, test, x[:1]
+
+
+def _run(digits, spec: PruneSpec, schedule, *, image: bool, model: nn.Module | None = None,
+         optimizer: OptimizerConfig | None = None, epochs: int = EPOCHS, **kw):
+    train, test, example = _loaders(digits, image)
+    model = model if model is not None else (ResidualCNN(width=12) if image else MLP(hidden=64))
+    rows: list[dict] = []
+    out = finetune(
+        model, train, test, spec=spec, schedule=schedule, epochs=epochs,
+        optimizer=optimizer or OptimizerConfig(name="adam", lr=0.01),
+        report=rows.append, example_inputs=example, latency_repeats=2, **kw,
+    )
+    return out, rows, example
+
+
+STEPS = 20  # optimizer steps per epoch: 1280 / 64
+
+CASES = [
+    # (criterion, granularity, schedule, schedule params, image model?)
+    ("magnitude", "unstructured", "one_shot", {}, False),
+    ("magnitude", "unstructured", "gradual",
+     {"start_step": 0, "end_step": 2 * STEPS, "interval": 10}, False),
+    ("taylor", "unstructured", "iterative", {"rounds": 3, "interval": 10}, False),
+    ("magnitude", "structured", "iterative", {"rounds": 2, "interval": STEPS}, True),
+    ("taylor", "structured", "gradual",
+     {"start_step": 0, "end_step": 2 * STEPS, "interval": 10}, True),
+    ("random", "structured", "one_shot", {}, False),
+]
+
+
+@pytest.mark.parametrize(("criterion", "granularity", "schedule", "params", "image"), CASES)
+def test_schedules_reach_their_target_and_the_model_learns(
+    digits, criterion, granularity, schedule, params, image
+):
+    target = 0.5 if granularity == "structured" else 0.8
+    sched = pruners.make_schedule(schedule, target=target, **params)
+    spec = PruneSpec(criterion, granularity, amount=target)
+    model, rows, example = _run(digits, spec, sched, image=image)
+
+    assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
+    assert all(ROW_KEYS <= set(r) for r in rows)
+    last = rows[-1]
+    assert last["requested_sparsity"] == pytest.approx(target)
+    assert last["units_pruned"] == pytest.approx(target, abs=0.03)
+    if granularity == "unstructured":
+        assert last["sparsity"] == pytest.approx(target, abs=0.01)
+        assert last["flops_sparse"] < 0.45 * last["flops"]
+        assert last["params_nonzero"] < 0.45 * last["params"]
+    else:
+        # Half the channels of a layer fed by a pruned layer leave about a quarter of the
+        # weights: structured sparsity in weights exceeds the unit target.
+        assert last["sparsity"] > target
+        assert last["flops_sparse"] == last["flops"] and last["params_nonzero"] <= last["params"]
+        assert last["flops"] < 0.6 * rows[0]["flops"] or schedule == "one_shot"
+    # Real learning on 10 classes (chance 0.1), after pruning.
+    assert last["accuracy"] > 0.6
+    assert last["loss"] < rows[0]["loss"] or rows[0]["accuracy"] > 0.8
+    # The gradual ramp is below the target in the first epoch, then reaches it.
+    if schedule == "gradual":
+        assert rows[0]["requested_sparsity"] < target
+
+
+def test_structured_result_is_a_smaller_dense_model_that_exports(digits, tmp_path):
+    sched = pruners.make_schedule("one_shot", target=0.5)
+    dense = ResidualCNN(width=12)
+    dense_params = sum(p.numel() for p in dense.parameters())
+    model, rows, example = _run(digits, PruneSpec("magnitude", "structured", amount=0.5),
+                                sched, image=True, model=dense, epochs=1)
+    assert rows[-1]["params"] < 0.5 * dense_params
+    assert not any(n.endswith(("_mask", "_orig")) for n, _ in model.named_buffers())
+    pruners.save(model, tmp_path / "m.pt2", example)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(pruners.load(tmp_path / "m.pt2")(x), model(x))
+
+
+def test_checkpoint_sees_every_reported_row(digits):
+    seen: list[tuple[nn.Module, dict]] = []
+    model, rows, _ = _run(
+        digits, PruneSpec("magnitude", amount=0.5), pruners.make_schedule("one_shot", target=0.5),
+        image=False, epochs=2, checkpoint=lambda m, row: seen.append((m, dict(row))),
+    )
+    assert [row for _, row in seen] == rows
+    assert all(m is model for m, _ in seen)
+
+
+def test_dynamic_regrows_weights_and_keeps_the_sparsity(digits):
+    sched = pruners.make_schedule("dynamic", target=0.8, interval=5, regrow_fraction=0.2,
+                                  end_step=2 * STEPS)
+    masks: list[dict[str, torch.Tensor]] = []
+
+    def snapshot(model: nn.Module, row: dict) -> None:
+        masks.append({n: b.clone() for n, b in model.named_buffers() if n.endswith("_mask")})
+
+    model, rows, _ = _run(digits, PruneSpec("magnitude", amount=0.8), sched, image=False,
+                          optimizer=OptimizerConfig(lr=0.1), checkpoint=snapshot)
+    changed = sum(int((masks[0][n] != masks[-1][n]).sum()) for n in masks[0])
+    assert changed > 0  # masks were revised between epoch 1 and the end
+    assert all(r["sparsity"] == pytest.approx(0.8, abs=0.01) for r in rows)
+    assert rows[-1]["accuracy"] > 0.6
+    # The straight-through hooks are gone: only torch's pruning pre-hook remains per layer.
+    assert all(len(m._forward_pre_hooks) <= 1 for m in model.modules())
+
+
+def test_straight_through_keeps_the_forward_and_gives_masked_weights_a_gradient():
+    layer = nn.Linear(4, 3)
+    torch.nn.utils.prune.random_unstructured(layer, "weight", amount=0.5)
+    x = torch.randn(2, 4)
+    expected = layer(x)
+    st = StraightThrough()
+    st.attach(layer)
+    out = layer(x)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    out.sum().backward()
+    # d(sum)/dW = sum over the batch of x, for every weight, masked or not.
+    torch.testing.assert_close(layer.weight_orig.grad, x.sum(0).expand(3, 4))
+    st.detach()
+    assert not st.active and len(layer._forward_pre_hooks) == 1
+
+
+def test_regrow_swaps_only_pruned_weights_that_now_beat_survivors():
+    layer = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
+    torch.nn.utils.prune.custom_from_mask(layer, "weight", torch.tensor([[0.0, 0.0, 1.0, 1.0]]))
+    with torch.no_grad():  # the dense value of a pruned weight grew (straight-through training)
+        layer.weight_orig.copy_(torch.tensor([[1.0, 5.0, 3.0, 4.0]]))
+    crit = pruners.make_criterion("magnitude")
+    # 2 pruned x 0.5 = 1 swap allowed: weight 1 (|5|) beats the weakest survivor (|3|).
+    assert regrow(layer, crit, 0.5, "global") == 1
+    assert layer.weight_mask.tolist() == [[0.0, 1.0, 0.0, 1.0]]
+    # Nothing pruned now beats a survivor: no change, whatever the budget.
+    assert regrow(layer, crit, 1.0, "layerwise") == 0
+    assert layer.weight_mask.tolist() == [[0.0, 1.0, 0.0, 1.0]]
+
+
+@pytest.mark.parametrize(("criterion", "params"), [
+    ("slimming", {"penalty": 1e-3, "warmup_steps": 10}),
+    ("l2_penalty", {"penalty": 1e-3, "warmup_steps": 10}),
+    ("attention", {"warmup_steps": 10}),
+    ("adaptive_attention", {"warmup_steps": 10}),
+    ("multilevel_attention", {"warmup_steps": 10}),
+])
+def test_training_criteria_leave_no_gates_or_hooks_and_export(digits, tmp_path, criterion, params):
+    sched = pruners.make_schedule("iterative", target=0.5, rounds=2, interval=10)
+    # Layer-wise: a global threshold on raw BatchNorm scales may legitimately cut a layer of
+    # this tiny network down to one channel, which is the criterion's business, not ours.
+    spec = PruneSpec(criterion, "structured", amount=0.5, params=params, scope="layerwise")
+    model, rows, example = _run(digits, spec, sched, image=True, epochs=2)
+    assert rows[-1]["units_pruned"] == pytest.approx(0.5, abs=0.05)
+    assert rows[-1]["accuracy"] > 0.3
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks, type(m).__name__
+    # Only the model's own parameters remain: nothing gate-like was left in the module tree.
+    fresh = {n for n, _ in ResidualCNN(width=12).named_parameters()}
+    assert {n for n, _ in model.named_parameters()} == fresh
+    pruners.save(model, tmp_path / "m.pt2", example)
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(pruners.load(tmp_path / "m.pt2")(x), model(x))
+
+
+def test_penalty_is_part_of_the_training_loss(digits):
+    kw = dict(image=True, epochs=1, model=None)
+    sched = pruners.make_schedule("one_shot", target=0.25)
+    torch.manual_seed(0)
+    _, plain, _ = _run(digits, PruneSpec("slimming", "structured", amount=0.25,
+                                         params={"penalty": 0.0}), sched, **kw)
+    torch.manual_seed(0)
+    _, heavy, _ = _run(digits, PruneSpec("slimming", "structured", amount=0.25,
+                                         params={"penalty": 0.05}), sched, **kw)
+    assert heavy[0]["train_loss"] > plain[0]["train_loss"] + 0.05
+
+
+def test_bad_configurations_raise_one_clear_error(digits):
+    train, test, example = _loaders(digits, image=False)
+    one_shot = pruners.make_schedule("one_shot", target=0.5)
+    kw = dict(epochs=1, optimizer=OptimizerConfig(), report=lambda row: None,
+              example_inputs=example)
+    dynamic = pruners.make_schedule("dynamic", target=0.5, interval=5, regrow_fraction=0.1,
+                                    end_step=10)
+    with pytest.raises(ValueError, match="dynamic.*unstructured"):
+        finetune(MLP(), train, test, spec=PruneSpec("magnitude", "structured", amount=0.5),
+                 schedule=dynamic, **kw)
+    with pytest.raises(ValueError, match="must equal the schedule's target"):
+        finetune(MLP(), train, test, spec=PruneSpec("magnitude", amount=0.3),
+                 schedule=one_shot, **kw)
+    late = pruners.make_schedule("iterative", target=0.5, rounds=3, interval=STEPS)
+    with pytest.raises(ValueError, match="only 20 steps"):
+        finetune(MLP(), train, test, spec=PruneSpec("magnitude", amount=0.5), schedule=late, **kw)
+    with pytest.raises(ValueError, match="epochs"):
+        finetune(MLP(), train, test, spec=PruneSpec("magnitude", amount=0.5), schedule=one_shot,
+                 **{**kw, "epochs": 0})
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"criterion": "nope"}, "unknown criterion 'nope'; valid choices: .*magnitude"),
+    ({"criterion": "slimming", "granularity": "unstructured"}, "does not support unstructured"),
+    ({"criterion": "magnitude", "params": {"q": 1}}, "unknown parameter"),
+    ({"criterion": "magnitude", "amount": 1.5}, "must be in"),
+    ({"criterion": "magnitude", "scope": "local"}, "valid choices: global, layerwise"),
+])
+def test_prune_spec_validates(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PruneSpec(**kwargs)
+
+
+def test_optimizer_config_validates_and_schedules_the_learning_rate():
+    with pytest.raises(ValueError, match="valid choices: adam, adamw, sgd"):
+        OptimizerConfig(name="rmsprop")
+    with pytest.raises(ValueError, match="lr"):
+        OptimizerConfig(lr=0)
+    with pytest.raises(ValueError, match="momentum"):
+        OptimizerConfig(momentum=1.0)
+    cos = OptimizerConfig(lr=0.2, lr_schedule="cosine")
+    assert [cos.lr_at(s, 4) for s in (0, 2, 4)] == pytest.approx([0.2, 0.1, 0.0])
+    assert OptimizerConfig(lr=0.2).lr_at(3, 4) == 0.2
+    opt = OptimizerConfig(name="adamw", lr=0.1, weight_decay=0.01).build([nn.Parameter(torch.zeros(2))])
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == 0.01
