@@ -50,3 +50,102 @@ def test_magnitude_structured_removes_channels(model, scope):
     assert abs(r.achieved - 0.5) <= 1 / r.units_before + 1e-9
     assert _params(m) < before
     assert m(x).shape == out_shape
+
+
+def test_unstructured_is_cumulative_and_keeps_earlier_removals():
+    m = MLP()
+    x, _ = mlp_batch()
+    pruners.prune(m, criterion="random", granularity="unstructured", amount=0.3, example_inputs=x)
+    first = {n: mod.weight_mask.clone() for n, mod in m.named_modules() if hasattr(mod, "weight_mask")}
+    r = pruners.prune(m, criterion="magnitude", granularity="unstructured", amount=0.5, example_inputs=x)
+    assert r.achieved == pytest.approx(round(0.5 * r.units_before) / r.units_before)
+    for n, mod in m.named_modules():
+        if n in first:
+            assert bool(((first[n] == 0) <= (mod.weight_mask == 0)).all())  # removed stay removed
+            # one mask hook per layer, not a growing PruningContainer
+            assert len(mod._forward_pre_hooks) == 1
+
+
+def test_same_weights_same_result():
+    x, y = cnn_batch()
+    a, b = ResidualCNN(), ResidualCNN()
+    b.load_state_dict(a.state_dict())
+    for m in (a, b):
+        pruners.prune(m, criterion="taylor", granularity="structured", amount=0.4, example_inputs=x, calibration=[(x, y)])
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_ignore_and_classifier_are_never_pruned():
+    m = ResidualCNN()
+    x, _ = cnn_batch()
+    r = pruners.prune(m, criterion="magnitude", granularity="structured", amount=0.5, example_inputs=x, ignore=["down"])
+    assert m.down[0].out_channels == 16 and m.fc.out_features == 10
+    assert "down.0" not in {layer.name for layer in r.layers}
+    u = MLP()
+    xu, _ = mlp_batch()
+    pruners.prune(u, criterion="magnitude", granularity="unstructured", amount=0.5, example_inputs=xu, ignore=["net.1"])
+    assert not hasattr(u.net[1], "weight_mask") and not hasattr(u.net[6], "weight_mask")
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"criterion": "magnitud"}, "valid choices"),
+        ({"granularity": "channel"}, "valid choices: unstructured, structured"),
+        ({"scope": "local"}, "valid choices: global, layerwise"),
+        ({"amount": 1.0}, "must be in \\[0, 1\\)"),
+        ({"threshold_rule": "top_k"}, "valid choices"),
+        ({"ignore": ["nope"]}, "unknown module"),
+        ({"criterion": "slimming", "granularity": "unstructured"}, "does not support unstructured"),
+    ],
+)
+def test_bad_input_says_what_is_allowed(kwargs, match):
+    x, _ = mlp_batch()
+    args = {"criterion": "magnitude", "granularity": "structured", "amount": 0.5, "example_inputs": x, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        pruners.prune(MLP(), **args)
+
+
+def test_absolute_and_mean_std_rules_on_structured_scores():
+    m = MLP()
+    x, _ = mlp_batch()
+    crit = pruners.make_criterion("magnitude", p=1, normalizer="none")
+    scores = pruners.score(m, criterion=crit, granularity="structured", example_inputs=x)
+    cut = float(torch.cat(list(scores.values())).median())
+    expect = sum(int((s < cut).sum()) for s in scores.values())
+    r = pruners.prune(m, criterion=crit, granularity="structured", amount=cut, threshold_rule="absolute", example_inputs=x)
+    assert r.units_before - r.units_after == expect
+    assert r.requested == cut and r.requested_fraction == pytest.approx(expect / r.units_before)
+
+    m2 = MLP()
+    s2 = pruners.score(m2, criterion=crit, granularity="structured", example_inputs=x)
+    expect2 = sum(int((s < s.mean() - 0.5 * s.std(unbiased=False)).sum()) for s in s2.values())
+    r2 = pruners.prune(m2, criterion=crit, granularity="structured", amount=0.5, threshold_rule="mean_std", scope="layerwise", example_inputs=x)
+    assert r2.units_before - r2.units_after == expect2 > 0
+
+
+def test_ddp_style_wrapper_is_unwrapped():
+    m = torch.nn.DataParallel(MLP())
+    x, _ = mlp_batch()
+    r = pruners.prune(m, criterion="magnitude", granularity="structured", amount=0.5, example_inputs=x)
+    assert m.module.net[1].out_features + m.module.net[4].out_features == 32 == r.units_after
+    assert m(x).shape == (8, 10)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_prunable_attention_matches_multihead_attention(batch_first):
+    mha = torch.nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    ours = pruners.PrunableMultiheadAttention.from_mha(mha).eval()
+    q = torch.randn(3, 5, 16) if batch_first else torch.randn(5, 3, 16)
+    pad = torch.zeros(3, 5, dtype=torch.bool)
+    pad[0, -2:] = True
+    for kwargs in ({"need_weights": False}, {"need_weights": True}, {"need_weights": False, "key_padding_mask": pad}):
+        a, wa = mha(q, q, q, **kwargs)
+        b, wb = ours(q, q, q, **kwargs)
+        assert torch.allclose(a, b, atol=1e-5)
+        if wa is not None:
+            assert torch.allclose(wa, wb, atol=1e-5)
+    ours.remove_heads([1, 3])
+    assert ours.num_heads == 2 and ours(q, q, q, need_weights=False)[0].shape == q.shape
