@@ -173,7 +173,11 @@ def _metric_dtype(column: str, values: pd.Series) -> pd.Series:
     """Fixed dtypes for the metric columns, so reports of different experiments
     (or of one experiment at different times) share a schema: counts are Int64,
     everything else (FLOPs included: sparse FLOPs can be fractional) float64."""
-    as_float = pd.to_numeric(values.astype(object).where(values.notna(), np.nan), errors="coerce")
+    try:
+        as_float = pd.to_numeric(values.astype(object).where(values.notna(), np.nan))
+    except (TypeError, ValueError):
+        bad = next(v for v in values if not is_missing(v) and not _is_number(v))
+        raise ValueError(f"metric {column!r} must be numeric, got {bad!r}") from None
     as_float = as_float.astype("float64")
     if column in INTEGER_METRICS:
         finite = as_float.dropna()
@@ -182,15 +186,26 @@ def _metric_dtype(column: str, values: pd.Series) -> pd.Series:
     return as_float
 
 
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _finalize(records: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(
-        {c: normalize_column(records[c]) for c in records.columns}, index=records.index
+        {
+            c: _metric_dtype(c, records[c]) if c in METRIC_COLUMNS else normalize_column(records[c])
+            for c in records.columns
+        },
+        index=records.index,
     )
     for c in METRIC_COLUMNS:
         # Every reader can count on the metric columns, even before any result.
-        out[c] = _metric_dtype(c, out[c]) if c in out.columns else np.nan
-        if c in INTEGER_METRICS and c not in records.columns:
-            out[c] = out[c].astype("Int64")
+        if c not in out.columns:
+            out[c] = pd.array([pd.NA] * len(out), dtype="Int64") if c in INTEGER_METRICS else np.nan
     for c in ("trial_id", "status"):
         if c in out.columns:
             out[c] = out[c].astype("string")
@@ -274,7 +289,8 @@ def final_table(exp: Experiment, trials: pd.DataFrame | None = None) -> pd.DataF
     if trials is None:
         trials = trials_table(exp)
     config_cols = _config_order(exp.config_columns)
-    reasons = exp.statuses.set_index("trial_id")["reason"] if not exp.statuses.empty else {}
+    st = trial_statuses(exp)
+    reasons = dict(zip(st["trial_id"], st["reason"], strict=True))
     records = []
     ref = trials[trials["status"] == REFERENCE_STATUS]
     for _, r in ref.iterrows():
@@ -283,7 +299,7 @@ def final_table(exp: Experiment, trials: pd.DataFrame | None = None) -> pd.DataF
     for trial_id, rows in done.groupby("trial_id", sort=True):
         chosen, last = _chosen_epoch(rows)
         rec = chosen.to_dict()
-        rec["reason"] = reasons.get(trial_id) if len(reasons) else None
+        rec["reason"] = reasons.get(trial_id)
         rec["last_epoch"] = int(last["epoch"])
         if "time_total_s" in last.index:
             rec["trial_time_s"] = last["time_total_s"]

@@ -163,3 +163,25 @@ def test_missing_dense_baseline_needs_an_explicit_reference(make_experiment):
     tables = build_tables(exp, reference=ref)
     assert tables.final["trial_id"].tolist() == ["t1"]  # no reference row without a baseline
     assert tables.summaries["accuracy_flops"].hypervolume == 0.875 * (16384 - 8832)
+
+
+def test_config_values_of_any_json_kind_become_typed_columns(make_experiment):
+    w = make_experiment("kinds")
+    row = metrics(0.875, 0.5, 8832, 8832, 18370, 4522, 4522)
+    w.result("t1", {"criterion": "magnitude", "ignore": ["fc3"], "optimizer": {"name": "sgd"},
+                    "amount": 1, "penalty": True}, 1, **row)
+    w.result("t2", {"criterion": "taylor", "ignore": [], "optimizer": {"name": "adam"},
+                    "amount": 0.5, "penalty": False}, 1, **row)
+    t = _trials(build_tables(read_experiment(w.root)).trials).set_index("trial_id")
+    assert t["ignore"].tolist() == ['["fc3"]', "[]"]  # lists as JSON text
+    assert t["optimizer.name"].tolist() == ["sgd", "adam"]  # nested dicts flattened
+    assert t["amount"].dtype == "float64" and t["amount"].tolist() == [1.0, 0.5]
+    assert t["penalty"].tolist() == [True, False] and t["penalty"].dtype == "boolean"
+
+
+def test_non_numeric_metric_is_named(make_experiment):
+    w = make_experiment("badmetric")
+    row = {**metrics(0.875, 0.5, 8832, 8832, 18370, 4522, 4522), "accuracy": "high"}
+    w.result("t1", cfg("taylor", "structured", 0.5, "one_shot"), 1, **row)
+    with pytest.raises(ValueError, match="metric 'accuracy' must be numeric, got 'high'"):
+        build_tables(read_experiment(w.root))
