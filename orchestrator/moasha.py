@@ -1,0 +1,305 @@
+"""Multi-objective asynchronous successive halving (MO-ASHA) as a Ray Tune scheduler.
+
+ASHA (Li et al., "A System for Massively Parallel Hyperparameter Tuning", MLSys 2020)
+judges a trial at each rung against the results other trials recorded at that rung and
+keeps the top ``1/eta``. MO-ASHA (Schmucker et al., "Multi-objective Asynchronous
+Successive Halving", 2021) does the same with several objectives, replacing "sorted by
+the metric" with an order over objective vectors. We use the NSGA-II order (Deb et al.,
+"A fast and elitist multiobjective genetic algorithm: NSGA-II", IEEE TEVC 2002):
+
+1. Pareto rank first (rank 1 = not dominated by any result at the rung);
+2. within a rank, larger crowding distance first, so the kept trials spread along the
+   front rather than cluster at one end (the diversity rule);
+3. remaining ties (e.g. every member of a front of one or two points has an infinite
+   distance) go to the result recorded at the rung first, so decisions are deterministic
+   and a trial never displaces an equally good one that arrived earlier.
+
+Asynchronous like Ray's ``AsyncHyperBandScheduler``: a trial reaching a rung is judged
+at once against the results recorded there so far (its own included) and continues iff
+it is among the first ``ceil(n / eta)`` of the ``n`` recorded results in that order.
+With one objective this is ASHA's promotion rule (Li et al.: the top ``1/eta`` of the
+rung). Ray's stopping variant instead compares a trial with the median of the *earlier*
+results only; for ``eta = 2`` that stops a superset of the trials this rule stops.
+
+The ordering is a pure function (:func:`rung_order`) over a points array; the scheduler
+only does bookkeeping, so it is tested by driving ``on_trial_result`` with fake trials.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
+
+from reports.pareto import nondominated_sort
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment import Trial
+
+__all__ = ["MultiObjectiveASHA", "RungDecision", "crowding_distance", "rung_order"]
+
+logger = logging.getLogger(__name__)
+
+_DIRECTIONS = ("max", "min")
+
+
+def crowding_distance(points: object, directions: Sequence[str]) -> np.ndarray:
+    """NSGA-II crowding distance of each point within one front.
+
+    For every objective the points are sorted by it; the two extremes get an infinite
+    distance and each other point adds the gap between its two neighbours divided by the
+    objective's range over the front. An objective with no range adds nothing.
+
+    Args:
+        points: ``(n_points, n_objectives)`` array-like (the members of one front).
+        directions: ``"max"`` / ``"min"`` per objective (the distance does not depend on
+            it, but it is checked so callers cannot mix up columns).
+
+    Returns:
+        Float array of length ``n_points`` (``inf`` for boundary points).
+    """
+    f = np.asarray(points, dtype=float)
+    if f.ndim != 2 or f.shape[1] != len(directions):
+        raise ValueError(f"points must be (n, {len(directions)}), got shape {f.shape}")
+    n = f.shape[0]
+    dist = np.zeros(n, dtype=float)
+    if n <= 2:
+        dist[:] = np.inf
+        return dist
+    for j in range(f.shape[1]):
+        # Stable sort, so equal values keep their arrival order at the boundaries.
+        order = np.argsort(f[:, j], kind="stable")
+        col = f[order, j]
+        dist[order[0]] = dist[order[-1]] = np.inf
+        span = col[-1] - col[0]
+        if span <= 0:
+            continue
+        dist[order[1:-1]] += (col[2:] - col[:-2]) / span
+    return dist
+
+
+def rung_order(points: object, directions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Order the results recorded at a rung, best first (the MO-ASHA promotion order).
+
+    Args:
+        points: ``(n_points, n_objectives)`` array-like of finite numbers, rows in the
+            order the results were recorded at the rung.
+        directions: ``"max"`` / ``"min"`` per objective.
+
+    Returns:
+        ``(order, ranks)``: indices of ``points`` best first (Pareto rank ascending, then
+        crowding distance within the rank descending, then recording order), and the
+        1-based Pareto rank of every point.
+    """
+    f = np.asarray(points, dtype=float)
+    if f.ndim != 2:
+        raise ValueError(f"points must be 2-D (points x objectives), got {f.ndim}-D")
+    ranks = nondominated_sort(f, directions)
+    crowd = np.zeros(len(f), dtype=float)
+    for r in np.unique(ranks):
+        members = np.flatnonzero(ranks == r)
+        crowd[members] = crowding_distance(f[members], directions)
+    arrival = np.arange(len(f))
+    # lexsort: last key is primary.
+    order = np.lexsort((arrival, -crowd, ranks))
+    return order, ranks
+
+
+@dataclass(frozen=True)
+class RungDecision:
+    """What MO-ASHA decided for one trial at one rung (kept for the ledger and tests)."""
+
+    trial_id: str
+    rung: float
+    time: float
+    action: str
+    pareto_rank: int
+    position: int  # 1-based place in the rung order
+    kept: int  # how many of the recorded results continue
+    recorded: int  # results recorded at the rung, this one included
+
+    def reason(self) -> str:
+        verdict = "continues" if self.action == TrialScheduler.CONTINUE else "stopped"
+        return (
+            f"moasha: {verdict} at rung {self.rung:g} (epoch {self.time:g}): place {self.position} "
+            f"of {self.recorded} (Pareto rank {self.pareto_rank}), top {self.kept} continue"
+        )
+
+
+class MultiObjectiveASHA(FIFOScheduler):
+    """Asynchronous successive halving on the Pareto rank of several objectives.
+
+    Rungs sit at ``grace_period * reduction_factor**k`` (in ``time_attr`` units) below
+    ``max_t``. When a trial first reports a ``time_attr`` at or past a rung it has not
+    been judged at, its objective vector is recorded there and the trial continues iff it
+    is among the first ``ceil(n / reduction_factor)`` of the ``n`` results recorded at
+    that rung, in :func:`rung_order` (Pareto rank, then crowding distance, then arrival).
+    A trial reaching ``max_t`` is stopped (it is done). Results without ``time_attr`` or
+    one of the objectives, or with a non-finite objective, are not judged.
+
+    Args:
+        objectives: ``{metric: "max" | "min"}``, at least one (two or more for a Pareto
+            front), e.g. ``{"accuracy": "max", "flops": "min"}``.
+        time_attr: Result key that measures progress; must increase monotonically within
+            a trial. Use ``"epoch"``: Tune's ``training_iteration`` restarts after a
+            trial is restored.
+        max_t: Trials are stopped once ``time_attr`` reaches this (the trial's epochs).
+        grace_period: First rung; no trial is stopped before it.
+        reduction_factor: ``eta``; about ``1/eta`` of the trials continue at each rung.
+        stop_last_trials: Stop trials at ``max_t`` (as ``AsyncHyperBandScheduler``).
+
+    Raises:
+        ValueError: any argument out of range, with what is allowed.
+    """
+
+    def __init__(
+        self,
+        objectives: Mapping[str, str],
+        *,
+        time_attr: str = "epoch",
+        max_t: float = 100,
+        grace_period: float = 1,
+        reduction_factor: float = 2,
+        stop_last_trials: bool = True,
+    ) -> None:
+        if not isinstance(objectives, Mapping) or not objectives:
+            raise ValueError("objectives must be a non-empty mapping {metric: 'max' | 'min'}")
+        for metric, mode in objectives.items():
+            if not isinstance(metric, str) or not metric:
+                raise ValueError(f"objective names must be non-empty strings, got {metric!r}")
+            if mode not in _DIRECTIONS:
+                raise ValueError(f"objective {metric!r}: mode {mode!r} is invalid; valid choices: max, min")
+        if not isinstance(time_attr, str) or not time_attr:
+            raise ValueError(f"time_attr must be a result key, got {time_attr!r}")
+        for name, value in (("max_t", max_t), ("grace_period", grace_period)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        if grace_period > max_t:
+            raise ValueError(f"grace_period ({grace_period}) must be <= max_t ({max_t})")
+        if isinstance(reduction_factor, bool) or not isinstance(reduction_factor, (int, float)) or not reduction_factor > 1:
+            raise ValueError(f"reduction_factor must be a number > 1, got {reduction_factor!r}")
+        super().__init__()
+        self._objectives = dict(objectives)
+        self._directions = tuple(self._objectives.values())
+        self._time_attr = time_attr
+        self._max_t = max_t
+        self._eta = float(reduction_factor)
+        self._stop_last_trials = bool(stop_last_trials)
+        rungs: list[float] = []
+        k = 0
+        while grace_period * self._eta**k < max_t:
+            rungs.append(grace_period * self._eta**k)
+            k += 1
+        self._rungs = tuple(rungs)
+        # rung -> [(trial_id, objective vector)] in recording order.
+        self._recorded: dict[float, list[tuple[str, tuple[float, ...]]]] = {r: [] for r in self._rungs}
+        self.decisions: list[RungDecision] = []
+        self._num_stopped = 0
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def rungs(self) -> tuple[float, ...]:
+        """Rung milestones in ``time_attr`` units, ascending."""
+        return self._rungs
+
+    @property
+    def objectives(self) -> dict[str, str]:
+        return dict(self._objectives)
+
+    def recorded(self, rung: float) -> list[tuple[str, tuple[float, ...]]]:
+        """``(trial_id, objective vector)`` recorded at ``rung``, in recording order."""
+        return list(self._recorded[rung])
+
+    def stop_reason(self, trial_id: str) -> str | None:
+        """Why the scheduler stopped ``trial_id`` early, or None if it did not."""
+        for d in reversed(self.decisions):
+            if d.trial_id == trial_id and d.action == TrialScheduler.STOP:
+                return d.reason()
+        return None
+
+    # -- Tune hooks -----------------------------------------------------------------------
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        # The objectives are the scheduler's own; a single Tune metric does not apply.
+        return True
+
+    def _vector(self, result: Mapping[str, Any]) -> tuple[float, ...] | None:
+        try:
+            vec = tuple(float(result[m]) for m in self._objectives)
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not all(math.isfinite(v) for v in vec):
+            return None
+        return vec
+
+    def _judge(self, trial_id: str, t: float, vec: tuple[float, ...]) -> str | None:
+        """Record ``vec`` at the highest rung <= ``t`` this trial was not judged at.
+
+        Returns the action, or None if there is no such rung.
+        """
+        for rung in reversed(self._rungs):
+            recorded = self._recorded[rung]
+            if t < rung or any(tid == trial_id for tid, _ in recorded):
+                continue
+            recorded.append((trial_id, vec))
+            order, ranks = rung_order([v for _, v in recorded], self._directions)
+            n = len(recorded)
+            kept = max(1, math.ceil(n / self._eta))
+            me = n - 1
+            position = int(np.flatnonzero(order == me)[0]) + 1
+            action = TrialScheduler.CONTINUE if position <= kept else TrialScheduler.STOP
+            self.decisions.append(
+                RungDecision(trial_id, rung, t, action, int(ranks[me]), position, kept, n)
+            )
+            return action
+        return None
+
+    def on_trial_result(self, tune_controller: TuneController, trial: Trial, result: dict) -> str:
+        if self._time_attr not in result:
+            return TrialScheduler.CONTINUE
+        t = float(result[self._time_attr])
+        if t >= self._max_t and self._stop_last_trials:
+            return TrialScheduler.STOP
+        vec = self._vector(result)
+        if vec is None:
+            logger.warning(
+                "MO-ASHA: result of trial %s lacks a finite value for one of %s; not judged",
+                trial.trial_id, list(self._objectives),
+            )
+            return TrialScheduler.CONTINUE
+        action = self._judge(trial.trial_id, t, vec) or TrialScheduler.CONTINUE
+        if action == TrialScheduler.STOP:
+            self._num_stopped += 1
+        return action
+
+    def on_trial_complete(self, tune_controller: TuneController, trial: Trial, result: dict) -> None:
+        # A finished trial's last result still informs later trials at the rungs it
+        # reached (as in ASHA); the decision itself no longer matters.
+        if not result or self._time_attr not in result:
+            return
+        vec = self._vector(result)
+        if vec is not None:
+            before = len(self.decisions)
+            self._judge(trial.trial_id, float(result[self._time_attr]), vec)
+            del self.decisions[before:]
+
+    def debug_string(self) -> str:
+        rungs = " | ".join(f"rung {r:g}: {len(self._recorded[r])} recorded" for r in self._rungs)
+        return f"Using MO-ASHA on {self._objectives}: num_stopped={self._num_stopped}; {rungs}"
+
+    def decisions_as_dicts(self) -> list[dict[str, Any]]:
+        return [asdict(d) for d in self.decisions]
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
