@@ -216,7 +216,7 @@ def test_slimming_penalty_and_scores_use_batchnorm_scales():
     crit = make_criterion("slimming", penalty=0.5)
     pen = crit.penalty(m)
     gammas = sum(float(mod.weight.detach().abs().sum()) for mod in m.modules() if isinstance(mod, nn.BatchNorm2d))
-    assert float(pen) == pytest.approx(0.5 * gammas)
+    assert float(pen.detach()) == pytest.approx(0.5 * gammas)
     x, _ = cnn_batch()
     s = pruners.score(m, criterion=crit, granularity="structured", example_inputs=x)
     assert torch.allclose(s["conv1"].float(), torch.arange(1.0, 9.0))
@@ -228,8 +228,8 @@ def test_slimming_penalty_and_scores_use_batchnorm_scales():
 def test_l2_penalty_is_group_lasso_and_spares_the_classifier():
     m = MLP()
     crit = make_criterion("l2_penalty", penalty=2.0)
-    expect = 2.0 * sum(float(mod.weight.norm(dim=1).sum()) for mod in (m.net[1], m.net[4]))
-    assert float(crit.penalty(m)) == pytest.approx(expect, rel=1e-5)
+    expect = 2.0 * sum(float(mod.weight.detach().norm(dim=1).sum()) for mod in (m.net[1], m.net[4]))
+    assert float(crit.penalty(m).detach()) == pytest.approx(expect, rel=1e-5)
     with torch.no_grad():
         m.net[1].weight[:5] = 0  # five dead channels must be the first to go
     x, _ = mlp_batch()

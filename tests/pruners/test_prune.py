@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -149,3 +151,43 @@ def test_prunable_attention_matches_multihead_attention(batch_first):
             assert torch.allclose(wa, wb, atol=1e-5)
     ours.remove_heads([1, 3])
     assert ours.num_heads == 2 and ours(q, q, q, need_weights=False)[0].shape == q.shape
+
+
+def _rank_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        model = MLP()  # same weights on every rank
+        x, y = mlp_batch(seed=rank)  # different data on every rank
+        pruners.prune(model, criterion="taylor", granularity="structured", amount=0.5, example_inputs=x, calibration=[(x, y)])
+        torch.save(model.state_dict(), os.path.join(out_dir, f"taylor{rank}.pt"))
+        torch.manual_seed(rank)  # a rank-local RNG must not matter to `random`
+        model = MLP()
+        pruners.prune(model, criterion="random", granularity="unstructured", amount=0.5, example_inputs=x)
+        torch.save({k: v for k, v in model.state_dict().items() if k.endswith("mask")}, os.path.join(out_dir, f"random{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ranks_agree_under_torch_distributed(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    t0, t1 = torch.load(tmp_path / "taylor0.pt"), torch.load(tmp_path / "taylor1.pt")
+    assert t0.keys() == t1.keys() and all(torch.equal(t0[k], t1[k]) for k in t0)
+    r0, r1 = torch.load(tmp_path / "random0.pt"), torch.load(tmp_path / "random1.pt")
+    assert r0 and all(torch.equal(r0[k], r1[k]) for k in r0)
+    # The all-reduced statistics are those of both ranks' data: one process seeing both
+    # batches keeps the same channels.
+    torch.manual_seed(0)
+    single = MLP()
+    x, _ = mlp_batch(seed=0)
+    pruners.prune(single, criterion="taylor", granularity="structured", amount=0.5, example_inputs=x,
+                  calibration=[mlp_batch(seed=0), mlp_batch(seed=1)])
+    s = single.state_dict()
+    assert all(s[k].shape == t0[k].shape for k in s)
+    assert all(torch.allclose(s[k], t0[k]) for k in s)
