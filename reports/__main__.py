@@ -8,6 +8,7 @@ Parquet files are read).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
                 meta_b["report"]["fronts"],
             )
             print(format_compare(comparisons, args.dir_a, args.dir_b))
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: stop quietly, like other tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (ValueError, OSError) as exc:
         # Bad input gets one line, not a traceback.
         print(f"python -m reports {args.command}: error: {exc}", file=sys.stderr)

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from reports.io import FORMAT_VERSION, AtomicFiles, write_parquet
+from reports.io import FORMAT_VERSION, AtomicFiles, remove_stale_temporaries, write_parquet
 from reports.ledger import read_experiment
 from reports.tables import ReportTables, build_tables
 
@@ -59,6 +59,7 @@ def write_report(
         ``{file name: path}`` of the files written.
     """
     report_dir = Path(report_dir)
+    remove_stale_temporaries(report_dir)
     build_id = uuid.uuid4().hex
     built_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     written: dict[str, Path] = {}

@@ -4,7 +4,11 @@ Every report file is first written in full to a temporary file in the target
 directory, flushed and fsync'ed, and only then renamed over the old file
 (``os.replace`` is atomic on POSIX and Windows). :class:`AtomicFiles` stages a
 whole report that way and renames nothing until every file is written, so a
-crash while building leaves the previous report whole, never a mix.
+failure or crash while building leaves the previous report whole. Only a crash
+between the final renames (a few syscalls) could leave some files new and some
+old; each is still whole, and :func:`load` warns when their build ids differ.
+A crashed writer's temporary file is removed by a later build
+(:func:`remove_stale_temporaries`).
 
 Schema metadata keys (JSON text) on every Parquet file of a report:
 
@@ -24,6 +28,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -106,6 +111,31 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+STALE_AFTER_S = 600.0
+
+
+def remove_stale_temporaries(directory: str | Path, max_age_s: float = STALE_AFTER_S) -> list[Path]:
+    """Delete temporary files a crashed writer left in ``directory``.
+
+    Only files named like :class:`AtomicFiles` names them and not modified for
+    ``max_age_s`` seconds: a writer that is still working is left alone.
+
+    Returns:
+        The files removed.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    now = time.time()
+    removed = []
+    for p in d.glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            if now - p.stat().st_mtime > max_age_s:
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def write_atomic(path: str | Path, writer: Callable[[IO[bytes]], None]) -> Path:
