@@ -288,6 +288,8 @@ def parse(argv: Sequence[str] | None = None, *, prog: str | None = None) -> tupl
 
     * ``resuming`` (bool): continue the experiment in ``cfg.output_dir``;
     * ``local`` (bool): no ``--address``/``RAY_ADDRESS``, Ray will run on this machine;
+    * ``checked_files`` (bool): the dataset and dense checkpoint were found on this machine
+      (False for a remote cluster, whose disks the Ray side must check);
     * ``plan`` (``orchestrator.plan.Plan`` | None): the resource plan for this machine (or
       the dry-run cluster); None when a remote cluster will be asked after ``ray.init``.
 
@@ -308,7 +310,16 @@ def parse(argv: Sequence[str] | None = None, *, prog: str | None = None) -> tupl
             # else this machine); a real local run for this machine, which is what Ray sees.
             cluster = cluster_for(cfg, args) if args.dry_run else Cluster.local()
             args.plan = make_plan(cfg, cluster)
-        check_environment(cfg, resuming=resuming, local=args.local)
+        # A dry run planned for another cluster (flags or resources.cluster) cannot judge
+        # that cluster's disks; skip the data and checkpoint checks then.
+        other_cluster = args.dry_run and (
+            args.cluster_nodes is not None
+            or args.cluster_cpus is not None
+            or args.cluster_gpus is not None
+            or cfg.resources.cluster is not None
+        )
+        args.checked_files = args.local and not other_cluster
+        check_environment(cfg, resuming=resuming, local=args.checked_files)
     except ConfigError as e:
         fail(str(e))
     return cfg, args
@@ -330,6 +341,8 @@ def describe(cfg: SearchConfig, args: argparse.Namespace) -> str:
     ]
     for key, p in flat_space(s).items():
         lines.append(f"  {key:<32} {json.dumps(p.to_raw())}")
+    if not getattr(args, "checked_files", True):
+        lines.append("files:       dataset and checkpoint not checked (they live on the cluster)")
     if args.plan is not None:
         lines.append(args.plan.describe())
     return "\n".join(lines)

@@ -35,6 +35,7 @@ __all__ = [
     "ALGORITHMS",
     "DATASETS",
     "METRIC_KEYS",
+    "LR_SCHEDULES",
     "OPTIMIZERS",
     "SCHEDULERS",
     "SCHEDULE_PARAMS",
@@ -81,7 +82,10 @@ DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion_mnist", "cifar10", "cif
 ALGORITHMS: tuple[str, ...] = ("random", "grid", "optuna")
 SCHEDULERS: tuple[str, ...] = ("asha", "moasha", "fifo")
 MODES: tuple[str, ...] = ("max", "min")
+# Mirrors of pruners.finetune's choices (a test keeps them equal): checking them here
+# keeps the early, cheap validation free of the torch import.
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
 #: Metric keys a trial reports each epoch (design.md section 3); `epoch` is the time axis.
 METRIC_KEYS: tuple[str, ...] = (
@@ -519,34 +523,48 @@ class ModelConfig:
         object.__setattr__(self, "kwargs", dict(self.kwargs))
 
 
-def _check_optimizer(key: str, name: Any, momentum: Any, weight_decay: Any) -> None:
-    _need_choice(f"{key}.name", name, OPTIMIZERS)
-    _need_number(f"{key}.momentum", momentum, minimum=0.0, maximum=1.0, exclusive_max=True)
-    _need_number(f"{key}.weight_decay", weight_decay, minimum=0.0)
+def _check_optimizer(key: str, raw: Mapping[str, Any]) -> None:
+    _need_choice(f"{key}.name", raw["name"], OPTIMIZERS)
+    _need_number(f"{key}.momentum", raw["momentum"], minimum=0.0, maximum=1.0, exclusive_max=True)
+    _need_number(f"{key}.weight_decay", raw["weight_decay"], minimum=0.0)
+    _need_bool(f"{key}.nesterov", raw["nesterov"])
+    _need_choice(f"{key}.lr_schedule", raw["lr_schedule"], LR_SCHEDULES)
+    if raw["nesterov"] and (raw["name"] != "sgd" or raw["momentum"] == 0):
+        raise ConfigError(f"{key}.nesterov: needs name sgd with momentum > 0")
 
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    """Optimizer name and its settings; the learning rate lives elsewhere (it is searched).
+    """Optimizer settings (``pruners.OptimizerConfig`` without the learning rate, which is
+    configured, or searched, on its own).
 
-    ``momentum`` is SGD's momentum (Adam/AdamW ignore it).
+    ``momentum`` is SGD's (Adam ignores it); ``lr_schedule`` is ``constant`` or ``cosine``
+    (decay to 0 over all optimizer steps).
     """
 
     name: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    nesterov: bool = False
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
-        _check_optimizer("optimizer", self.name, self.momentum, self.weight_decay)
+        _check_optimizer("optimizer", self.__dict__)
         object.__setattr__(self, "momentum", float(self.momentum))
         object.__setattr__(self, "weight_decay", float(self.weight_decay))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "momentum": self.momentum, "weight_decay": self.weight_decay}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def build(self, lr: float) -> Any:
+        """The ``pruners.OptimizerConfig`` for learning rate ``lr``."""
+        import pruners
+
+        return pruners.OptimizerConfig(lr=float(lr), **self.to_dict())
 
     @classmethod
     def parse(cls, key: str, raw: Any) -> OptimizerSettings:
-        """A name (``sgd``) or a mapping ``{name, momentum, weight_decay}``; errors name ``key``."""
+        """A name (``sgd``) or a mapping of the fields; errors name ``key``."""
         if isinstance(raw, OptimizerSettings):
             return raw
         if raw is None:
@@ -555,11 +573,11 @@ class OptimizerSettings:
             raw = {"name": raw}
         elif not isinstance(raw, Mapping):
             raise ConfigError(
-                f"{key}: expected a name ({', '.join(OPTIMIZERS)}) or {{name, momentum, weight_decay}}, "
-                f"got {_typename(raw)}"
+                f"{key}: expected a name ({', '.join(OPTIMIZERS)}) or a mapping "
+                f"{{name, momentum, weight_decay, nesterov, lr_schedule}}, got {_typename(raw)}"
             )
         merged = {**cls().to_dict(), **_section(key, raw, cls)}
-        _check_optimizer(key, merged["name"], merged["momentum"], merged["weight_decay"])
+        _check_optimizer(key, merged)
         return cls(**merged)
 
 
@@ -619,26 +637,30 @@ class SpaceConfig:
     lr: Param = field(default_factory=_default_param("lr"))
 
     def __post_init__(self) -> None:
+        # Shape and number checks first, names last: names need `pruners` (torch, seconds).
         for f in fields(self):
             object.__setattr__(self, f.name, parse_param(f"search.space.{f.name}", getattr(self, f.name)))
+        for key in ("criterion", "granularity", "scope", "threshold_rule", "schedule"):
+            if isinstance(getattr(self, key), Range):
+                raise ConfigError(f"search.space.{key}: a range needs numbers; give a list of names")
+        if isinstance(self.amount, Range) and self.amount.integer:
+            raise ConfigError("search.space.amount: must be a real number; drop int: true")
+        _check_numbers("search.space.amount", self.amount, lambda k, v: _need_number(k, v))
+        _check_numbers(
+            "search.space.lr", self.lr, lambda k, v: _need_number(k, v, minimum=0.0, exclusive_min=True)
+        )
         _check_names("search.space.criterion", self.criterion, _criteria())
         _check_names("search.space.granularity", self.granularity, _granularities())
         _check_names("search.space.scope", self.scope, _scopes())
         _check_names("search.space.threshold_rule", self.threshold_rule, _threshold_rules())
         _check_names("search.space.schedule", self.schedule, _schedules())
-        if isinstance(self.amount, Range) and self.amount.integer:
-            raise ConfigError("search.space.amount: must be a real number; drop int: true")
         for v in _values_of(self.amount):
-            _need_number("search.space.amount", v)
             for rule in _names_in(self.threshold_rule):
                 problem = _check_threshold_value(rule, v)
                 if problem is not None:
                     raise ConfigError(
                         f"search.space.amount: {_fmt(v)} is invalid for threshold_rule {rule}: {problem}"
                     )
-        _check_numbers(
-            "search.space.lr", self.lr, lambda k, v: _need_number(k, v, minimum=0.0, exclusive_min=True)
-        )
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name).to_raw() for f in fields(self)}
@@ -725,7 +747,9 @@ class SearchSettings:
 
     num_samples: int = 6
     algorithm: str = "random"
-    space: SpaceConfig = field(default_factory=SpaceConfig)
+    # None = the default space, built in __post_init__ after the cheap checks (building it
+    # imports pruners, and with it torch).
+    space: SpaceConfig = None  # type: ignore[assignment]
     schedule_params: dict[str, dict[str, Param]] = field(default_factory=dict)
     criterion_params: dict[str, dict[str, Param]] = field(default_factory=dict)
     epochs: Param = field(default_factory=lambda: Fixed(3))
@@ -739,12 +763,12 @@ class SearchSettings:
             raise ConfigError("search.epochs: a range of epochs needs int: true")
         _check_numbers("search.epochs", epochs, lambda k, v: _need_int(k, v, minimum=1))
         object.__setattr__(self, "epochs", epochs)
-        if isinstance(self.space, Mapping):
+        object.__setattr__(self, "optimizer", OptimizerSettings.parse("search.optimizer", self.optimizer))
+        if self.space is None or isinstance(self.space, Mapping):
             raw = _section("search.space", self.space, SpaceConfig)
             object.__setattr__(self, "space", SpaceConfig(**raw))
         elif not isinstance(self.space, SpaceConfig):
             raise ConfigError(f"search.space: expected a mapping, got {_typename(self.space)}")
-        object.__setattr__(self, "optimizer", OptimizerSettings.parse("search.optimizer", self.optimizer))
 
         schedules = _schedules()
         sp = _parse_param_table(
@@ -1003,14 +1027,12 @@ class SearchConfig:
         """
         top = _section("", raw, cls)
         kwargs: dict[str, Any] = {k: top[k] for k in ("name", "seed", "output", "storage") if k in top}
+        _check_storage(kwargs.get("storage"))  # cheap; __post_init__ checks it again
         # Cheap sections first: most malformed configs fail before `pruners` (and torch)
         # has to be imported for the search section's names.
         for key in ("data", "model", "dense", "scheduler", "resources", "metrics", "search"):
             section_cls = _SECTIONS[key]
-            sec = _section(key, top.get(key), section_cls)
-            if key == "search" and "space" in sec:
-                sec["space"] = _section("search.space", sec["space"], SpaceConfig) if sec["space"] is not None else {}
-            kwargs[key] = section_cls(**sec)
+            kwargs[key] = section_cls(**_section(key, top.get(key), section_cls))
         return cls(**kwargs)
 
 
@@ -1139,26 +1161,24 @@ def valid_methods(search: SearchSettings) -> list[tuple[str, str, str]]:
     """
     space = search.space
     crits, grans, scheds = _names_in(space.criterion), _names_in(space.granularity), _names_in(space.schedule)
-    combos = [
-        (c, g, s)
-        for c in crits
-        for g in grans
-        for s in scheds
-        if g in _criterion_granularities(c) and g in _schedule_granularities(s)
-    ]
-    for key, values, pos in (("criterion", crits, 0), ("granularity", grans, 1), ("schedule", scheds, 2)):
-        for v in values:
-            if not any(m[pos] == v for m in combos):
+    crit_g = {c: _criterion_granularities(c) for c in crits}
+    sched_g = {s: _schedule_granularities(s) for s in scheds}
+    # Constraints only involve the granularity, so pairwise checks find every dead value.
+    for key, table in (("criterion", crit_g), ("schedule", sched_g)):
+        for name, supported in table.items():
+            if not any(g in supported for g in grans):
                 raise ConfigError(
-                    f"search.space.{key}: {v} pairs with nothing else in the space "
-                    f"(criterion granularities: {_describe_granularities(crits)}; "
-                    f"dynamic is unstructured-only); add a compatible value or remove {v}"
+                    f"search.space.{key}: {name} supports {'/'.join(supported)} only but granularity is "
+                    f"{_fmt(list(grans))}; add {supported[0]} to granularity or remove {name}"
                 )
-    return combos
-
-
-def _describe_granularities(crits: Iterable[str]) -> str:
-    return ", ".join(f"{c}={'/'.join(_criterion_granularities(c))}" for c in crits)
+    for g in grans:
+        for key, table in (("criterion", crit_g), ("schedule", sched_g)):
+            if not any(g in supported for supported in table.values()):
+                raise ConfigError(
+                    f"search.space.granularity: {g} is supported by no {key} in {_fmt(list(table))}; "
+                    f"add one that supports it or remove {g}"
+                )
+    return [(c, g, s) for c in crits for g in grans for s in scheds if g in crit_g[c] and g in sched_g[s]]
 
 
 def _space_key_to_config(flat_key: str) -> str:
