@@ -49,6 +49,25 @@ def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
         offset += n
 
 
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics...) to every rank.
+
+    DDP broadcasts buffers at the start of each training forward, so after the last step
+    each rank holds statistics updated by its own last batch; evaluating or saving then would
+    use slightly different models per rank.
+    """
+    if not is_distributed():
+        return
+    device = _comm_device()
+    for b in module.buffers():
+        if b.numel() == 0:
+            continue
+        t = b.detach().to(device)
+        dist.broadcast(t, src)
+        if t is not b:
+            b.copy_(t.to(b.device))
+
+
 def ddp_kwargs(model: DDP) -> dict[str, Any]:
     """The constructor arguments needed to wrap a changed module the same way again."""
     return {

@@ -504,7 +504,8 @@ def finetune(
             batches += 1
             step += 1
 
-        # 4. Evaluate, measure, report.
+        # 4. Evaluate, measure, report (one model: rank 0's BatchNorm statistics everywhere).
+        _dist.broadcast_buffers(net)
         accuracy, eval_loss = _evaluate(net, eval_loader, loss_fn, dev)
         loss_sum, batches_all = _dist.all_reduce_sum([loss_sum, float(batches)])
         s_last = step - 1 - crit.warmup_steps
