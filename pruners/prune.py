@@ -449,6 +449,12 @@ def _prune_structured(
     ignored: set[nn.Module],
     example_inputs: Any,
 ) -> tuple[list[LayerReport], int]:
+    masked = [n for n, m in model.named_modules() if hasattr(m, "weight_mask")]
+    if masked:
+        raise ValueError(
+            f"structured pruning of a model with unstructured masks ({masked[0]}...) is not "
+            "supported; make the masks permanent with torch.nn.utils.prune.remove first"
+        )
     dg, units = _collect_units(model, crit, ignored, example_inputs)
 
     # Channels and heads are ranked separately (a head is not comparable with a channel).

@@ -269,7 +269,7 @@ def test_detach_folds_gates_exactly(name, model):
     crit.prepare(m, [(x, y)])  # attaches and trains the gates
     assert crit.attached and _hooks(m) > 0
     gates = crit.trainable_parameters()
-    assert gates and any(float((torch.sigmoid(g) - torch.sigmoid(torch.tensor(3.0))).abs().max()) > 1e-3 for g in gates)
+    assert gates and any(float((torch.sigmoid(g.detach()) - torch.sigmoid(torch.tensor(3.0))).abs().max()) > 1e-3 for g in gates)
     if model == "transformer":
         assert crit.head_gates  # one gate per head of the converted attention
     param_names = [n for n, _ in m.named_parameters()]
@@ -320,6 +320,25 @@ def test_attention_scores_heads_of_a_transformer():
     assert attn.embed_dim == 16  # the residual stream keeps its width
     assert {layer.name for layer in r.layers} == {"block.linear1", "block.self_attn"}
     assert m(x).shape == (8, 10)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in pruners.list_criteria() if "structured" in pruners.criterion_granularities(n) and n != "slimming"]
+)
+def test_every_structured_criterion_prunes_heads_and_mlp_of_a_transformer(name):
+    m = TinyTransformer().eval()
+    x, y = transformer_batch()
+    r = pruners.prune(m, criterion=_crit(name), granularity="structured", amount=0.5, example_inputs=x, calibration=[(x, y)])
+    by_name = {layer.name: layer for layer in r.layers}
+    assert by_name["block.self_attn"].units_after == 2 == m.block.self_attn.num_heads
+    assert by_name["block.linear1"].units_after == 16 == m.block.linear1.out_features
+    assert m(x).shape == (8, 10)
+
+
+def test_slimming_on_a_model_without_batchnorm_says_so():
+    x, y = transformer_batch()
+    with pytest.raises(ValueError, match="needs BatchNorm"):
+        pruners.prune(TinyTransformer(), criterion="slimming", granularity="structured", amount=0.5, example_inputs=x)
 
 
 def test_multilevel_layer_gates_decide_how_much_each_layer_loses():
