@@ -92,7 +92,7 @@ def _snapshot(report_dir: Path) -> dict[str, bytes]:
 
 
 def test_failed_write_leaves_the_old_report_intact(experiment_dir, monkeypatch):
-    reports.build_report(experiment_dir)
+    reports.build_report(experiment_dir, plots=False)  # plots: see the next test
     report_dir = experiment_dir / "report"
     before = _snapshot(report_dir)
     old = reports.load(experiment_dir)
@@ -110,7 +110,7 @@ def test_failed_write_leaves_the_old_report_intact(experiment_dir, monkeypatch):
 
     monkeypatch.setattr(rio.pq, "write_table", crashing_write_table)
     with pytest.raises(OSError, match="disk full"):
-        reports.build_report(experiment_dir)
+        reports.build_report(experiment_dir, plots=False)
     assert _snapshot(report_dir) == before  # no file replaced, no temp file left
     new = reports.load(experiment_dir)
     for name in old:
