@@ -136,6 +136,11 @@ class Criterion:
         scores = coupled_channel_scores(group, self.elementwise)
         return None if scores is None else self.normalize(scores)
 
+    def __call__(self, group: Any) -> torch.Tensor | None:
+        """A criterion is a Torch-Pruning importance too (``Group -> Tensor``), so it can be
+        handed to ``torch_pruning.pruner.BasePruner(importance=...)`` directly."""
+        return self.group_scores(group)
+
     def head_scores(self, module: nn.Module) -> torch.Tensor | None:
         """Per-head scores of an attention layer (a ``pruners`` attention module).
 

@@ -353,3 +353,13 @@ def test_multilevel_layer_gates_decide_how_much_each_layer_loses():
     assert by_name["net.4"].units_after == 32 - 16
     assert by_name["net.1"].units_after == 32
     crit.detach(m)
+
+
+def test_a_criterion_is_a_torch_pruning_importance():
+    import torch_pruning as tp
+
+    m = ResidualCNN()
+    x, _ = cnn_batch()
+    pruner = tp.pruner.BasePruner(m, x, importance=make_criterion("magnitude"), pruning_ratio=0.5, ignored_layers=[m.fc])
+    pruner.step()
+    assert m.conv1.out_channels == 4 and m(x).shape == (8, 10)
