@@ -17,7 +17,7 @@ ranks that share statistics make identical choices.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -319,9 +319,6 @@ def _prune_unstructured(
 
 
 # --------------------------------------------------------------------------- structured
-_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
-
-
 @dataclass
 class _Unit:
     """One ranking unit set: a dependency group's channels or an attention layer's heads."""
