@@ -184,14 +184,22 @@ class _GateCriterion(Criterion):
     def prepare(self, model: nn.Module, calibration: Iterable[Batch] | None) -> None:
         """Unattached (standalone ``prune``): attach and train the gates on ``calibration``.
 
-        Attached (``finetune`` owns the gates and trains them): nothing to do.
+        Attached (``finetune`` owns the gates and trains them): nothing to do, unless the
+        gates never moved from their initial value (no warm-up before the first pruning
+        step), in which case every score would tie; then they get the short training too.
         """
         if self.attached:
+            if calibration is not None and not self._frozen and self._untrained():
+                self._train_gates(model, calibration)
             return
         if calibration is None:
             raise ValueError(f"criterion {self.name!r} needs calibration batches to train its gates")
         self.attach(model)
         self._train_gates(model, calibration)
+
+    def _untrained(self) -> bool:
+        init = float(self.params["gate_init"])
+        return all(bool((g.detach() == init).all()) for g in self._all_gates())
 
     def _train_gates(self, model: nn.Module, calibration: Iterable[Batch]) -> None:
         steps = int(self.params["gate_steps"])

@@ -307,6 +307,16 @@ def test_gates_follow_pruned_channels_and_attention_freezes():
     del m
 
 
+def test_attached_but_untrained_gates_are_trained_before_scoring():
+    m = ResidualCNN().eval()
+    x, y = cnn_batch()
+    crit = make_criterion("attention", gate_steps=5, gate_lr=0.5)
+    crit.attach(m)  # as finetune does, here with no warm-up before pruning
+    scores = pruners.score(m, criterion=crit, granularity="structured", example_inputs=x, calibration=[(x, y)])
+    assert all(s.unique().numel() > 1 for s in scores.values())  # no all-tied layer
+    crit.detach(m)
+
+
 def test_attention_scores_heads_of_a_transformer():
     m = TinyTransformer().eval()
     x, y = transformer_batch()
