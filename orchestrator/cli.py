@@ -163,7 +163,7 @@ def _check_writable(key: str, path: Path) -> None:
         raise ConfigError(f"{key}: cannot create {str(path)!r}: {str(probe)!r} is a file; choose a directory path")
     try:
         # A real write: os.access lies for root and on read-only mounts.
-        with tempfile.TemporaryFile(dir=probe):
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".prunefront-write-test-"):
             pass
     except OSError as e:
         reason = e.strerror or e.__class__.__name__

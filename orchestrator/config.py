@@ -160,16 +160,10 @@ def _schedule_granularities(name: str) -> tuple[str, ...]:
 
 
 def _check_threshold_value(rule: str, value: float) -> str | None:
-    """None if ``value`` is valid for threshold ``rule``, else what is wrong."""
-    try:
-        from pruners.thresholds import get_threshold_rule
-    except ImportError:  # pragma: no cover - pruners always ships thresholds
-        return None
-    try:
-        get_threshold_rule(rule).validate(value)
-    except ValueError as e:
-        return str(e)
-    return None
+    """None if ``value`` is valid for threshold ``rule``, else what is allowed."""
+    from pruners.thresholds import get_threshold_rule
+
+    return get_threshold_rule(rule).check(float(value))
 
 
 def _criterion_param_names(name: str) -> list[str] | None:
@@ -227,7 +221,7 @@ def _need_int(key: str, v: Any, *, minimum: int | None = None, optional: bool = 
     if v is None and optional:
         return
     if not _is_int(v):
-        raise ConfigError(f"{key}: expected an integer, got {_typename(v)} {_fmt(v)}")
+        raise ConfigError(f"{key}: got {_typename(v)} {_fmt(v)}; expected an integer")
     if minimum is not None and v < minimum:
         raise ConfigError(f"{key}: {v} is too small; must be an integer >= {minimum}")
 
@@ -245,7 +239,7 @@ def _need_number(
     if v is None and optional:
         return
     if not _is_number(v):
-        raise ConfigError(f"{key}: expected a number, got {_typename(v)} {_fmt(v)}")
+        raise ConfigError(f"{key}: got {_typename(v)} {_fmt(v)}; expected a number")
     lo_bad = minimum is not None and (v <= minimum if exclusive_min else v < minimum)
     hi_bad = maximum is not None and (v >= maximum if exclusive_max else v > maximum)
     if lo_bad or hi_bad:
@@ -262,14 +256,14 @@ def _need_number(
 
 def _need_bool(key: str, v: Any) -> None:
     if not isinstance(v, bool):
-        raise ConfigError(f"{key}: expected true or false, got {_typename(v)} {_fmt(v)}")
+        raise ConfigError(f"{key}: got {_typename(v)} {_fmt(v)}; expected true or false")
 
 
 def _need_str(key: str, v: Any, *, optional: bool = False) -> None:
     if v is None and optional:
         return
     if not isinstance(v, str) or not v:
-        raise ConfigError(f"{key}: expected a non-empty string, got {_typename(v)} {_fmt(v)}")
+        raise ConfigError(f"{key}: got {_typename(v)} {_fmt(v)}; expected a non-empty string")
 
 
 def _need_choice(key: str, v: Any, choices: Iterable[str]) -> None:
@@ -304,7 +298,7 @@ def _section(key: str, raw: Any, cls: type) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{key}: expected a mapping, got {_typename(raw)} {_fmt(raw)}")
+        raise ConfigError(f"{key}: got {_typename(raw)} {_fmt(raw)}; expected a mapping of keys")
     allowed = [f.name for f in fields(cls)]
     for k in raw:
         if k not in allowed:
@@ -391,7 +385,7 @@ def parse_param(key: str, raw: Any) -> Param:
         for v in raw:
             if isinstance(v, (list, tuple, Mapping)) or v is None:
                 raise ConfigError(
-                    f"{key}: choice values must be plain numbers, strings or booleans, got {_fmt(v)}"
+                    f"{key}: choice value {_fmt(v)} is not a plain value; list numbers, strings or booleans"
                 )
         if len(set(map(repr, raw))) != len(raw):
             raise ConfigError(f"{key}: the choice list {_fmt(list(raw))} repeats a value; list each once")
@@ -414,9 +408,9 @@ def parse_param(key: str, raw: Any) -> Param:
                 f"{key}: low {_fmt(low)} must be < high {_fmt(high)}; use a scalar for a fixed value"
             )
         if log and low <= 0:
-            raise ConfigError(f"{key}: a log range needs low > 0, got {_fmt(low)}")
+            raise ConfigError(f"{key}: a log range starts at {_fmt(low)}; it needs low > 0")
         if integer and not (_is_int(low) and _is_int(high)):
-            raise ConfigError(f"{key}: an integer range needs integer low and high")
+            raise ConfigError(f"{key}: int: true with non-integer bounds; give integer low and high")
         if not integer:
             low, high = float(low), float(high)
         return Range(low, high, log, integer)
@@ -507,9 +501,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _need_str("model.name", self.name)
         if not isinstance(self.kwargs, Mapping):
-            raise ConfigError(f"model.kwargs: expected a mapping, got {_typename(self.kwargs)}")
+            raise ConfigError(f"model.kwargs: got {_typename(self.kwargs)}; expected a mapping of builder arguments")
         if not _is_json_safe(self.kwargs):
-            raise ConfigError("model.kwargs: values must be numbers, strings, booleans, lists or mappings")
+            raise ConfigError("model.kwargs: a value is not recordable as JSON; use numbers, strings, booleans, lists or mappings")
         for k in ("num_classes", "in_channels"):
             if k in self.kwargs:
                 raise ConfigError(f"model.kwargs.{k}: set by the dataset; remove it")
@@ -530,7 +524,7 @@ def _check_optimizer(key: str, raw: Mapping[str, Any]) -> None:
     _need_bool(f"{key}.nesterov", raw["nesterov"])
     _need_choice(f"{key}.lr_schedule", raw["lr_schedule"], LR_SCHEDULES)
     if raw["nesterov"] and (raw["name"] != "sgd" or raw["momentum"] == 0):
-        raise ConfigError(f"{key}.nesterov: needs name sgd with momentum > 0")
+        raise ConfigError(f"{key}.nesterov: true without SGD momentum; needs name sgd with momentum > 0")
 
 
 @dataclass(frozen=True)
@@ -573,8 +567,8 @@ class OptimizerSettings:
             raw = {"name": raw}
         elif not isinstance(raw, Mapping):
             raise ConfigError(
-                f"{key}: expected a name ({', '.join(OPTIMIZERS)}) or a mapping "
-                f"{{name, momentum, weight_decay, nesterov, lr_schedule}}, got {_typename(raw)}"
+                f"{key}: got {_typename(raw)}; expected a name ({', '.join(OPTIMIZERS)}) or a mapping "
+                "{name, momentum, weight_decay, nesterov, lr_schedule}"
             )
         merged = {**cls().to_dict(), **_section(key, raw, cls)}
         _check_optimizer(key, merged)
@@ -659,7 +653,7 @@ class SpaceConfig:
                 problem = _check_threshold_value(rule, v)
                 if problem is not None:
                     raise ConfigError(
-                        f"search.space.amount: {_fmt(v)} is invalid for threshold_rule {rule}: {problem}"
+                        f"search.space.amount: {_fmt(v)} is invalid for threshold_rule {rule}; {problem}"
                     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -678,14 +672,14 @@ def _parse_param_table(
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{key}: expected a mapping of name -> {{param: value}}, got {_typename(raw)}")
+        raise ConfigError(f"{key}: got {_typename(raw)}; expected a mapping of name -> {{param: value}}")
     out: dict[str, dict[str, Param]] = {}
     for name, entries in raw.items():
         _need_choice(key, name, names)
         if entries is None:
             entries = {}
         if not isinstance(entries, Mapping):
-            raise ConfigError(f"{key}.{name}: expected a mapping of parameter -> value, got {_typename(entries)}")
+            raise ConfigError(f"{key}.{name}: got {_typename(entries)}; expected a mapping of parameter -> value")
         allowed = params_of(name)
         table: dict[str, Param] = {}
         for p, v in entries.items():
@@ -731,8 +725,8 @@ def _check_schedule_params(params: Mapping[str, Mapping[str, Param]], max_epochs
         if isinstance(start, Fixed) and isinstance(end, Fixed) and end.value is not None:
             if not start.value < end.value:
                 raise ConfigError(
-                    f"search.schedule_params.{sched}: start_epoch {_fmt(start.value)} must be < "
-                    f"end_epoch {_fmt(end.value)}"
+                    f"search.schedule_params.{sched}: start_epoch {_fmt(start.value)} is not before "
+                    f"end_epoch {_fmt(end.value)}; start_epoch must be < end_epoch"
                 )
 
 
@@ -760,7 +754,7 @@ class SearchSettings:
         _need_choice("search.algorithm", self.algorithm, ALGORITHMS)
         epochs = parse_param("search.epochs", self.epochs)
         if isinstance(epochs, Range) and not epochs.integer:
-            raise ConfigError("search.epochs: a range of epochs needs int: true")
+            raise ConfigError("search.epochs: a range of real numbers; epochs need int: true")
         _check_numbers("search.epochs", epochs, lambda k, v: _need_int(k, v, minimum=1))
         object.__setattr__(self, "epochs", epochs)
         object.__setattr__(self, "optimizer", OptimizerSettings.parse("search.optimizer", self.optimizer))
@@ -768,7 +762,7 @@ class SearchSettings:
             raw = _section("search.space", self.space, SpaceConfig)
             object.__setattr__(self, "space", SpaceConfig(**raw))
         elif not isinstance(self.space, SpaceConfig):
-            raise ConfigError(f"search.space: expected a mapping, got {_typename(self.space)}")
+            raise ConfigError(f"search.space: got {_typename(self.space)}; expected a mapping of keys")
 
         schedules = _schedules()
         sp = _parse_param_table(
@@ -906,12 +900,12 @@ class ResourcesConfig:
                 f"resources.gpus_per_worker: {_fmt(gpus)} GPUs without use_gpu; set use_gpu: true or gpus_per_worker: 0"
             )
         if self.use_gpu and gpus <= 0:
-            raise ConfigError("resources.gpus_per_worker: use_gpu needs gpus_per_worker > 0")
+            raise ConfigError("resources.gpus_per_worker: 0 with use_gpu: true; use_gpu needs gpus_per_worker > 0")
         object.__setattr__(self, "gpus_per_worker", gpus)
         if isinstance(self.cluster, Mapping):
             object.__setattr__(self, "cluster", ClusterSpec(**_section("resources.cluster", self.cluster, ClusterSpec)))
         elif self.cluster is not None and not isinstance(self.cluster, ClusterSpec):
-            raise ConfigError(f"resources.cluster: expected a mapping {{nodes, cpus, gpus}}, got {_typename(self.cluster)}")
+            raise ConfigError(f"resources.cluster: got {_typename(self.cluster)}; expected a mapping {{nodes, cpus, gpus}}")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "cluster"}
@@ -987,7 +981,7 @@ class SearchConfig:
         object.__setattr__(self, "storage", _check_storage(self.storage))
         for key, cls in _SECTIONS.items():
             if not isinstance(getattr(self, key), cls):
-                raise ConfigError(f"{key}: expected a mapping, got {_typename(getattr(self, key))}")
+                raise ConfigError(f"{key}: got {_typename(getattr(self, key))}; expected a mapping of keys")
         if self.scheduler.grace_period > self.search.max_epochs and self.scheduler.name != "fifo":
             raise ConfigError(
                 f"scheduler.grace_period: {self.scheduler.grace_period} exceeds search.epochs "
@@ -1075,7 +1069,7 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{p.name}: the top level must be a mapping of keys, got {_typename(raw)}")
+        raise ConfigError(f"{p.name}: the top level is {_typename(raw)}; it must be a mapping of keys (see configs/default.yaml)")
     return raw
 
 
@@ -1091,7 +1085,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
         key = key.strip()
         parts = key.split(".")
         if not sep or not key or any(not p for p in parts):
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set search.num_samples=4")
+            raise ConfigError(f"--set {item!r}: not KEY=VALUE; write a dotted key and a value, e.g. --set search.num_samples=4")
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:

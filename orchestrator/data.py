@@ -434,7 +434,10 @@ def load_datasets(cfg: DataConfig, *, seed: int = 0) -> Datasets:
     else:
         directory = prepare(cfg)
         if directory is None:  # download allowed but the download produced nothing
-            raise ConfigError(f"data.dataset: {cfg.dataset} not found after download into {_download_root(cfg)}")
+            raise ConfigError(
+                f"data.dataset: {cfg.dataset} not found after downloading into {_download_root(cfg)}; "
+                "place the files there or set data.root"
+            )
         try:
             if cfg.dataset in _IDX_DATASETS:
                 train, held_out, classes = _idx_dataset(cfg, directory)

@@ -154,9 +154,9 @@ def test_overrides_do_not_mutate_the_input():
 @pytest.mark.parametrize(
     "item, fragment",
     [
-        ("search.num_samples", "expected KEY=VALUE"),
-        ("=3", "expected KEY=VALUE"),
-        ("a..b=1", "expected KEY=VALUE"),
+        ("search.num_samples", "not KEY=VALUE"),
+        ("=3", "not KEY=VALUE"),
+        ("a..b=1", "not KEY=VALUE"),
         ("seed.x=1", "seed is an integer, not a section"),
         ("name=[unclosed", "not valid YAML"),
     ],
@@ -183,12 +183,12 @@ def test_parse_param_kinds():
     [
         ([], "the choice list is empty"),
         ([1, 1], "repeats a value"),
-        ([[1]], "choice values must be plain"),
+        ([[1]], "choice value \\[1\\] is not a plain value"),
         ({"low": 2, "high": 1}, "low 2 must be < high 1"),
-        ({"low": 0, "high": 1, "log": True}, "a log range needs low > 0"),
-        ({"low": 0.5, "high": 2, "int": True}, "integer low and high"),
+        ({"low": 0, "high": 1, "log": True}, "a log range starts at 0; it needs low > 0"),
+        ({"low": 0.5, "high": 2, "int": True}, "give integer low and high"),
         ({"low": 1}, r"a range is \{low, high, log\?, int\?\}"),
-        ({"low": "a", "high": 2}, "k.low: expected a number"),
+        ({"low": "a", "high": 2}, "k.low: got a string 'a'; expected a number"),
         (None, "missing value"),
     ],
 )
@@ -208,7 +208,7 @@ def test_parse_param_errors(raw, fragment):
         ({"bogus": 1}, "bogus: unknown key; allowed keys: name, seed, output, storage, data, model"),
         ({"data": {"batchsize": 3}}, "data.batchsize: unknown key; allowed keys: dataset, root,"),
         ({"data": {"dataset": "svhn"}}, "data.dataset: unknown value 'svhn'; valid choices: digits, mnist, fashion_mnist, cifar10, cifar100, imagefolder"),
-        ({"data": {"batch_size": "64"}}, "data.batch_size: expected an integer, got a string '64'"),
+        ({"data": {"batch_size": "64"}}, "data.batch_size: got a string '64'; expected an integer"),
         ({"data": {"batch_size": 0}}, "data.batch_size: 0 is too small; must be an integer >= 1"),
         ({"data": {"dataset": "imagefolder"}}, "data.root: imagefolder needs a root directory"),
         ({"dense": {"epochs": -1}}, "dense.epochs: -1 is too small; must be an integer >= 0"),
@@ -217,14 +217,14 @@ def test_parse_param_errors(raw, fragment):
         ({"search": {"algorithm": "bayes"}}, "search.algorithm: unknown value 'bayes'; valid choices: random, grid, optuna"),
         ({"search": {"space": {"criterion": ["magnitud"]}}}, "search.space.criterion: unknown value 'magnitud'; valid choices: adaptive_attention, attention,"),
         ({"search": {"space": {"scope": ["local"]}}}, "search.space.scope: unknown value 'local'; valid choices: global, layerwise"),
-        ({"search": {"space": {"amount": {"low": 0.5, "high": 1.0}}}}, "search.space.amount: 1.0 is invalid for threshold_rule fraction"),
+        ({"search": {"space": {"amount": {"low": 0.5, "high": 1.0}}}}, "search.space.amount: 1.0 is invalid for threshold_rule fraction; must be in [0, 1)"),
         ({"search": {"space": {"amount": [-0.1]}}}, "search.space.amount: -0.1 is invalid for threshold_rule fraction"),
         ({"search": {"space": {"lr": [0.0]}}}, "search.space.lr: 0.0 is out of range; must be > 0"),
         ({"search": {"space": {"criterion": {"low": 0, "high": 1}}}}, "search.space.criterion: a range needs numbers"),
         ({"search": {"space": {"granularity": []}}}, "search.space.granularity: the choice list is empty"),
         ({"search": {"schedule_params": {"gradual": {"ramp": 2}}}}, "search.schedule_params.gradual.ramp: unknown parameter; allowed: start_epoch, end_epoch, interval_epochs, initial"),
         ({"search": {"schedule_params": {"gradual": {"end_epoch": 5}}}}, "search.schedule_params.gradual.end_epoch: 5 is out of range; must be in [0.0, 3.0]"),
-        ({"search": {"schedule_params": {"gradual": {"start_epoch": 0.5, "end_epoch": 0.5}}}}, "start_epoch 0.5 must be < end_epoch 0.5"),
+        ({"search": {"schedule_params": {"gradual": {"start_epoch": 0.5, "end_epoch": 0.5}}}}, "start_epoch 0.5 is not before end_epoch 0.5; start_epoch must be < end_epoch"),
         ({"search": {"schedule_params": {"iterative": {"rounds": 0}}}}, "search.schedule_params.iterative.rounds: 0 is too small"),
         ({"search": {"schedule_params": {"cubic": {}}}}, "search.schedule_params: unknown value 'cubic'; valid choices: dynamic, gradual, iterative, one_shot"),
         ({"search": {"criterion_params": {"slimming": {"lambda": 1}}}}, "search.criterion_params.slimming.lambda: unknown parameter; allowed: penalty, warmup_steps"),
@@ -242,7 +242,7 @@ def test_parse_param_errors(raw, fragment):
         ({"name": "a/b"}, "name: 'a/b' is not usable as a directory name"),
         ({"model": {"name": "mod:"}}, "model.name: 'mod:' is not package.module:factory"),
         ({"model": {"kwargs": {"num_classes": 3}}}, "model.kwargs.num_classes: set by the dataset"),
-        ({"data": []}, "data: expected a mapping, got a list"),
+        ({"data": []}, "data: got a list []; expected a mapping of keys"),
     ],
 )
 def test_validation_messages(sections, message):
@@ -251,6 +251,7 @@ def test_validation_messages(sections, message):
     text = str(e.value)
     assert message in text
     assert "\n" not in text
+    assert "; " in text  # what is wrong; what is allowed
 
 
 def test_threshold_rules_bound_amount_by_their_own_units():
