@@ -320,6 +320,7 @@ def finetune(
     latency_repeats: int = 10,
     loss_fn: LossFn = F.cross_entropy,
     checkpoint: Callable[[nn.Module, dict[str, Any]], Any] | None = None,
+    accuracy_target: float | None = None,
 ) -> nn.Module:
     """Prune ``model`` on ``schedule`` while fine-tuning it; report metrics once per epoch.
 
@@ -371,6 +372,11 @@ def finetune(
         checkpoint: Optional ``checkpoint(model, row)`` called after ``report`` every epoch
             (e.g. to keep the best model). Gates of the attention family are still attached
             at that point; they are folded only when ``finetune`` returns.
+        accuracy_target: Prune only while the target holds: before each pruning step the
+            model is evaluated on ``eval_loader``, and once its accuracy is below the target no
+            further pruning happens (the prune -> evaluate -> re-score loop of
+            sensitivity-based pruning, with the iterative schedule providing the rounds).
+            Rows then also carry ``pruning_stopped`` (0 or 1). ``None``: prune as scheduled.
 
     Returns:
         The pruned, fine-tuned model in eval mode; a ``DistributedDataParallel`` again if
@@ -389,6 +395,8 @@ def finetune(
     steps_per_epoch = len(train_loader) if hasattr(train_loader, "__len__") else None  # type: ignore[arg-type]
     _validate(spec, schedule, epochs, calibration_batches, latency_batch_size, latency_repeats,
               crit, steps_per_epoch)
+    if accuracy_target is not None and not (_is_number(accuracy_target) and 0 <= accuracy_target <= 1):
+        raise ValueError(f"accuracy_target must be a number in [0, 1] or None, got {accuracy_target!r}")
 
     # 1. Unwrap, move, make attention head-prunable (as prune would) before anything holds
     #    references to the parameters, then attach the criterion's gates / hooks.
@@ -429,6 +437,7 @@ def finetune(
     units_now: int | None = None
     requested_units = 0.0  # cumulative fraction of original units the rule asked for
     pruned_once = False
+    stopped = False  # accuracy_target fell: no more pruning
 
     def prune_now(s: int) -> None:
         nonlocal units_orig, units_now, requested_units, pruned_once
@@ -475,7 +484,14 @@ def finetune(
         net.train()
         for x, y in train_loader:
             s = step - crit.warmup_steps
-            if s >= 0 and schedule.is_update_step(s):
+            regrow_step = dynamic and pruned_once
+            if (s >= 0 and schedule.is_update_step(s) and accuracy_target is not None
+                    and not stopped and not regrow_step):
+                # Every rank sees the same all-reduced accuracy, so all stop together.
+                _dist.broadcast_buffers(net)
+                stopped = _evaluate(net, eval_loader, loss_fn, dev)[0] < accuracy_target
+                net.train()
+            if s >= 0 and schedule.is_update_step(s) and not stopped:
                 prune_now(s)
                 if dynamic and not straight.active and s < last_update:
                     straight.attach(net)
@@ -526,6 +542,8 @@ def finetune(
             "step": step,
             "units_pruned": 1.0 - units_now / units_orig if units_orig else 0.0,
         }
+        if accuracy_target is not None:
+            row["pruning_stopped"] = int(stopped)
         report(row)
         if checkpoint is not None:
             checkpoint(wrapped, row)

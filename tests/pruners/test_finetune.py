@@ -210,6 +210,22 @@ def test_penalty_is_part_of_the_training_loss(digits):
     assert heavy[0]["train_loss"] > plain[0]["train_loss"] + 0.05
 
 
+def test_accuracy_target_stops_pruning_once_accuracy_falls_below_it(digits):
+    """Sensitivity pruning in rounds, continuing only while the accuracy target holds."""
+    sched = pruners.make_schedule("iterative", target=0.3, rounds=3, interval=STEPS)
+    spec = PruneSpec("sensitivity", "unstructured", amount=0.3)
+    # Rounds at steps 0, 20, 40: the untrained model (about 0.1) passes a 0.05 target at
+    # step 0, and a model after one epoch (above 0.6) passes it again: all three rounds run.
+    _, lenient, _ = _run(digits, spec, sched, image=False, accuracy_target=0.05)
+    assert lenient[-1]["sparsity"] == pytest.approx(0.3, abs=0.01)
+    assert [r["pruning_stopped"] for r in lenient] == [0, 0, 0]
+    # 0.99 is out of reach from the start: nothing is pruned, the rows say why.
+    _, strict, _ = _run(digits, spec, sched, image=False, accuracy_target=0.99)
+    assert [r["sparsity"] for r in strict] == [0.0, 0.0, 0.0]
+    assert [r["pruning_stopped"] for r in strict] == [1, 1, 1]
+    assert strict[-1]["requested_sparsity"] == pytest.approx(0.3)  # asked, not achieved
+
+
 def test_bad_configurations_raise_one_clear_error(digits):
     train, test, example = _loaders(digits, image=False)
     one_shot = pruners.make_schedule("one_shot", target=0.5)
@@ -229,6 +245,9 @@ def test_bad_configurations_raise_one_clear_error(digits):
     with pytest.raises(ValueError, match="epochs"):
         finetune(MLP(), train, test, spec=PruneSpec("magnitude", amount=0.5), schedule=one_shot,
                  **{**kw, "epochs": 0})
+    with pytest.raises(ValueError, match="accuracy_target"):
+        finetune(MLP(), train, test, spec=PruneSpec("magnitude", amount=0.5), schedule=one_shot,
+                 accuracy_target=1.5, **kw)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
