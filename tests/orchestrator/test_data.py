@@ -1,0 +1,363 @@
+"""Datasets from files we make (idx, CIFAR pickles, PNG folders); downloads from file:// URLs."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+import struct
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from orchestrator import data  # noqa: E402
+from orchestrator.config import ConfigError, DataConfig  # noqa: E402
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+# --------------------------------------------------------------------------------------
+# Writers for the on-disk formats
+# --------------------------------------------------------------------------------------
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """LeCun's idx format for uint8 arrays: magic 0x0000 08 <ndim>, big-endian dims, data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx_set(directory: Path, n_train: int = 30, n_eval: int = 12, gz: bool = True, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_eval, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_eval, dtype=np.uint8),
+    }
+    for name, a in arrays.items():
+        raw = idx_bytes(a)
+        if gz:
+            with gzip.open(directory / (name + ".gz"), "wb") as f:
+                f.write(raw)
+        else:
+            (directory / name).write_bytes(raw)
+    return arrays
+
+
+def write_cifar(directory: Path, dataset: str = "cifar10", per_file: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    folder, train, test, key, _ = data._CIFAR[dataset]
+    d = directory / folder
+    d.mkdir(parents=True, exist_ok=True)
+    classes = 10 if dataset == "cifar10" else 100
+    written = {}
+    for name in train + test:
+        images = rng.integers(0, 256, (per_file, 3 * 32 * 32), dtype=np.uint8)
+        labels = rng.integers(0, classes, per_file).tolist()
+        with open(d / name, "wb") as f:
+            pickle.dump({"data": images, key: labels, "batch_label": name}, f)
+        written[name] = (images, labels)
+    return d, written
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def http_mirror(tmp_path):
+    """A loopback HTTP server over ``tmp_path/mirror`` (the download code path, no network)."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "mirror"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    server.server_close()
+
+
+# --------------------------------------------------------------------------------------
+# digits
+# --------------------------------------------------------------------------------------
+
+
+def test_digits_fixed_stratified_split_and_standardised_inputs():
+    ds = data.load_datasets(DataConfig(dataset="digits"), seed=123)
+    assert (len(ds.train), len(ds.eval)) == (1347, 450)
+    assert ds.input_shape == (1, 8, 8) and ds.num_classes == 10
+    x = torch.stack([ds.train[i][0] for i in range(len(ds.train))])
+    assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1.0) < 1e-3
+    from sklearn.datasets import load_digits
+
+    eval_labels = np.array([ds.eval[i][1] for i in range(len(ds.eval))])
+    per_class = np.bincount(load_digits().target)
+    # Stratified: each class is held out in proportion (a quarter of it, up to rounding).
+    assert np.all(np.abs(np.bincount(eval_labels) - per_class * 0.25) <= 1)
+    # The held-out set does not depend on the experiment seed.
+    other = data.load_datasets(DataConfig(dataset="digits"), seed=7)
+    assert torch.equal(ds.eval[0][0], other.eval[0][0]) and ds.eval[5][1] == other.eval[5][1]
+
+
+def test_subsets_are_seeded_and_capped():
+    a = data.load_datasets(DataConfig(dataset="digits", train_subset=100, eval_subset=50), seed=1)
+    b = data.load_datasets(DataConfig(dataset="digits", train_subset=100, eval_subset=50), seed=1)
+    c = data.load_datasets(DataConfig(dataset="digits", train_subset=100), seed=2)
+    assert (len(a.train), len(a.eval)) == (100, 50)
+    assert a.train.indices == b.train.indices and a.train.indices != c.train.indices
+
+
+def test_image_size_resizes():
+    ds = data.load_datasets(DataConfig(dataset="digits", image_size=16))
+    assert ds.input_shape == (1, 16, 16) and ds.example_inputs(3).shape == (3, 1, 16, 16)
+
+
+# --------------------------------------------------------------------------------------
+# idx datasets (MNIST / Fashion-MNIST)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["flat-gz", "torchvision-raw"])
+def test_mnist_from_idx_files(tmp_path, layout):
+    if layout == "flat-gz":
+        arrays = write_idx_set(tmp_path, gz=True)
+    else:
+        arrays = write_idx_set(tmp_path / "MNIST" / "raw", gz=False)
+    ds = data.load_datasets(DataConfig(dataset="mnist", root=str(tmp_path)))
+    assert (len(ds.train), len(ds.eval)) == (30, 12)
+    assert ds.input_shape == (1, 28, 28) and ds.num_classes == 10
+    x, y = ds.eval[3]
+    raw = arrays["t10k-images-idx3-ubyte"][3].astype(np.float32) / 255.0
+    expected = (raw - 0.1307) / 0.3081
+    assert np.allclose(x[0].numpy(), expected, atol=1e-6)
+    assert y == int(arrays["t10k-labels-idx1-ubyte"][3])
+
+
+def test_read_idx_rejects_truncated_files(tmp_path):
+    p = tmp_path / "bad-idx"
+    p.write_bytes(idx_bytes(np.zeros((4, 3, 3), np.uint8))[:-5])
+    with pytest.raises(ValueError, match="expected 36 values"):
+        data.read_idx(p)
+
+
+def test_missing_dataset_says_where_it_looked(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        data.locate(DataConfig(dataset="mnist", root=str(tmp_path)))
+    msg = str(e.value)
+    assert msg.startswith("data.dataset: mnist not found; looked in ")
+    assert str(tmp_path / "MNIST" / "raw") in msg and "data.download: true" in msg
+
+
+def test_missing_default_places_include_debian_for_fashion_mnist(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNEFRONT_DATA", str(tmp_path))
+    monkeypatch.setattr(data, "_IDX_DATASETS", {**data._IDX_DATASETS, "fashion_mnist": ("FashionMNIST", str(tmp_path / "debian"))})
+    with pytest.raises(ConfigError) as e:
+        data.locate(DataConfig(dataset="fashion_mnist"))
+    assert str(tmp_path / "FashionMNIST" / "raw") in str(e.value)
+    assert str(tmp_path / "debian") in str(e.value)
+    assert "install Debian's dataset-fashion-mnist" in str(e.value)
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_found_in_debian_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNEFRONT_DATA", str(tmp_path))  # nothing there: falls through to Debian
+    assert data.locate(DataConfig(dataset="fashion_mnist")) == DEBIAN_FASHION
+    ds = data.load_datasets(DataConfig(dataset="fashion_mnist", train_subset=64, eval_subset=64))
+    assert (len(ds.train), len(ds.eval), ds.num_classes, ds.input_shape) == (64, 64, 10, (1, 28, 28))
+    # Fashion-MNIST's full training set has 6000 images of each of its 10 classes.
+    labels = data.read_idx(DEBIAN_FASHION / "train-labels-idx1-ubyte.gz")
+    assert labels.shape == (60000,) and np.bincount(labels).tolist() == [6000] * 10
+
+
+def test_fashion_mnist_download_with_torchvision(tmp_path, monkeypatch, http_mirror):
+    import torchvision.datasets as tvd
+
+    mirror, url = http_mirror
+    arrays = write_idx_set(mirror, gz=True, seed=3)
+    resources = [(name + ".gz", md5(mirror / (name + ".gz"))) for name in arrays]
+    monkeypatch.setattr(tvd.FashionMNIST, "mirrors", [url])
+    monkeypatch.setattr(tvd.FashionMNIST, "resources", resources)
+    cfg = DataConfig(dataset="fashion_mnist", root=str(tmp_path / "data"), download=True)
+    assert data.locate(cfg) is None  # not there yet, but allowed to download
+    ds = data.load_datasets(cfg)
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    assert (raw / "train-images-idx3-ubyte").is_file()  # torchvision's layout, unpacked
+    assert (len(ds.train), len(ds.eval)) == (30, 12)
+    assert ds.train[0][1] == int(arrays["train-labels-idx1-ubyte"][0])
+    # Found locally from now on, without downloading again.
+    assert data.locate(DataConfig(dataset="fashion_mnist", root=str(tmp_path / "data"))) == raw
+
+
+def test_download_with_a_wrong_checksum_is_refused(tmp_path, monkeypatch, http_mirror):
+    import torchvision.datasets as tvd
+
+    mirror, url = http_mirror
+    arrays = write_idx_set(mirror, gz=True)
+    monkeypatch.setattr(tvd.MNIST, "mirrors", [url])
+    monkeypatch.setattr(tvd.MNIST, "resources", [(name + ".gz", "0" * 32) for name in arrays])
+    with pytest.raises(ConfigError, match="data.download: downloading mnist into .* failed"):
+        data.load_datasets(DataConfig(dataset="mnist", root=str(tmp_path / "d"), download=True))
+
+
+def test_failed_download_is_one_clear_error(tmp_path, monkeypatch, http_mirror):
+    import torchvision.datasets as tvd
+
+    _, url = http_mirror  # serves nothing: every file is a 404
+    monkeypatch.setattr(tvd.MNIST, "mirrors", [url])
+    with pytest.raises(ConfigError) as e:
+        data.load_datasets(DataConfig(dataset="mnist", root=str(tmp_path / "d"), download=True))
+    assert str(e.value).startswith(f"data.download: downloading mnist into {tmp_path / 'd'} failed")
+    assert "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------------------
+# CIFAR
+# --------------------------------------------------------------------------------------
+
+
+def test_cifar10_from_pickle_batches(tmp_path):
+    _, written = write_cifar(tmp_path, "cifar10")
+    ds = data.load_datasets(DataConfig(dataset="cifar10", root=str(tmp_path)))
+    assert (len(ds.train), len(ds.eval)) == (20, 4)
+    assert ds.input_shape == (3, 32, 32) and ds.num_classes == 10
+    x, y = ds.eval[1]
+    images, labels = written["test_batch"]
+    chw = images[1].reshape(3, 32, 32).astype(np.float32) / 255.0
+    mean = np.array([0.4914, 0.4822, 0.4465], np.float32).reshape(3, 1, 1)
+    std = np.array([0.2470, 0.2435, 0.2616], np.float32).reshape(3, 1, 1)
+    assert np.allclose(x.numpy(), (chw - mean) / std, atol=1e-5)
+    assert y == labels[1]
+    # Training images are augmented (random crops/flips): same shape, not always identical.
+    torch.manual_seed(0)
+    views = [ds.train[0][0] for _ in range(8)]
+    assert all(v.shape == (3, 32, 32) for v in views)
+    assert any(not torch.equal(views[0], v) for v in views[1:])
+
+
+def test_cifar100_uses_fine_labels(tmp_path):
+    write_cifar(tmp_path, "cifar100", per_file=6)
+    ds = data.load_datasets(DataConfig(dataset="cifar100", root=str(tmp_path), augment=False))
+    assert (len(ds.train), len(ds.eval), ds.num_classes) == (6, 6, 100)
+    assert torch.equal(ds.train[0][0], ds.train[0][0])  # no augmentation
+
+
+def test_cifar10_download_with_torchvision(tmp_path, monkeypatch, http_mirror):
+    import torchvision.datasets as tvd
+
+    mirror, url = http_mirror
+    src = tmp_path / "src"
+    write_cifar(src, "cifar10")
+    archive = mirror / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    monkeypatch.setattr(tvd.CIFAR10, "url", url + archive.name)
+    monkeypatch.setattr(tvd.CIFAR10, "tgz_md5", md5(archive))
+    ds = data.load_datasets(DataConfig(dataset="cifar10", root=str(tmp_path / "dl"), download=True))
+    assert (tmp_path / "dl" / "cifar-10-batches-py" / "data_batch_5").is_file()
+    assert (len(ds.train), len(ds.eval)) == (20, 4)
+
+
+def test_corrupt_cifar_files_are_a_clear_error(tmp_path):
+    d, _ = write_cifar(tmp_path, "cifar10")
+    (d / "test_batch").write_bytes(b"not a pickle")
+    with pytest.raises(ConfigError, match="cifar10 files in .* are unreadable"):
+        data.load_datasets(DataConfig(dataset="cifar10", root=str(tmp_path)))
+
+
+# --------------------------------------------------------------------------------------
+# imagefolder
+# --------------------------------------------------------------------------------------
+
+
+def write_imagefolder(root: Path, splits=("train", "val"), classes=("cat", "dog"), per_class: int = 3):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(d / f"{i}.png")
+
+
+def test_imagefolder_of_pngs(tmp_path):
+    write_imagefolder(tmp_path)
+    ds = data.load_datasets(DataConfig(dataset="imagefolder", root=str(tmp_path), image_size=16))
+    assert (len(ds.train), len(ds.eval), ds.num_classes) == (6, 6, 2)
+    assert ds.input_shape == (3, 16, 16)
+    assert ds.train[0][0].shape == (3, 16, 16)
+    assert sorted({ds.eval[i][1] for i in range(6)}) == [0, 1]
+
+
+def test_imagefolder_accepts_test_instead_of_val(tmp_path):
+    write_imagefolder(tmp_path, splits=("train", "test"))
+    assert data.locate(DataConfig(dataset="imagefolder", root=str(tmp_path))) == tmp_path
+
+
+def test_imagefolder_without_val_is_refused(tmp_path):
+    write_imagefolder(tmp_path, splits=("train",))
+    with pytest.raises(ConfigError, match=r"has no val/ \(or test/\); imagefolder needs train/ and val/"):
+        data.locate(DataConfig(dataset="imagefolder", root=str(tmp_path)))
+
+
+def test_imagefolder_with_different_classes_is_refused(tmp_path):
+    write_imagefolder(tmp_path / "a", splits=("train",), classes=("cat", "dog"))
+    write_imagefolder(tmp_path / "a", splits=("val",), classes=("cat", "cow"))
+    with pytest.raises(ConfigError, match="have different classes"):
+        data.load_datasets(DataConfig(dataset="imagefolder", root=str(tmp_path / "a")))
+
+
+# --------------------------------------------------------------------------------------
+# Loaders
+# --------------------------------------------------------------------------------------
+
+
+def _dataset(n: int):
+    return torch.utils.data.TensorDataset(torch.arange(n).float().view(n, 1), torch.arange(n))
+
+
+def test_distributed_training_shards_cover_the_data_and_reshuffle_by_epoch():
+    ds = _dataset(10)
+    loaders = [data.build_loader(ds, 2, shuffle=True, rank=r, world_size=2, seed=5) for r in range(2)]
+    seen = [sorted(int(i) for _, y in loader for i in y) for loader in loaders]
+    assert sorted(seen[0] + seen[1]) == list(range(10)) and not set(seen[0]) & set(seen[1])
+    first = [int(i) for _, y in loaders[0] for i in y]
+    loaders[0].sampler.set_epoch(1)
+    assert first != [int(i) for _, y in loaders[0] for i in y]
+
+
+def test_distributed_eval_counts_every_example_once():
+    ds = _dataset(11)  # not divisible: DistributedSampler would repeat an example
+    seen = []
+    for r in range(3):
+        loader = data.build_loader(ds, 4, shuffle=False, rank=r, world_size=3)
+        seen += [int(i) for _, y in loader for i in y]
+    assert sorted(seen) == list(range(11))
+
+
+def test_single_process_shuffle_is_seeded():
+    order = lambda seed: [int(i) for _, y in data.build_loader(_dataset(20), 5, shuffle=True, seed=seed) for i in y]  # noqa: E731
+    assert order(1) == order(1) and order(1) != order(2)
+    with pytest.raises(ValueError, match="0 <= rank < world_size"):
+        data.build_loader(_dataset(4), 2, shuffle=False, rank=2, world_size=2)
