@@ -221,12 +221,25 @@ def _download(cfg: DataConfig) -> Path:
 
 
 def prepare(cfg: DataConfig) -> Path | None:
-    """Locate the dataset, downloading it first when allowed and missing. Run once per node
-    before workers load it (concurrent downloads into one directory would corrupt it)."""
+    """Locate the dataset, downloading it first when allowed and missing.
+
+    Downloads hold an exclusive lock on ``<download root>/.prunefront-download.lock``, so DDP
+    workers of one node that all call this wait for one download instead of writing the
+    same files at once; still, calling it once in the driver before the trials is cheaper.
+    """
     found = locate(cfg)
     if found is None and cfg.download and cfg.dataset not in ("digits", "imagefolder"):
         try:
-            return _download(cfg)
+            import fcntl
+
+            target = _download_root(cfg)
+            target.mkdir(parents=True, exist_ok=True)
+            with open(target / ".prunefront-download.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    return _find(cfg) or _download(cfg)  # another process may have finished it
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
         except Exception as e:  # noqa: BLE001 - network/checksum errors become one line
             raise ConfigError(
                 f"data.download: downloading {cfg.dataset} into {_download_root(cfg)} failed "

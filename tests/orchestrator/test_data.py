@@ -77,7 +77,8 @@ def md5(path: Path) -> str:
 
 @pytest.fixture
 def http_mirror(tmp_path):
-    """A loopback HTTP server over ``tmp_path/mirror`` (the download code path, no network)."""
+    """A loopback HTTP server over ``tmp_path/mirror`` (the download code path, no network):
+    yields (directory, base URL, list of requested paths)."""
     import functools
     import http.server
     import threading
@@ -85,14 +86,20 @@ def http_mirror(tmp_path):
     root = tmp_path / "mirror"
     root.mkdir()
 
+    requests: list[str] = []
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
+        def do_GET(self):
+            requests.append(self.path)
+            super().do_GET()
+
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield root, f"http://127.0.0.1:{server.server_port}/"
+    yield root, f"http://127.0.0.1:{server.server_port}/", requests
     server.shutdown()
     server.server_close()
 
@@ -192,7 +199,7 @@ def test_fashion_mnist_found_in_debian_package(tmp_path, monkeypatch):
 def test_fashion_mnist_download_with_torchvision(tmp_path, monkeypatch, http_mirror):
     import torchvision.datasets as tvd
 
-    mirror, url = http_mirror
+    mirror, url, requests = http_mirror
     arrays = write_idx_set(mirror, gz=True, seed=3)
     resources = [(name + ".gz", md5(mirror / (name + ".gz"))) for name in arrays]
     monkeypatch.setattr(tvd.FashionMNIST, "mirrors", [url])
@@ -208,10 +215,30 @@ def test_fashion_mnist_download_with_torchvision(tmp_path, monkeypatch, http_mir
     assert data.locate(DataConfig(dataset="fashion_mnist", root=str(tmp_path / "data"))) == raw
 
 
+def test_concurrent_prepares_download_once(tmp_path, monkeypatch, http_mirror):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torchvision.datasets as tvd
+
+    mirror, url, requests = http_mirror
+    arrays = write_idx_set(mirror, gz=True)
+    monkeypatch.setattr(tvd.MNIST, "mirrors", [url])
+    monkeypatch.setattr(tvd.MNIST, "resources", [(n + ".gz", md5(mirror / (n + ".gz"))) for n in arrays])
+    data.prepare(DataConfig(dataset="mnist", root=str(tmp_path / "alone"), download=True))
+    one_download = sorted(requests)  # torchvision may ask twice per file (redirect check)
+    assert set(one_download) == {f"/{n}.gz" for n in arrays}
+    requests.clear()
+    cfg = DataConfig(dataset="mnist", root=str(tmp_path / "d"), download=True)
+    with ThreadPoolExecutor(4) as pool:  # like the DDP workers of one node
+        found = list(pool.map(lambda _: data.prepare(cfg), range(4)))
+    assert found == [tmp_path / "d" / "MNIST" / "raw"] * 4
+    assert sorted(requests) == one_download  # downloaded once, not four times
+
+
 def test_download_with_a_wrong_checksum_is_refused(tmp_path, monkeypatch, http_mirror):
     import torchvision.datasets as tvd
 
-    mirror, url = http_mirror
+    mirror, url, requests = http_mirror
     arrays = write_idx_set(mirror, gz=True)
     monkeypatch.setattr(tvd.MNIST, "mirrors", [url])
     monkeypatch.setattr(tvd.MNIST, "resources", [(name + ".gz", "0" * 32) for name in arrays])
@@ -222,7 +249,7 @@ def test_download_with_a_wrong_checksum_is_refused(tmp_path, monkeypatch, http_m
 def test_failed_download_is_one_clear_error(tmp_path, monkeypatch, http_mirror):
     import torchvision.datasets as tvd
 
-    _, url = http_mirror  # serves nothing: every file is a 404
+    _, url, _ = http_mirror  # serves nothing: every file is a 404
     monkeypatch.setattr(tvd.MNIST, "mirrors", [url])
     with pytest.raises(ConfigError) as e:
         data.load_datasets(DataConfig(dataset="mnist", root=str(tmp_path / "d"), download=True))
@@ -264,7 +291,7 @@ def test_cifar100_uses_fine_labels(tmp_path):
 def test_cifar10_download_with_torchvision(tmp_path, monkeypatch, http_mirror):
     import torchvision.datasets as tvd
 
-    mirror, url = http_mirror
+    mirror, url, requests = http_mirror
     src = tmp_path / "src"
     write_cifar(src, "cifar10")
     archive = mirror / "cifar-10-python.tar.gz"
