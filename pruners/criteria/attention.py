@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruners._attention import PrunableMultiheadAttention, convert_attention
+from pruners._dist import all_reduce_mean_
 from pruners.criteria.base import Batch, Criterion
 from pruners.criteria.gradient import _device, _move
 from pruners.criteria.penalty import _classifier_guess
@@ -228,7 +229,7 @@ class _GateCriterion(Criterion):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                 # Identical gates on every rank: average their gradients.
-                _all_reduce_grads(gates)
+                all_reduce_mean_([g.grad for g in gates if g.grad is not None])
                 opt.step()
         finally:
             for p in weights:
@@ -314,20 +315,6 @@ class _GateCriterion(Criterion):
         self.layer_gates.clear()
         self.head_gates.clear()
         self._frozen = False
-
-
-def _all_reduce_grads(params: list[nn.Parameter]) -> None:
-    import torch.distributed as dist
-
-    from pruners.criteria.gradient import all_reduce_mean
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    cpu = [g.detach().cpu() for g in grads]
-    all_reduce_mean(cpu)
-    for g, c in zip(grads, cpu):
-        g.copy_(c.to(g.device))
 
 
 @register

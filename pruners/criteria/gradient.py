@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from pruners._dist import all_reduce_mean_
 from pruners.criteria.base import Batch, Criterion
 from pruners.criteria.registry import register
 
@@ -42,35 +42,16 @@ def _move(x, device):
     return x
 
 
-def all_reduce_mean(tensors: list[torch.Tensor]) -> None:
-    """Average ``tensors`` in place over all ranks (no-op without torch.distributed).
-
-    One flat all-reduce for all of them; NCCL needs the buffer on the GPU.
-    """
-    if not tensors or not (dist.is_available() and dist.is_initialized()):
-        return
-    world = dist.get_world_size()
-    device = torch.device("cpu")
-    if dist.get_backend() == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
-    flat = torch.cat([t.flatten() for t in tensors]).to(device)
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat = flat.div_(world).cpu()
-    offset = 0
-    for t in tensors:
-        n = t.numel()
-        t.copy_(flat[offset : offset + n].view_as(t))
-        offset += n
-
-
 def gradient_statistics(
     model: nn.Module, calibration: Iterable[Batch], criterion_name: str
-) -> tuple[dict[nn.Module, torch.Tensor], dict[nn.Module, torch.Tensor], int]:
+) -> tuple[dict[nn.Module, torch.Tensor], dict[nn.Module, torch.Tensor]]:
     """Per-module ``mean_b |g_b|`` and ``mean_b g_b`` of the weight over calibration batches.
 
+    Under ``torch.distributed`` the means run over the batches of every rank, so all ranks
+    get the same statistics even when they saw different numbers of batches.
+
     Returns:
-        (mean absolute gradient, mean gradient, number of batches), the first two keyed by
-        module, all-reduced over ranks.
+        (mean absolute gradient, mean gradient), keyed by module.
     """
     modules = [m for m in model.modules() if isinstance(m, _SCORED) and getattr(m, "weight", None) is not None]
     # float32 like the weights: float64 copies of a VGG would cost gigabytes.
@@ -109,11 +90,15 @@ def gradient_statistics(
         model.train(was_training)
         for h in hooks:
             h.remove()
-    if batches == 0:
+    # Ranks may see different numbers of batches: reduce the count with the sums so every
+    # rank divides by the same number (the mean over all ranks' batches), and only raise
+    # after the collective, when no rank has a batch, so no rank is left waiting.
+    count = torch.tensor([float(batches)])
+    all_reduce_mean_([abs_sum[m] for m in modules] + [sum_[m] for m in modules] + [count])
+    if float(count) == 0:
         raise ValueError(f"criterion {criterion_name!r}: calibration yielded no batch")
-    tensors = [abs_sum[m] for m in modules] + [sum_[m] for m in modules]
-    all_reduce_mean(tensors)
-    return ({m: abs_sum[m] / batches for m in modules}, {m: sum_[m] / batches for m in modules}, batches)
+    n = float(count)
+    return {m: abs_sum[m] / n for m in modules}, {m: sum_[m] / n for m in modules}
 
 
 class _GradientCriterion(Criterion):
@@ -132,7 +117,7 @@ class _GradientCriterion(Criterion):
             if self._abs and self._fresh(model):
                 return  # statistics of this very model are still valid (e.g. unstructured)
             raise ValueError(f"criterion {self.name!r} needs calibration batches (calibration=...)")
-        self._abs, self._mean, _ = gradient_statistics(model, calibration, self.name)
+        self._abs, self._mean = gradient_statistics(model, calibration, self.name)
 
     def _fresh(self, model: nn.Module) -> bool:
         return all(
@@ -198,11 +183,12 @@ class SensitivityCriterion(_GradientCriterion):
     """Normalised sensitivity ``S_i = |dL/dw_i| / sum_j |dL/dw_j|`` (network-wide sum).
 
     ``dL/dw`` is the gradient of the mean calibration loss; the sum runs over every Conv /
-    Linear weight, so scores are comparable across layers and sum to one (Karnin, "A simple
-    procedure for pruning back-propagation trained neural networks", 1990; the
-    sensitivity-based pruning write-up). Pair it with the ``sensitivity`` threshold rule
-    (remove a cumulative mass) or ``absolute`` (remove while ``S_i < theta``); the
-    prune -> evaluate -> re-score loop is the iterative schedule of ``finetune``.
+    Linear weight not masked yet, so scores are comparable across layers and those of the
+    surviving weights sum to one (Karnin, "A simple procedure for pruning back-propagation
+    trained neural networks", IEEE TNN 1990). Pair it with the ``sensitivity`` threshold
+    rule (remove a cumulative mass) or ``absolute`` (remove while ``S_i < theta``). The
+    prune -> evaluate -> re-score loop until an accuracy target is ``finetune`` with an
+    ``iterative`` schedule and ``accuracy_target`` (scores are recomputed at every round).
     """
 
     name = "sensitivity"
@@ -210,11 +196,14 @@ class SensitivityCriterion(_GradientCriterion):
 
     def prepare(self, model: nn.Module, calibration: Iterable[Batch] | None) -> None:
         super().prepare(model, calibration)
-        total = sum(
-            float(g.abs().sum())
-            for m, g in self._mean.items()
-            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
-        )
+        # The sum runs over the weights the network still has: a masked weight is gone
+        # (as a removed channel is in structured pruning), so it takes no share of S.
+        total = 0.0
+        for m, g in self._mean.items():
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+                mask = getattr(m, "weight_mask", None)
+                g = g.abs() if mask is None else g.abs() * mask.detach().to("cpu", g.dtype)
+                total += float(g.sum(dtype=torch.float64))
         self._total = total if total > 0 else 1.0
 
     def elementwise(self, module: nn.Module, name: str) -> torch.Tensor | None:

@@ -209,6 +209,20 @@ def test_sensitivity_scores_sum_to_one_over_the_network():
     assert total == pytest.approx(1.0)
 
 
+def test_sensitivity_of_the_surviving_weights_sums_to_one():
+    m = MLP()
+    x, y = mlp_batch()
+    pruners.prune(m, criterion="magnitude", granularity="unstructured", amount=0.5, example_inputs=x)
+    crit = make_criterion("sensitivity")
+    crit.prepare(m, [(x, y)])
+    alive = [
+        crit.elementwise(mod, "weight") * getattr(mod, "weight_mask", torch.ones(())).cpu()
+        for mod in m.modules()
+        if isinstance(mod, nn.Linear)
+    ]
+    assert sum(float(s.sum()) for s in alive) == pytest.approx(1.0)
+
+
 def test_slimming_penalty_and_scores_use_batchnorm_scales():
     m = ResidualCNN()
     with torch.no_grad():

@@ -161,9 +161,16 @@ def _rank_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         torch.set_num_threads(1)
         torch.manual_seed(0)
         model = MLP()  # same weights on every rank
-        x, y = mlp_batch(seed=rank)  # different data on every rank
-        pruners.prune(model, criterion="taylor", granularity="structured", amount=0.5, example_inputs=x, calibration=[(x, y)])
+        # Different data and a different number of batches on every rank (1 and 2).
+        calibration = [mlp_batch(seed=s) for s in ([0] if rank == 0 else [1, 2])]
+        x, _ = calibration[0]
+        pruners.prune(model, criterion="taylor", granularity="structured", amount=0.5, example_inputs=x, calibration=calibration)
         torch.save(model.state_dict(), os.path.join(out_dir, f"taylor{rank}.pt"))
+        # Raw scores too: a threshold like `absolute` sees their scale, not just their order.
+        torch.manual_seed(0)
+        raw = pruners.score(MLP(), criterion=pruners.make_criterion("gradient", normalizer="none"),
+                            granularity="unstructured", example_inputs=x, calibration=calibration)
+        torch.save(raw, os.path.join(out_dir, f"gradient{rank}.pt"))
         torch.manual_seed(rank)  # a rank-local RNG must not matter to `random`
         model = MLP()
         pruners.prune(model, criterion="random", granularity="unstructured", amount=0.5, example_inputs=x)
@@ -181,13 +188,19 @@ def test_ranks_agree_under_torch_distributed(tmp_path):
     assert t0.keys() == t1.keys() and all(torch.equal(t0[k], t1[k]) for k in t0)
     r0, r1 = torch.load(tmp_path / "random0.pt"), torch.load(tmp_path / "random1.pt")
     assert r0 and all(torch.equal(r0[k], r1[k]) for k in r0)
-    # The all-reduced statistics are those of both ranks' data: one process seeing both
-    # batches keeps the same channels.
+    # The all-reduced statistics are the mean over both ranks' batches: one process seeing
+    # all three batches keeps the same channels.
     torch.manual_seed(0)
     single = MLP()
     x, _ = mlp_batch(seed=0)
     pruners.prune(single, criterion="taylor", granularity="structured", amount=0.5, example_inputs=x,
-                  calibration=[mlp_batch(seed=0), mlp_batch(seed=1)])
+                  calibration=[mlp_batch(seed=s) for s in (0, 1, 2)])
     s = single.state_dict()
     assert all(s[k].shape == t0[k].shape for k in s)
     assert all(torch.allclose(s[k], t0[k]) for k in s)
+    g0, g1 = torch.load(tmp_path / "gradient0.pt"), torch.load(tmp_path / "gradient1.pt")
+    assert g0.keys() == g1.keys() and all(torch.equal(g0[k], g1[k]) for k in g0)
+    torch.manual_seed(0)
+    g = pruners.score(MLP(), criterion=pruners.make_criterion("gradient", normalizer="none"),
+                      granularity="unstructured", example_inputs=x, calibration=[mlp_batch(seed=s) for s in (0, 1, 2)])
+    assert all(torch.allclose(g[k], g0[k], atol=1e-7) for k in g)
