@@ -16,8 +16,9 @@ ranks that share statistics make identical choices.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ from pruners._attention import (
     convert_attention,
 )
 from pruners.criteria import CRITERIA, Criterion, make_criterion
+from pruners.measure import unwrap
 from pruners.registry import check_choice
 from pruners.thresholds import fraction_count, get_threshold_rule
 
@@ -85,11 +87,6 @@ def _resolve_criterion(criterion: str | Criterion) -> tuple[Criterion, bool]:
     )
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DistributedDataParallel / DataParallel keep the real model in .module.
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
-
-
 def _call(model: nn.Module, example_inputs: Any) -> Any:
     if isinstance(example_inputs, Mapping):
         return model(**example_inputs)
@@ -121,29 +118,60 @@ def find_classifier(model: nn.Module, example_inputs: Any) -> str | None:
     return names[order[-1]]
 
 
-def _ignored_modules(model: nn.Module, ignore: Iterable[str] | None, classifier: str | None) -> set[nn.Module]:
+def _ignored_modules(model: nn.Module, ignore: Iterable[str] | None) -> set[nn.Module]:
+    """The modules named in ``ignore`` and their submodules (unknown names raise)."""
+    if isinstance(ignore, str):
+        raise ValueError(f"ignore must be a list of module names, got the string {ignore!r}")
     modules = dict(model.named_modules())
     names = list(ignore or ())
     unknown = [n for n in names if n not in modules]
     if unknown:
         raise ValueError(f"ignore names unknown module(s) {', '.join(unknown)}; use names from model.named_modules()")
-    if classifier is not None:
-        names.append(classifier)
-    out: set[nn.Module] = set()
-    for n in names:
-        out.update(modules[n].modules())
-    return out
+    return {sub for n in names for sub in modules[n].modules()}
 
 
-def _validate(criterion: Criterion, granularity: str, scope: str, threshold_rule: str, amount: float) -> float:
+def _check_granularity(criterion: Criterion, granularity: str) -> None:
     check_choice("granularity", granularity, GRANULARITIES)
-    check_choice("scope", scope, SCOPES)
     if granularity not in criterion.granularities:
         raise ValueError(
             f"criterion {criterion.name!r} does not support {granularity} pruning; "
             f"it supports: {', '.join(criterion.granularities)}"
         )
-    return get_threshold_rule(threshold_rule).validate(amount)
+
+
+@contextlib.contextmanager
+def _prepared(
+    model: nn.Module,
+    crit: Criterion,
+    owned: bool,
+    example_inputs: Any,
+    calibration: Iterable[Batch] | None,
+    ignore: Iterable[str] | None,
+) -> Iterator[tuple[nn.Module, set[nn.Module]]]:
+    """The unwrapped model, ready to score, and the modules never pruned (classifier too).
+
+    What ``prune`` and ``score`` share: self-attention made head-prunable, the criterion
+    prepared (statistics, gates), the classifier found; an owned criterion is detached on
+    the way out, whatever happens.
+    """
+    net = unwrap(model)  # DDP / DataParallel keep the real model in .module
+    if crit.needs_calibration and calibration is None and owned:
+        raise ValueError(f"criterion {crit.name!r} needs calibration batches (calibration=...)")
+    # Self-attention becomes head-prunable (exact same outputs); done before anything holds
+    # references to the old parameters.
+    convert_attention(net)
+    ignored = _ignored_modules(net, ignore)  # bad names fail before any costly prepare
+    try:
+        # An owned criterion is attached (if it has anything to attach) by prepare itself.
+        crit.prepare(net, calibration)
+        with crit.suspended():
+            classifier = find_classifier(net, example_inputs)
+        if classifier is not None:
+            ignored |= set(net.get_submodule(classifier).modules())
+        yield net, ignored
+    finally:
+        if owned:
+            crit.detach(net)
 
 
 def _select(scores: torch.Tensor, removed: torch.Tensor, rule: str, value: float) -> torch.Tensor:
@@ -207,28 +235,16 @@ def prune(
             calibration for a data-driven criterion.
     """
     crit, owned = _resolve_criterion(criterion)
-    value = _validate(crit, granularity, scope, threshold_rule, amount)
-    net = _unwrap(model)
-    if crit.needs_calibration and calibration is None and owned:
-        raise ValueError(f"criterion {crit.name!r} needs calibration batches (calibration=...)")
-    # Self-attention becomes head-prunable (exact same outputs); done before anything holds
-    # references to the old parameters.
-    convert_attention(net)
-    try:
-        # An owned criterion is attached (if it has anything to attach) by prepare itself.
-        crit.prepare(net, calibration)
-        with crit.suspended():
-            classifier = find_classifier(net, example_inputs)
-        ignored = _ignored_modules(net, ignore, classifier)
+    _check_granularity(crit, granularity)
+    check_choice("scope", scope, SCOPES)
+    value = get_threshold_rule(threshold_rule).validate(amount)
+    with _prepared(model, crit, owned, example_inputs, calibration, ignore) as (net, ignored):
         if granularity == "unstructured":
             layers, requested_units = _prune_unstructured(net, crit, value, threshold_rule, scope, ignored)
         else:
             layers, requested_units = _prune_structured(
                 net, crit, value, threshold_rule, scope, ignored, example_inputs
             )
-    finally:
-        if owned:
-            crit.detach(net)
     before = sum(r.units_before for r in layers)
     after = sum(r.units_after for r in layers)
     return PruneReport(
@@ -304,13 +320,15 @@ def _prune_unstructured(
         masks = [_select(s, r, rule, value) for s, r in zip(scores, removed)]
     requested = int(sum(int(m.sum()) for m in masks))
     layers = []
-    for (name, module), old, new in zip(targets, removed, masks):
+    for (name, module), s, old, new in zip(targets, scores, removed, masks):
         n = new.numel()
-        if bool(new.all()) and n > 1:
-            # A layer with no weight left disconnects the network; keep its best weight.
-            s = scores[len(layers)]
+        if bool(new.all()):
+            # A layer with no weight left disconnects the network: keep its best weight,
+            # among those still there (a weight masked before stays masked).
             new = new.clone()
-            new[int(torch.argmax(s))] = False
+            alive = ~old
+            best = torch.where(alive, s, float("-inf")).argmax() if bool(alive.any()) else s.argmax()
+            new[int(best)] = False
         keep = (~new).view_as(module.weight).to(module.weight.device)
         _set_mask(module, keep)
         after = int((~new).sum())
@@ -519,23 +537,9 @@ def score(
     Self-attention modules are converted (same outputs) as in ``prune``.
     """
     crit, owned = _resolve_criterion(criterion)
-    check_choice("granularity", granularity, GRANULARITIES)
-    if granularity not in crit.granularities:
-        raise ValueError(
-            f"criterion {crit.name!r} does not support {granularity} pruning; "
-            f"it supports: {', '.join(crit.granularities)}"
-        )
-    net = _unwrap(model)
-    convert_attention(net)
-    try:
-        crit.prepare(net, calibration)
-        with crit.suspended():
-            classifier = find_classifier(net, example_inputs)
-        ignored = _ignored_modules(net, ignore, classifier)
+    _check_granularity(crit, granularity)
+    with _prepared(model, crit, owned, example_inputs, calibration, ignore) as (net, ignored):
         if granularity == "unstructured":
             return {n: _weight_scores(crit, m, m.weight) for n, m in prunable_weights(net, ignored)}
         _, units = _collect_units(net, crit, ignored, example_inputs)
         return {u.name: u.scores for u in units}
-    finally:
-        if owned:
-            crit.detach(net)

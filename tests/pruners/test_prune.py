@@ -68,6 +68,37 @@ def test_unstructured_is_cumulative_and_keeps_earlier_removals():
             assert len(mod._forward_pre_hooks) == 1
 
 
+class _FixedScores(pruners.Criterion):
+    """Hand-set per-weight scores (not registered: an instance is passed to prune)."""
+
+    name = "fixed"
+
+    def __init__(self, scores: dict) -> None:
+        super().__init__()
+        self.scores = scores
+
+    def elementwise(self, module, name):
+        return self.scores[module] if name == "weight" else None
+
+
+def test_a_layer_emptied_by_the_ranking_keeps_a_surviving_weight_not_a_masked_one():
+    m = MLP()
+    x, _ = mlp_batch()
+    lin1, lin2 = m.net[1], m.net[4]
+    s2 = torch.ones_like(lin2.weight)
+    s2.view(-1)[0] = 0.0
+    crit = _FixedScores({lin1: torch.full_like(lin1.weight, 10.0), lin2: s2})
+    total = lin1.weight.numel() + lin2.weight.numel()
+    pruners.prune(m, criterion=crit, granularity="unstructured", amount=1 / total, example_inputs=x)
+    assert lin2.weight_mask.view(-1)[0] == 0 and int(lin2.weight_mask.sum()) == lin2.weight.numel() - 1
+    # Now the masked weight scores best in its layer and the ranking takes the whole layer.
+    s2.view(-1)[0] = 100.0
+    r = pruners.prune(m, criterion=crit, granularity="unstructured", amount=lin2.weight.numel() / total, example_inputs=x)
+    assert lin2.weight_mask.view(-1)[0] == 0  # removed stays removed
+    assert int(lin2.weight_mask.sum()) == 1 == {layer.name: layer for layer in r.layers}["net.4"].units_after
+    assert int((lin2.weight != 0).sum()) == 1
+
+
 def test_same_weights_same_result():
     x, y = cnn_batch()
     a, b = ResidualCNN(), ResidualCNN()
@@ -100,6 +131,7 @@ def test_ignore_and_classifier_are_never_pruned():
         ({"amount": 1.0}, "must be in \\[0, 1\\)"),
         ({"threshold_rule": "top_k"}, "valid choices"),
         ({"ignore": ["nope"]}, "unknown module"),
+        ({"ignore": "net.1"}, "list of module names"),
         ({"criterion": "slimming", "granularity": "unstructured"}, "does not support unstructured"),
     ],
 )
