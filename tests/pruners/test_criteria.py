@@ -92,6 +92,7 @@ def test_prune_reaches_the_requested_amount(name, gran, model):
     x, _ = batch()
     out_shape = m(x).shape
     params = _params(m)
+    dense = pruners.measure(m, x[:1], latency_repeats=1, warmup=0)
     shapes = {n: mod.weight.shape for n, mod in m.named_modules() if isinstance(mod, (nn.Conv2d, nn.Linear))}
     crit = _crit(name)
     r = pruners.prune(
@@ -130,6 +131,15 @@ def test_prune_reaches_the_requested_amount(name, gran, model):
     for mod in m.modules():
         assert not mod._forward_hooks
         assert all(type(h).__module__.startswith("torch.nn.utils.prune") for h in mod._forward_pre_hooks.values())
+
+    # What the pruning buys, as the trials measure it.
+    after = pruners.measure(m, x[:1], latency_repeats=1, warmup=0)
+    if gran == "structured":
+        assert after.flops < dense.flops and after.params < dense.params
+    else:
+        assert after.flops == dense.flops and after.params == dense.params
+        assert after.flops_sparse < dense.flops_sparse and after.size_bytes < dense.size_bytes
+        assert after.params_nonzero == dense.params_nonzero - removed
 
 
 @pytest.mark.parametrize(
