@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pruners.criteria._group import coupled_channel_scores
+from pruners.criteria._group import coupled_channel_scores, head_slice_scores
 from pruners.criteria.base import Criterion
 from pruners.criteria.registry import register
 
@@ -53,7 +53,9 @@ class MagnitudeCriterion(Criterion):
         return None if scores is None else self.normalize(scores)
 
     def head_scores(self, module: nn.Module) -> torch.Tensor:
-        return super().head_scores(module) ** (1.0 / self.p)
+        # The p-th root first, then the normaliser, as for channels: heads of different
+        # layers then compete on norms divided by their layer's mean norm.
+        return self.normalize(head_slice_scores(module, self.elementwise) ** (1.0 / self.p))
 
 
 # Relative weight of the within-layer tie-break: small enough that whole layers are ordered

@@ -190,6 +190,18 @@ def test_magnitude_structured_scores_are_filter_norms():
     assert torch.allclose(s["net.4"].float(), expect.detach(), atol=1e-6)
 
 
+def test_magnitude_head_scores_are_head_norms_over_their_layer_mean():
+    m = TinyTransformer()
+    x, _ = transformer_batch()
+    s = pruners.score(m, criterion="magnitude", granularity="structured", example_inputs=x)["block.self_attn"]
+    attn = m.block.self_attn  # converted by score(), same weights
+    h, d = attn.num_heads, attn.head_dim
+    sq = sum(p.weight.detach().reshape(h, d, -1).pow(2).sum((1, 2)) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    sq = sq + attn.out_proj.weight.detach().reshape(-1, h, d).pow(2).sum((0, 2))
+    norms = sq.sqrt().double()
+    assert torch.allclose(s, norms / norms.mean())
+
+
 def test_random_is_reproducible_and_seeded():
     x, _ = mlp_batch()
     a = pruners.score(MLP(), criterion=make_criterion("random", seed=3), granularity="unstructured", example_inputs=x)
