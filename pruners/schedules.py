@@ -113,7 +113,9 @@ class Iterative(Schedule):
     def sparsity_at(self, step: int) -> float:
         _check_step(step)
         done = min(step // self.interval + 1, self.rounds)
-        return self.target * done / self.rounds
+        # done / rounds first: the last round is then exactly `target` (target * 3 / 3 is not
+        # always target in floating point, and a fraction rule rounds target * n).
+        return self.target * (done / self.rounds)
 
     def is_update_step(self, step: int) -> bool:
         _check_step(step)

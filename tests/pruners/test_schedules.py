@@ -30,6 +30,14 @@ def test_iterative_exact_values():
     assert s.update_steps() == [0, 10, 20]
 
 
+@pytest.mark.parametrize("target", [0.003, 0.7, 0.9])
+@pytest.mark.parametrize("rounds", [3, 6, 7])
+def test_iterative_last_round_is_exactly_the_target(target, rounds):
+    s = Iterative(target=target, rounds=rounds, interval=2)
+    assert s.sparsity_at(2 * (rounds - 1)) == target
+    assert s.sparsity_at(10_000) == target
+
+
 def test_gradual_cubic_exact_values():
     s = pruners.make_schedule("gradual", target=0.8, start_step=10, end_step=40, interval=10, initial=0.2)
     assert isinstance(s, Gradual)

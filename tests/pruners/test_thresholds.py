@@ -25,6 +25,9 @@ def test_fraction_removes_lowest_rounded_count():
     assert idx(select(S, "fraction", 0.5)) == [1, 3, 4, 5]
     # 0.3 * 8 = 2.4 -> 2
     assert idx(select(S, "fraction", 0.3)) == [1, 5]
+    # Halves round to even, as torch.nn.utils.prune counts: 2.5 -> 2, 3.5 -> 4.
+    assert idx(select(S, "fraction", 0.3125)) == [1, 5]
+    assert idx(select(S, "fraction", 0.4375)) == [1, 3, 4, 5]
 
 
 def test_fraction_ties_break_by_position():
