@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -96,8 +97,12 @@ class _GateCriterion(Criterion):
         if isinstance(p["gate_steps"], bool) or not isinstance(p["gate_steps"], int) or p["gate_steps"] < 0:
             raise ValueError(f"criterion {self.name!r}: gate_steps must be an integer >= 0")
         for key in ("gate_lr", "l1"):
-            if not isinstance(p[key], (int, float)) or p[key] < 0:
-                raise ValueError(f"criterion {self.name!r}: {key} must be a number >= 0")
+            if isinstance(p[key], bool) or not isinstance(p[key], (int, float)) or not 0 <= p[key] < math.inf:
+                raise ValueError(f"criterion {self.name!r}: {key} must be a number >= 0, got {p[key]!r}")
+        if isinstance(p["gate_init"], bool) or not isinstance(p["gate_init"], (int, float)) or not math.isfinite(p["gate_init"]):
+            raise ValueError(f"criterion {self.name!r}: gate_init must be a finite number, got {p['gate_init']!r}")
+        if not isinstance(p["heads"], bool):
+            raise ValueError(f"criterion {self.name!r}: heads must be true or false, got {p['heads']!r}")
         self.channel_gates: dict[nn.Module, nn.Parameter] = {}
         self.layer_gates: dict[nn.Module, nn.Parameter] = {}
         self.head_gates: dict[nn.Module, nn.Parameter] = {}

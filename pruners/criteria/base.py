@@ -71,9 +71,10 @@ class Criterion:
                 f"allowed: {allowed}"
             )
         self.params: dict[str, Any] = {**self.param_defaults, **params}
-        self.warmup_steps: int = int(self.params.get("warmup_steps", 0))
-        if self.warmup_steps < 0:
-            raise ValueError(f"criterion {self.name!r}: warmup_steps must be >= 0")
+        warmup = self.params.get("warmup_steps", 0)
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"criterion {self.name!r}: warmup_steps must be an integer >= 0, got {warmup!r}")
+        self.warmup_steps: int = warmup
         normalizer = self.params.get("normalizer", "none")
         if normalizer not in NORMALIZERS:
             raise ValueError(

@@ -170,6 +170,23 @@ def test_unknown_parameter_lists_allowed():
         make_criterion("magnitudes")
 
 
+@pytest.mark.parametrize(
+    "name,params,match",
+    [
+        ("slimming", {"warmup_steps": 2.5}, "warmup_steps must be an integer >= 0, got 2.5"),
+        ("l2_penalty", {"warmup_steps": -1}, "warmup_steps must be an integer >= 0"),
+        ("attention", {"gate_init": "high"}, "gate_init must be a finite number"),
+        ("attention", {"heads": "yes"}, "heads must be true or false"),
+        ("adaptive_attention", {"gate_lr": float("nan")}, "gate_lr must be a number >= 0"),
+        ("multilevel_attention", {"gate_steps": 1.5}, "gate_steps must be an integer >= 0"),
+        ("slimming", {"penalty": -1}, "penalty must be a number >= 0"),
+    ],
+)
+def test_bad_parameter_values_say_what_is_allowed(name, params, match):
+    with pytest.raises(ValueError, match=match):
+        make_criterion(name, **params)
+
+
 def test_magnitude_unstructured_removes_the_smallest_weights():
     m = MLP()
     x, _ = mlp_batch()
