@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 EPILOG = """examples:
   python -m reports build prunefront-results/digits
@@ -20,8 +21,15 @@ EPILOG = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (it prints the usage block first)."""
+
+    def error(self, message: str) -> NoReturn:  # noqa: D102 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m reports",
         description="Pareto-front reports of Prunefront experiments (no Ray needed).",
         epilog=EPILOG,
@@ -88,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             comparisons = compare_fronts(
                 frames_a["fronts"],
                 frames_b["fronts"],
-                meta_a["report"]["fronts"],
-                meta_b["report"]["fronts"],
+                meta_a.get("report", {}).get("fronts", {}),
+                meta_b.get("report", {}).get("fronts", {}),
             )
             print(format_compare(comparisons, args.dir_a, args.dir_b))
     except BrokenPipeError:

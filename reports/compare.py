@@ -98,6 +98,12 @@ def compare_fronts(
     """
     out = []
     for front, cost in FRONTS.items():
+        for side, summaries in (("A", summaries_a), ("B", summaries_b)):
+            if "reference" not in summaries.get(front, {}):
+                raise ValueError(
+                    f"report {side} has no summary of front {front!r} in its metadata; "
+                    "rebuild it with: python -m reports build EXPERIMENT_DIR"
+                )
         ref_a = summaries_a[front]["reference"]
         ref_b = summaries_b[front]["reference"]
         ref = (min(ref_a[0], ref_b[0]), max(ref_a[1], ref_b[1]))

@@ -322,11 +322,16 @@ def final_table(exp: Experiment, trials: pd.DataFrame | None = None) -> pd.DataF
 
 def default_reference(dense: dict[str, Any] | None, cost: str) -> tuple[float, float]:
     """The default hypervolume reference: accuracy 0 and the dense model's cost."""
-    value = None if dense is None else dense.get(cost)
-    if value is None or is_missing(value) or not math.isfinite(float(value)) or float(value) <= 0:
+    if dense is None:
         raise ValueError(
-            f"no hypervolume reference for {cost!r}: dense/metrics.json lacks a positive "
-            f"{cost!r}; pass reference={{{cost!r}: value}}"
+            f"no hypervolume reference for {cost!r}: the dense baseline (dense/metrics.json) "
+            f"is not written yet; build the report once it is, or pass reference={{{cost!r}: value}}"
+        )
+    value = dense.get(cost)
+    if not _is_number(value) or not math.isfinite(float(value)) or float(value) <= 0:
+        raise ValueError(
+            f"no hypervolume reference for {cost!r}: dense/metrics.json has {cost!r} = {value!r}, "
+            f"not a positive number; pass reference={{{cost!r}: value}}"
         )
     return (0.0, float(value))
 

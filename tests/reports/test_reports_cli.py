@@ -137,3 +137,39 @@ def test_cli_errors_in_process(tmp_path, capsys, command, message):
     assert main([a.format(empty=empty) for a in command]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "the following arguments are required: COMMAND"),
+        (["show"], "the following arguments are required: DIR"),
+        (["compare", "a"], "the following arguments are required: DIR_B"),
+        (["draw", "a"], "invalid choice: 'draw'"),
+    ],
+)
+def test_cli_usage_errors_are_one_line(capsys, argv, message):
+    from reports.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and err.startswith("python -m reports")
+
+
+def test_cli_without_a_dense_baseline_says_what_is_missing(make_experiment, capsys):
+    from reports.__main__ import main
+
+    w = make_experiment("nodense", dense=None)
+    assert main(["show", str(w.root)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "the dense baseline (dense/metrics.json) is not written yet" in err
+
+
+def test_compare_names_a_report_without_front_summaries(two_experiments):
+    frames_a, meta_a, _ = open_report(two_experiments["A"])
+    frames_b, _, _ = open_report(two_experiments["B"])
+    with pytest.raises(ValueError, match="report B has no summary of front 'accuracy_flops'"):
+        reports.compare_fronts(frames_a["fronts"], frames_b["fronts"], meta_a["report"]["fronts"], {})
