@@ -27,20 +27,11 @@ from typing import Any
 
 import pandas as pd
 
-# Metric keys of docs/design.md section 3, in the order reports lay them out.
-METRIC_COLUMNS = (
-    "accuracy",
-    "loss",
-    "train_loss",
-    "sparsity",
-    "requested_sparsity",
-    "flops",
-    "flops_sparse",
-    "params",
-    "params_nonzero",
-    "size_bytes",
-    "latency_ms",
-)
+from orchestrator.config import METRIC_KEYS
+
+# Metric keys of docs/design.md section 3, in the order reports lay them out: the
+# orchestrator's list (the writer's), so the two sides cannot drift apart.
+METRIC_COLUMNS: tuple[str, ...] = METRIC_KEYS
 # The orchestrator's flat config keys of section 3, laid out first in this order.
 CONFIG_ORDER = (
     "criterion",
