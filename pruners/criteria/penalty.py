@@ -24,8 +24,19 @@ def _check_penalty(name: str, value) -> float:
     return float(value)
 
 
+class _PenaltyCriterion(Criterion):
+    """Structured-only criteria trained with a sparsity penalty of weight ``penalty``."""
+
+    granularities = ("structured",)
+    param_defaults = {"penalty": 1e-4, "warmup_steps": 0}
+
+    def __init__(self, **params) -> None:
+        super().__init__(**params)
+        self.lam = _check_penalty(self.name, self.params["penalty"])
+
+
 @register
-class SlimmingCriterion(Criterion):
+class SlimmingCriterion(_PenaltyCriterion):
     """Network slimming: BatchNorm scale ``|gamma|`` after training with ``lambda sum |gamma|``.
 
     Liu et al., "Learning Efficient Convolutional Networks through Network Slimming", ICCV
@@ -38,12 +49,6 @@ class SlimmingCriterion(Criterion):
     """
 
     name = "slimming"
-    granularities = ("structured",)
-    param_defaults = {"penalty": 1e-4, "warmup_steps": 0}
-
-    def __init__(self, **params) -> None:
-        super().__init__(**params)
-        self.lam = _check_penalty(self.name, self.params["penalty"])
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
         gammas = [m.weight for m in model.modules() if isinstance(m, _BatchNorm) and m.weight is not None]
@@ -74,7 +79,7 @@ def _classifier_guess(model: nn.Module) -> nn.Module | None:
 
 
 @register
-class L2PenaltyCriterion(Criterion):
+class L2PenaltyCriterion(_PenaltyCriterion):
     """Group lasso ``lambda sum_layers sum_c ||W_c||_2`` on output channels; score ``||W_c||_2``.
 
     Wen et al., "Learning Structured Sparsity in Deep Neural Networks", NeurIPS 2016: the
@@ -88,12 +93,6 @@ class L2PenaltyCriterion(Criterion):
     """
 
     name = "l2_penalty"
-    granularities = ("structured",)
-    param_defaults = {"penalty": 1e-4, "warmup_steps": 0}
-
-    def __init__(self, **params) -> None:
-        super().__init__(**params)
-        self.lam = _check_penalty(self.name, self.params["penalty"])
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
         if self.lam == 0:
