@@ -344,7 +344,6 @@ def test_named_gate_criterion_is_detached_by_prune():
 
 
 def test_gates_follow_pruned_channels_and_attention_freezes():
-    m = ResidualCNN().eval()
     x, y = cnn_batch()
     for name, adaptive in (("attention", False), ("adaptive_attention", True)):
         net = ResidualCNN().eval()
@@ -357,7 +356,21 @@ def test_gates_follow_pruned_channels_and_attention_freezes():
         assert bool(crit.trainable_parameters()) == adaptive
         assert (crit.penalty(net) is not None) == adaptive
         crit.detach(net)
-    del m
+
+
+def test_surviving_gates_are_those_of_the_surviving_channels():
+    net = ResidualCNN().eval()
+    x, y = cnn_batch()
+    crit = make_criterion("adaptive_attention", gate_steps=0)
+    crit.attach(net)
+    alphas = torch.tensor([0.5, -1.0, 2.0, 0.1, -2.0, 1.5, 0.0, 3.0])
+    with torch.no_grad():
+        crit.channel_gates[net.conv1].copy_(alphas)
+    pruners.prune(net, criterion=crit, granularity="structured", amount=0.5, scope="layerwise",
+                  example_inputs=x, calibration=[(x, y)])
+    # conv1 keeps its four highest gates, each still with its own channel (original order).
+    assert crit.channel_gates[net.conv1].detach().tolist() == [0.5, 2.0, 1.5, 3.0]
+    crit.detach(net)
 
 
 def test_attached_but_untrained_gates_are_trained_before_scoring():
