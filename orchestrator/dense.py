@@ -1,0 +1,221 @@
+"""The dense baseline: trained once as a Ray Train job (or loaded), stored with the experiment.
+
+Every trial starts from these weights and the reports use its metrics as the reference
+row (and its costs as the hypervolume reference point). The job runs before the search,
+with the same workers as a trial; with ``dense.checkpoint`` it trains nothing
+(``dense.epochs`` is ignored) and only evaluates and measures the given weights, on the
+same hardware the trials will be measured on.
+
+Written under ``<output>/dense/``: ``model.pt2`` (``pruners.save``), ``state_dict.pt``
+(what trials load), ``metrics.json`` (the metric keys of design.md section 3).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DENSE_DIR", "dense_loop", "load_checkpoint_state", "load_dense", "run_dense"]
+
+logger = logging.getLogger(__name__)
+
+DENSE_DIR = "dense"
+_FILES = ("model.pt2", "state_dict.pt", "metrics.json")
+
+
+def _evaluate(model: Any, loader: Any, device: Any) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy over every rank's shard (summed across ranks)."""
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    model.eval()
+    stats = torch.zeros(3, dtype=torch.float64)
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            out = model(x)
+            stats[0] += (out.argmax(1) == y).sum().item()
+            stats[1] += F.cross_entropy(out, y, reduction="sum").item()
+            stats[2] += y.numel()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(stats)
+    n = max(stats[2].item(), 1.0)
+    return stats[0].item() / n, stats[1].item() / n
+
+
+def dense_loop(config: dict[str, Any]) -> None:
+    """Train worker: train the dense model (DDP), evaluate, measure, save on rank 0."""
+    import ray.train
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    import pruners
+    from orchestrator.trial import worker_setup
+    from pruners.measure import unwrap
+
+    setup = worker_setup(config["search"], config.get("initial_state"))
+    cfg, model, device = setup.cfg, setup.model, setup.device
+    epochs = 0 if config.get("initial_state") is not None else cfg.dense.epochs
+    o = cfg.dense.optimizer
+    # Cosine decay to 0 over all steps: the baseline ends at a settled point rather than
+    # wherever a constant, noisy learning rate leaves the last epoch.
+    opt_cfg = pruners.OptimizerConfig(name=o.name, lr=cfg.dense.lr, momentum=o.momentum,
+                                      weight_decay=o.weight_decay, lr_schedule="cosine")
+    opt = opt_cfg.build(model.parameters())
+    total_steps = epochs * len(setup.train_loader)
+    step = 0
+    train_loss = math.nan
+    accuracy = loss = math.nan
+    for epoch in range(1, epochs + 1):
+        sampler = getattr(setup.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        model.train()
+        total = torch.zeros(2, dtype=torch.float64)
+        for x, y in setup.train_loader:
+            x, y = x.to(device), y.to(device)
+            for group in opt.param_groups:
+                group["lr"] = opt_cfg.lr_at(step, total_steps)
+            step += 1
+            opt.zero_grad(set_to_none=True)
+            batch_loss = F.cross_entropy(model(x), y)
+            batch_loss.backward()
+            opt.step()
+            total += torch.tensor([batch_loss.item(), 1.0], dtype=torch.float64)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(total)
+        train_loss = total[0].item() / max(total[1].item(), 1.0)
+        accuracy, loss = _evaluate(model, setup.eval_loader, device)
+        ray.train.report({"epoch": epoch, "accuracy": accuracy, "loss": loss, "train_loss": train_loss})
+    if epochs == 0:
+        accuracy, loss = _evaluate(model, setup.eval_loader, device)
+
+    m = pruners.measure(model, setup.example_inputs, latency_repeats=cfg.metrics.latency_repeats,
+                        batch_size=cfg.metrics.latency_batch_size)
+    metrics = {
+        "epoch": epochs,
+        "accuracy": accuracy,
+        "loss": loss,
+        "train_loss": None if math.isnan(train_loss) else train_loss,
+        "sparsity": 0.0,
+        "requested_sparsity": 0.0,
+        **m.to_dict(),
+    }
+    net = unwrap(model)
+    if setup.rank == 0:
+        with tempfile.TemporaryDirectory(prefix="prunefront-dense-") as tmp:
+            torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, os.path.join(tmp, "state_dict.pt"))
+            pruners.save(net, os.path.join(tmp, "model.pt2"), setup.example_inputs)
+            Path(tmp, "metrics.json").write_text(json.dumps(metrics, indent=2))
+            ray.train.report({**metrics, "final": True}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    else:
+        ray.train.report({**metrics, "final": True})
+
+
+def load_checkpoint_state(path: str, search: dict[str, Any]) -> bytes:
+    """``torch.save`` bytes of a state dict from ``dense.checkpoint`` (.pt state dict or
+    ``pruners.save`` file), checked against the configured model.
+
+    Raises:
+        ValueError: the file is neither, or its weights do not fit the model (one line).
+    """
+    import torch
+
+    from orchestrator import data, models
+    from orchestrator.config import SearchConfig
+
+    cfg = SearchConfig.from_dict(search)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    except Exception:  # not a pickled state dict: maybe a pruners.save program
+        state = None
+    if state is None:
+        import pruners
+
+        try:
+            state = pruners.load(path).state_dict()
+        except Exception as e:
+            raise ValueError(
+                f"dense.checkpoint: {path!r} is neither a state_dict (.pt) nor a pruners.save file ({e.__class__.__name__})"
+            ) from None
+    ds = data.load_datasets(cfg.data, seed=cfg.seed)
+    model = models.build_model(cfg.model.name, ds.num_classes, ds.input_shape[0], **cfg.model.kwargs)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"dense.checkpoint: {path!r} does not fit model {cfg.model.name!r}: {first}") from None
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getvalue()
+
+
+def run_dense(
+    search: dict[str, Any],
+    out_dir: str | os.PathLike[str],
+    *,
+    train_storage: str,
+    workers: int,
+    worker_resources: dict[str, float],
+    use_gpu: bool,
+    initial_state: Any = None,
+) -> dict[str, Any]:
+    """Run the dense job and store its files in ``<out_dir>/dense``; returns its metrics.
+
+    Args:
+        search: ``SearchConfig.to_dict()``.
+        out_dir: The experiment directory.
+        train_storage: Train storage path / URI (the checkpoint is copied from there).
+        workers: DDP workers.
+        worker_resources: ``resources_per_worker``.
+        use_gpu: GPUs (NCCL) or CPUs (gloo).
+        initial_state: Object ref of a ``state_dict`` (from ``dense.checkpoint``) to
+            evaluate instead of training.
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from orchestrator.ledger import copy_from_storage, write_json
+
+    trainer = TorchTrainer(
+        dense_loop,
+        train_loop_config={"search": search, "initial_state": initial_state},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                               resources_per_worker=dict(worker_resources)),
+        run_config=ray.train.RunConfig(name="dense", storage_path=train_storage,
+                                       failure_config=ray.train.FailureConfig(max_failures=0)),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("the dense job finished without a checkpoint")
+    dense_dir = Path(out_dir) / DENSE_DIR
+    tmp = dense_dir.with_name(f".{DENSE_DIR}.tmp")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    copy_from_storage(train_storage, result.checkpoint.path, tmp)
+    metrics = json.loads((tmp / "metrics.json").read_text())
+    # metrics.json last: its presence marks a complete dense directory (see load_dense).
+    (tmp / "metrics.json").unlink()
+    shutil.rmtree(dense_dir, ignore_errors=True)
+    os.replace(tmp, dense_dir)
+    write_json(dense_dir / "metrics.json", metrics)
+    return metrics
+
+
+def load_dense(out_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes] | None:
+    """``(metrics, state_dict bytes)`` of a stored dense baseline, or None if incomplete."""
+    d = Path(out_dir) / DENSE_DIR
+    if not all((d / f).is_file() for f in _FILES):
+        return None
+    return json.loads((d / "metrics.json").read_text()), (d / "state_dict.pt").read_bytes()

@@ -1,0 +1,386 @@
+"""The experiment's ledger: every trial result and every trial end, appended and fsynced.
+
+``<output>/results.jsonl`` (docs/design.md section 4) is written by :class:`LedgerCallback`,
+a Tune callback running in the search driver. Each event is one JSON line, flushed and
+fsynced before Tune moves on, so no result of a finished trial is lost even if the driver
+is killed; ``reports`` rebuilds everything from this file. The same callback copies each
+trial's best pruned model (the Train checkpoint the trial reported last, see
+``orchestrator.trial``) into ``<output>/models/<trial_id>/``.
+
+On ``--resume`` the ledger is appended to, never rewritten. Trials the ledger already
+records as finished are not run again (``orchestrator.trial`` replays their last result
+so Tune marks them done), and the callback writes nothing more for them, so their lines
+are never duplicated.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import shutil
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from orchestrator.config import METRIC_KEYS, decode_trial
+
+__all__ = [
+    "copy_from_storage",
+    "now_iso",
+    "status_summary",
+    "EXTRA_ROW_KEYS",
+    "LEDGER_FILE",
+    "LedgerCallback",
+    "LedgerWriter",
+    "finished_trials",
+    "package_versions",
+    "read_events",
+    "row_metrics",
+    "trial_record",
+    "write_json",
+]
+
+logger = logging.getLogger(__name__)
+
+LEDGER_FILE = "results.jsonl"
+#: Keys of a ``pruners.finetune`` row besides ``epoch`` and the metric keys that are
+#: worth keeping in the ledger.
+EXTRA_ROW_KEYS = ("step", "units_pruned", "startup_s")
+FINISHED = ("completed", "stopped", "errored")
+# The result key TuneReportCallback adds when a Train report carried a checkpoint.
+CHECKPOINT_PATH_KEY = "checkpoint_path"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN / inf become None (JSON has neither), numpy scalars plain numbers."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            value = value.item()
+        except (TypeError, ValueError):
+            pass
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json(path: str | os.PathLike[str], obj: Mapping[str, Any]) -> Path:
+    """Write ``obj`` as JSON atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(_clean(dict(obj)), f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a result depends on (for ``experiment.json``)."""
+    out: dict[str, str] = {}
+    for name in ("torch", "torchvision", "torch-pruning", "ray", "numpy", "pandas", "pyarrow", "scikit-learn", "prunefront"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+class LedgerWriter:
+    """Append-only JSON-lines file; every line is flushed and fsynced before returning.
+
+    Args:
+        path: The ledger file (created with its directory if missing).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._file: Any = None
+        self._lock = threading.Lock()
+
+    def append(self, event: Mapping[str, Any]) -> None:
+        line = json.dumps(_clean(dict(event)), allow_nan=False) + "\n"
+        with self._lock:
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "a", encoding="utf-8")
+                self._repair_torn_tail()
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def _repair_torn_tail(self) -> None:
+        # A driver killed mid-write leaves a last line without its newline; readers skip
+        # it, but appending after it would glue the next event onto it.
+        if self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                self._file.write("\n")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles callbacks into its experiment state; the open file stays behind.
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])
+
+
+def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The ledger's events in order (a torn last line is skipped, as readers must)."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    events = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            events.append(obj)
+    return events
+
+
+def finished_trials(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Trials the ledger records as finished: ``trial_id -> {"status", "result"}``.
+
+    ``result`` is the trial's last result line (None if it has none). A status line
+    followed by more results (a retried trial) does not count, as in ``reports``.
+    """
+    status: dict[str, str] = {}
+    last: dict[str, dict[str, Any]] = {}
+    for ev in read_events(path):
+        tid = ev.get("trial_id")
+        if tid is None:
+            continue
+        if ev.get("type") == "result":
+            last[tid] = ev
+            status.pop(tid, None)
+        elif ev.get("type") == "status" and ev.get("status") in FINISHED:
+            status[tid] = ev["status"]
+    return {tid: {"status": s, "result": last.get(tid)} for tid, s in status.items()}
+
+
+def trial_record(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's flat config keys (design.md section 3) from its sampled Tune config."""
+    return decode_trial(config).record()
+
+
+def row_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The metric part of a Tune result: ``epoch``, the metric keys and a few extras."""
+    keys = ("epoch",) + METRIC_KEYS + EXTRA_ROW_KEYS
+    return {k: result[k] for k in keys if k in result}
+
+
+def _error_reason(trial: Any) -> str:
+    """The last line of the trial's error (``Type: message``), else a generic reason."""
+    text = ""
+    path = getattr(trial, "error_file", None)
+    if path and os.path.isfile(path):
+        try:
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            text = ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # Ray wraps the worker's exception; the innermost "Type: message" line says most.
+    for ln in reversed(lines):
+        if ":" in ln and not ln.startswith(("File ", "^", "~")):
+            return ln[:500]
+    return "the trial raised an error (see its error.txt in the Tune experiment)"
+
+
+class LedgerCallback(Callback):
+    """Append every result and trial end to ``<output>/results.jsonl``; copy models.
+
+    Args:
+        experiment_dir: The experiment directory (``<output>``).
+        scheduler: The trial scheduler, asked for the reason of an early stop
+            (``stop_reason(trial_id)``); None for a generic reason.
+        storage: Tune storage (absolute path or URI) that Train checkpoint paths in
+            results are relative to, for copying models; None for the local disk.
+        max_epochs: Fallback for a trial config without ``epochs``.
+        echo: Print one line per finished trial (status, reason, last metrics).
+    """
+
+    def __init__(
+        self,
+        experiment_dir: str | os.PathLike[str],
+        *,
+        scheduler: Any = None,
+        storage: str | None = None,
+        max_epochs: int | None = None,
+        echo: bool = False,
+    ) -> None:
+        self.experiment_dir = Path(experiment_dir)
+        self.writer = LedgerWriter(self.experiment_dir / LEDGER_FILE)
+        self.scheduler = scheduler
+        self.storage = storage
+        self.max_epochs = max_epochs
+        self.echo = echo
+        self.skip: set[str] = set()
+        self._copied: dict[str, str] = {}
+        self._last_epoch: dict[str, int] = {}
+        self.counts = {"result": 0, "completed": 0, "stopped": 0, "errored": 0}
+
+    # -- state --------------------------------------------------------------------
+    def setup(self, **info: Any) -> None:
+        # On resume: the finished trials the ledger holds results of are replayed, not run
+        # again (orchestrator.trial); nothing more is written for them.
+        self.skip = {t for t, v in finished_trials(self.writer.path).items() if v["result"] is not None}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_copied"] = {}
+        return state
+
+    # -- helpers ------------------------------------------------------------------
+    def _record(self, trial: Any) -> dict[str, Any]:
+        try:
+            return trial_record(trial.config)
+        except (KeyError, ValueError, TypeError):
+            return {k: v for k, v in dict(trial.config).items() if not isinstance(v, Mapping)}
+
+    def _epochs(self, trial: Any) -> int | None:
+        try:
+            return int(trial.config["epochs"])
+        except (KeyError, TypeError, ValueError):
+            return self.max_epochs
+
+    def _copy_model(self, trial_id: str, src: str) -> None:
+        if self._copied.get(trial_id) == src:
+            return
+        dst = self.experiment_dir / "models" / trial_id
+        tmp = dst.with_name(f".{trial_id}.tmp")
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            copy_from_storage(self.storage, src, tmp)
+            shutil.rmtree(dst, ignore_errors=True)
+            os.replace(tmp, dst)
+            self._copied[trial_id] = src
+        except Exception:  # a failed copy must never stop the search
+            logger.warning("could not copy the model of trial %s from %s", trial_id, src, exc_info=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- Tune hooks ---------------------------------------------------------------
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        tid = trial.trial_id
+        if tid in self.skip:
+            return
+        metrics = row_metrics(result)
+        if "epoch" not in metrics:
+            return  # not a fine-tuning epoch (nothing reports those today)
+        event = {"type": "result", "trial_id": tid, **metrics, "config": self._record(trial),
+                 "time_total_s": result.get("time_total_s")}
+        self.writer.append(event)
+        self.counts["result"] += 1
+        self._last_epoch[tid] = int(metrics["epoch"])
+        ckpt = result.get(CHECKPOINT_PATH_KEY)
+        if ckpt:
+            self._copy_model(tid, str(ckpt))
+
+    def _status(self, trial: Any, status: str, reason: str) -> None:
+        record = self._record(trial)
+        self.writer.append(
+            {"type": "status", "trial_id": trial.trial_id, "status": status, "reason": reason, "config": record}
+        )
+        self.counts[status] += 1
+        if self.echo:
+            print(_progress_line(trial.trial_id, status, reason, record, trial.last_result or {}), flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        tid = trial.trial_id
+        if tid in self.skip:
+            return
+        last = self._last_epoch.get(tid)
+        if last is None and trial.last_result:
+            last = trial.last_result.get("epoch")
+        epochs = self._epochs(trial)
+        if last is not None and epochs is not None and int(last) < epochs:
+            reason = None
+            if self.scheduler is not None and hasattr(self.scheduler, "stop_reason"):
+                reason = self.scheduler.stop_reason(tid)
+            self._status(trial, "stopped", reason or f"stopped early by the scheduler after epoch {last} of {epochs}")
+        elif last is None:
+            self._status(trial, "errored", "the trial ended without reporting an epoch")
+        else:
+            self._status(trial, "completed", f"ran all {epochs} epochs")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self.skip:
+            return
+        self._status(trial, "errored", _error_reason(trial))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.writer.close()
+
+
+
+
+def _progress_line(trial_id: str, status: str, reason: str, record: Mapping[str, Any], last: Mapping[str, Any]) -> str:
+    """``prunefront: trial <id> <status>: <method> -> <last metrics> (<reason>)``."""
+    method = "/".join(str(record.get(k, "?")) for k in ("criterion", "granularity", "schedule"))
+    knobs = ", ".join(f"{k} {record[k]:.3g}" for k in ("amount", "lr") if isinstance(record.get(k), (int, float)))
+    parts = []
+    for key, fmt in (("epoch", "epoch {}"), ("accuracy", "accuracy {:.4f}"), ("sparsity", "sparsity {:.3f}"),
+                     ("flops", "{:.3g} FLOPs")):
+        if isinstance(last.get(key), (int, float)):
+            parts.append(fmt.format(last[key]))
+    got = f" -> {', '.join(parts)}" if parts and status != "errored" else ""
+    why = f" ({reason})" if status != "completed" else ""
+    return f"prunefront: trial {trial_id} {status}: {method} ({knobs}){got}{why}"
+
+
+def copy_from_storage(storage: str | None, src: str, dst: str | os.PathLike[str]) -> None:
+    """Copy directory ``src`` of the Tune/Train storage to the local directory ``dst``.
+
+    ``src`` is a path on the storage's file system (as Train reports checkpoint paths,
+    without a URI scheme); ``storage`` is the storage URI or path it belongs to (None or a
+    plain path: the local disk).
+    """
+    import pyarrow.fs as pafs
+
+    dst = Path(dst)
+    if storage is None or "://" not in storage or storage.startswith("file://"):
+        shutil.copytree(src, dst)
+        return
+    fs, _ = pafs.FileSystem.from_uri(storage)
+    dst.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(src, str(dst), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+
+
+def now_iso() -> str:
+    """Current UTC time, ISO-8601 (``experiment.json``'s ``started_at``)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def status_summary(path: str | os.PathLike[str]) -> dict[str, int]:
+    """How many trials the ledger records per final status (plus ``running``)."""
+    fin = finished_trials(path)
+    seen = {ev.get("trial_id") for ev in read_events(path) if ev.get("type") == "result"}
+    out = {s: 0 for s in FINISHED}
+    for v in fin.values():
+        out[v["status"]] += 1
+    out["running"] = len(seen - set(fin))
+    return out
+

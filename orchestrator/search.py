@@ -1,0 +1,234 @@
+"""The command users run: a pruning search on Ray Tune, each trial a Ray Train job.
+
+    python orchestrator/search.py                                  # default: digits, embedded Ray
+    python orchestrator/search.py --config configs/fashion_mnist.yaml --set search.num_samples=8
+    ray job submit --working-dir . -- python orchestrator/search.py --config ... --output /shared/exp
+    python orchestrator/search.py --resume prunefront-results/digits-default
+
+Steps (each numbered below): 1. parse and validate the command line (errors are one line,
+exit 2, before Ray is imported); 2. start or attach to Ray and check that the trials fit;
+3. record the experiment; 4. train (or load) the dense baseline as a Train job; 5. run the
+Tune search (or restore it on ``--resume``) with the ledger and report callbacks; 6. build
+the report, also when interrupted (Ctrl-C, SIGTERM), and print where everything is.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):
+    # Run as `python orchestrator/search.py`: sys.path[0] is orchestrator/, where
+    # `import orchestrator` cannot resolve (and whose modules would shadow top-level
+    # names); the repository root is what the imports need.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "run"]
+
+
+def _say(msg: str) -> None:
+    print(f"prunefront: {msg}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python orchestrator/search.py`` and ``prunefront-search``."""
+    from orchestrator import cli
+
+    # 1. Parse and validate; nothing below runs on a bad command line.
+    try:
+        cfg, args = cli.parse(argv, prog="python orchestrator/search.py")
+    except cli.ErrorExit as e:
+        return int(e.code)
+    if args.dry_run:
+        print(cli.describe(cfg, args))
+        return 0
+    try:
+        return run(cfg, args)
+    except cli.ErrorExit as e:
+        return int(e.code)
+
+
+def _experiment_info(cfg: Any, args: Any, plan: Any, tune_path: str, runtime: Any) -> dict[str, Any]:
+    from orchestrator.ledger import now_iso, package_versions
+
+    return {
+        "name": cfg.name,
+        "config": cfg.to_dict(),
+        "versions": package_versions(),
+        "started_at": now_iso(),
+        "argv": list(sys.argv),
+        "plan": plan.to_dict(),
+        "tune_path": tune_path,
+        "ray": runtime.describe(),
+    }
+
+
+def _record_experiment(out: Path, info: dict[str, Any], resuming: bool) -> None:
+    import json
+
+    from orchestrator.ledger import now_iso, write_json
+
+    path = out / "experiment.json"
+    if resuming and path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        old.setdefault("resumed_at", []).append(now_iso())
+        write_json(path, old)
+    else:
+        write_json(path, info)
+
+
+def run(cfg: Any, args: Any) -> int:
+    """Run the search for a validated config (``cli.parse``'s output)."""
+    from orchestrator import cli, ray_runtime
+    from orchestrator.config import ConfigError
+
+    t0 = time.time()
+    out = cfg.output_dir
+    _say(f"experiment {cfg.name!r} -> {out}" + (" (resuming)" if args.resuming else ""))
+
+    # 2. Ray: embedded or attached; check that trials fit this cluster.
+    runtime = ray_runtime.init(args.address)
+    _say(f"using the {runtime.describe()} ({time.time() - t0:.1f} s)")
+    if runtime.in_job and not args.resuming and str(out).startswith(os.getcwd()) and cfg.output is None:
+        _say("warning: the output is inside the job's temporary working directory; pass --output /shared/path")
+    plan = args.plan
+    if plan is None:
+        from orchestrator.plan import make_plan
+
+        try:
+            plan = make_plan(cfg, ray_runtime.cluster_resources())
+        except ConfigError as e:
+            cli.fail(str(e))
+    worker = ", ".join(f"{v:g} {k}" for k, v in plan.worker.items())
+    _say(f"{plan.trials} trial(s), up to {plan.max_concurrent_trials} at once; each: a driver of "
+         f"{plan.driver.get('CPU', 0):g} CPU + {plan.workers} Train worker(s) x ({worker})")
+    for note in plan.notes:
+        _say(f"note: {note}")
+
+    import ray
+    from ray import tune
+
+    import reports
+    from orchestrator import dense, tune_space
+    from orchestrator.ledger import LEDGER_FILE, LedgerCallback, finished_trials, status_summary
+    from orchestrator.trial import TrialContext, run_trial
+
+    tune_name = "tune" if cfg.storage is None else cfg.name
+    storage = cfg.storage_path
+    tune_path = f"{storage.rstrip('/')}/{tune_name}"
+    train_storage = f"{tune_path}/train"
+
+    # 3. The experiment record (kept, with a resume time added, on --resume).
+    out.mkdir(parents=True, exist_ok=True)
+    _record_experiment(out, _experiment_info(cfg, args, plan, tune_path, runtime), args.resuming)
+
+    # 4. The dense baseline: stored with the experiment, the start of every trial.
+    stored = dense.load_dense(out)
+    if stored is None:
+        t_dense = time.time()
+        initial = None
+        if cfg.dense.checkpoint is not None:
+            try:
+                initial = ray.put(dense.load_checkpoint_state(cfg.dense.checkpoint, cfg.to_dict()))
+            except ValueError as e:
+                cli.fail(str(e))
+        what = "evaluating dense.checkpoint" if initial is not None else f"training the dense model ({cfg.dense.epochs} epochs)"
+        _say(f"{what} as a Ray Train job ...")
+        metrics = dense.run_dense(
+            cfg.to_dict(), out, train_storage=train_storage, workers=plan.dense["workers"],
+            worker_resources=plan.dense["worker"], use_gpu=cfg.resources.use_gpu, initial_state=initial,
+        )
+        stored = dense.load_dense(out)
+        assert stored is not None  # run_dense wrote all three files
+        _say(f"dense baseline: accuracy {metrics['accuracy']:.4f}, {metrics['flops']:.3g} FLOPs, "
+             f"{metrics['params']} params ({time.time() - t_dense:.1f} s)")
+    _, dense_state = stored
+
+    # 5. The search (a fresh Tuner, or the interrupted one restored).
+    ledger_path = out / LEDGER_FILE
+    finished = {tid: v["result"] for tid, v in finished_trials(ledger_path).items() if v["result"] is not None}
+    ctx = TrialContext(
+        search=cfg.to_dict(), dense_state=ray.put(dense_state), train_storage=train_storage,
+        workers=plan.workers, worker_resources=dict(plan.worker), use_gpu=cfg.resources.use_gpu,
+        finished=finished,
+    )
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources=dict(plan.driver))
+
+    if args.resuming and tune.Tuner.can_restore(tune_path):
+        _say(f"restoring the Tune experiment at {tune_path}; {len(finished)} finished trial(s) will not run again")
+        tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+    else:
+        scheduler = tune_space.make_scheduler(cfg)
+        callbacks = [
+            LedgerCallback(out, scheduler=scheduler, storage=cfg.storage, max_epochs=cfg.search.max_epochs,
+                           echo=True),
+            # After the ledger, so the final rebuild sees the last status lines.
+            reports.ReportCallback(out, every=max(5, plan.trials // 2), plots=False),
+        ]
+        tuner = tune.Tuner(
+            trainable,
+            param_space=tune_space.param_space(cfg),
+            tune_config=tune.TuneConfig(
+                search_alg=tune_space.make_search_alg(cfg, plan.max_concurrent_trials),
+                scheduler=scheduler,
+                num_samples=cfg.search.num_samples,
+                # Tune's own variant generator takes the limit itself (make_search_alg).
+                max_concurrent_trials=None if cfg.search.algorithm in ("random", "grid") else plan.max_concurrent_trials,
+            ),
+            run_config=tune.RunConfig(
+                # Progress: one line per finished trial from the ledger, not Tune's tables.
+                name=tune_name, storage_path=storage, callbacks=callbacks, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+
+    # SIGTERM (e.g. `ray job stop`, a cluster scheduler) stops the search like Ctrl-C does:
+    # Tune saves its state and the report below is still built.
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    interrupted = False
+    t_search = time.time()
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        # 6. The report, from the ledger (also after an interruption).
+        report_dir = out / "report"
+        try:
+            reports.build_report(out)
+        except Exception as e:  # the ledger is intact; `python -m reports build` can retry
+            _say(f"warning: could not build the report ({e.__class__.__name__}: {e}); "
+                 f"retry with: python -m reports build {out}")
+        counts = status_summary(ledger_path)
+        wall = time.time() - t0
+        _say(f"trials: {counts['completed']} completed, {counts['stopped']} stopped early, "
+             f"{counts['errored']} errored, {counts['running']} unfinished; search {time.time() - t_search:.0f} s, "
+             f"wall time {wall:.0f} s")
+        _say(f"results: {ledger_path}")
+        _say(f"report:  {report_dir} (trials.parquet, final.parquet, fronts.parquet, fronts.png, fronts.html)")
+        _say(f"models:  {out / 'models'}   dense: {out / dense.DENSE_DIR}   tune: {tune_path}")
+        if interrupted or counts["running"]:
+            _say(f"continue with: python orchestrator/search.py --resume {out}")
+    if interrupted:
+        return 130
+    total = counts["completed"] + counts["stopped"] + counts["errored"]
+    return 1 if total and counts["errored"] == total else 0
+
+
+if __name__ == "__main__":
+    # Run the module's own copy (`orchestrator.search`), not `__main__`, so everything Ray
+    # pickles refers to importable names.
+    from orchestrator.search import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,277 @@
+"""One trial = one Ray Train job: a Tune function trainable that runs a ``TorchTrainer``.
+
+``run_trial`` (the trainable, on a small CPU share) builds a ``TorchTrainer`` with the
+configured number of DDP workers, whose results reach Tune through ``TuneReportCallback``.
+Each worker (:func:`worker_loop`) loads the data (``DistributedSampler`` shards), builds the
+model from the dense baseline's weights (fetched from Ray's object store, so it works on
+any node without shared disks), and hands it to ``pruners.finetune``. Every epoch all
+ranks call ``ray.train.report`` with the row ``finetune`` produced (evaluation metrics are
+all-reduced inside ``finetune``, so rank 0's row, the one Tune sees, is the global one)
+plus the trial's flat config. Rank 0 attaches a checkpoint holding the model saved with
+``pruners.save`` when the epoch becomes the trial's best (docs/design.md section 4: first
+epoch, a new achieved sparsity, or strictly higher accuracy); the driver's ledger copies
+it to ``<output>/models/<trial_id>/``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BestModelRule", "TrialContext", "TrialOutcome", "load_state_dict_bytes", "run_trial", "train_trial",
+    "worker_loop", "worker_setup",
+]
+
+#: Ledger keys that are not metrics (dropped when a finished trial's result is replayed).
+_NOT_METRICS = ("type", "trial_id", "config", "time_total_s")
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial shares, handed to :func:`run_trial` via ``tune.with_parameters``.
+
+    Attributes:
+        search: The validated search config (``SearchConfig.to_dict()``).
+        dense_state: Object-store reference to the dense model's ``state_dict`` (bytes of
+            ``torch.save``), the starting point of every trial.
+        train_storage: Where Train runs keep their checkpoints (absolute path or URI).
+        workers: DDP workers per trial.
+        worker_resources: ``resources_per_worker`` of each Train worker.
+        use_gpu: Train on GPUs (NCCL) rather than CPUs (gloo).
+        finished: ``trial_id -> last ledger result`` of trials that finished before a
+            resume; they are replayed instead of run again.
+    """
+
+    search: dict[str, Any]
+    dense_state: Any
+    train_storage: str
+    workers: int
+    worker_resources: dict[str, float]
+    use_gpu: bool = False
+    finished: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Tune function trainable: run one trial as a Ray Train job.
+
+    Args:
+        config: The sampled flat Tune config (keys of ``config.flat_space``).
+        ctx: Everything trials share (:class:`TrialContext`).
+    """
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    done = ctx.finished.get(trial_id)
+    if done is not None:
+        # Finished before the driver died: report its last result again so Tune marks
+        # it done; the ledger ignores it (it already holds this trial's lines).
+        tune.report({k: v for k, v in done.items() if k not in _NOT_METRICS and v is not None})
+        return
+
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"search": ctx.search, "trial": dict(config), "dense_state": ctx.dense_state,
+                           "trainable_started": time.time()},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=ctx.workers, use_gpu=ctx.use_gpu, resources_per_worker=dict(ctx.worker_resources)
+        ),
+        run_config=ray.train.RunConfig(
+            # A fresh name per attempt: a trial restarted after a resume must not pick up
+            # the checkpoints of its interrupted attempt.
+            name=f"{trial_id}-{int(time.time() * 1000)}",
+            storage_path=ctx.train_storage,
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=0),
+        ),
+        torch_config=TorchConfig(backend="nccl" if ctx.use_gpu else "gloo"),
+    )
+    trainer.fit()
+
+
+def load_state_dict_bytes(blob: bytes) -> dict[str, Any]:
+    """A ``state_dict`` from ``torch.save`` bytes (tensors only, no code is unpickled)."""
+    import torch
+
+    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+
+
+@dataclass
+class WorkerSetup:
+    """What a Train worker builds before training (see :func:`worker_setup`)."""
+
+    cfg: Any
+    model: Any
+    train_loader: Any
+    eval_loader: Any
+    example_inputs: Any
+    device: Any
+    rank: int
+    world_size: int
+
+
+def worker_setup(search: dict[str, Any], initial_state: Any) -> WorkerSetup:
+    """Data loaders for this rank and the model (prepared for DDP) inside a Train worker.
+
+    Args:
+        search: ``SearchConfig.to_dict()``.
+        initial_state: Object ref (or bytes) of a ``state_dict`` to start from, or None
+            for the model as built (seeded, so every rank builds the same weights).
+    """
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from orchestrator import data, models
+    from orchestrator.config import SearchConfig
+
+    cfg = SearchConfig.from_dict(search)
+    tctx = ray.train.get_context()
+    rank, world = tctx.get_world_rank(), tctx.get_world_size()
+    ds = data.load_datasets(cfg.data, seed=cfg.seed)
+    train_loader = data.build_loader(
+        ds.train, cfg.data.batch_size, shuffle=True, rank=rank, world_size=world, seed=cfg.seed,
+        num_workers=cfg.data.num_workers,
+    )
+    eval_loader = data.build_loader(
+        ds.eval, cfg.data.eval_batch_size, shuffle=False, rank=rank, world_size=world,
+        num_workers=cfg.data.num_workers,
+    )
+    torch.manual_seed(cfg.seed)
+    model = models.build_model(cfg.model.name, ds.num_classes, ds.input_shape[0], **cfg.model.kwargs)
+    if initial_state is not None:
+        blob = initial_state if isinstance(initial_state, (bytes, bytearray)) else ray.get(initial_state)
+        model.load_state_dict(load_state_dict_bytes(blob))
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    example = ds.example_inputs(1).to(device)
+    return WorkerSetup(cfg, model, train_loader, eval_loader, example, device, rank, world)
+
+
+class BestModelRule:
+    """Which epoch's model a trial keeps (docs/design.md section 4).
+
+    After each epoch the model is saved if nothing is saved yet, or the achieved
+    ``sparsity`` differs from the saved epoch's (by more than 1e-6), or ``accuracy`` is
+    strictly higher. So the kept model is the most accurate epoch of the trailing run at
+    the final sparsity, ties to the earliest.
+    """
+
+    def __init__(self) -> None:
+        self.saved: dict[str, Any] | None = None
+
+    def should_save(self, row: dict[str, Any]) -> bool:
+        if self.saved is None:
+            return True
+        if abs(float(row["sparsity"]) - float(self.saved["sparsity"])) > 1e-6:
+            return True
+        return float(row["accuracy"]) > float(self.saved["accuracy"])
+
+    def mark(self, row: dict[str, Any]) -> None:
+        self.saved = dict(row)
+
+
+def _plain(value: Any) -> Any:
+    """Tensors / numpy scalars -> Python numbers, so Tune and JSON see plain values."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            return value.item()
+        except (TypeError, ValueError):
+            return value
+    return value
+
+
+@dataclass
+class TrialOutcome:
+    """What :func:`train_trial` leaves on a worker: the final model and the epoch rows."""
+
+    model: Any
+    rows: list[dict[str, Any]]
+    rank: int
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """Train worker entry point (``TorchTrainer``'s ``train_loop_per_worker``).
+
+    Returns nothing: Train ships rank 0's return value back to the driver.
+    """
+    train_trial(config)
+
+
+def train_trial(config: dict[str, Any]) -> TrialOutcome:
+    """Prune and fine-tune with ``pruners.finetune`` on this worker, reporting every epoch.
+
+    Args:
+        config: ``{"search": SearchConfig.to_dict(), "trial": sampled flat Tune config,
+            "dense_state": ref or bytes of the start weights (None: as built),
+            "trainable_started": time.time() of the trainable}``.
+    """
+    import ray.train
+
+    import pruners
+    from orchestrator.config import decode_trial, schedule_kwargs
+
+    setup = worker_setup(config["search"], config["dense_state"])
+    cfg = setup.cfg
+    trial = decode_trial(config["trial"])
+    steps_per_epoch = len(setup.train_loader)
+    # The fraction rule ramps to `amount`; the other rules apply `amount` itself at each
+    # update step, and the schedule only times the updates (its target is unused).
+    target = trial.amount if trial.threshold_rule == "fraction" else 0.0
+    schedule = pruners.make_schedule(
+        trial.schedule,
+        **schedule_kwargs(trial.schedule, trial.schedule_params, target=target,
+                          steps_per_epoch=steps_per_epoch, epochs=trial.epochs),
+    )
+    spec = pruners.PruneSpec(
+        criterion=trial.criterion, granularity=trial.granularity, amount=trial.amount,
+        threshold_rule=trial.threshold_rule, scope=trial.scope, params=dict(trial.criterion_params),
+    )
+    o = cfg.search.optimizer
+    optimizer = pruners.OptimizerConfig(name=o.name, lr=trial.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    record = trial.record()
+    rule = BestModelRule()
+    rows: list[dict[str, Any]] = []
+    # Seconds from the trainable's start to training: Train run launch, worker process,
+    # imports, data, model (the per-trial overhead the search pays before any work).
+    startup_s = time.time() - float(config.get("trainable_started", time.time()))
+
+    def report(model: Any, row: dict[str, Any]) -> None:
+        # `finetune` calls `report(row)` then `checkpoint(model, row)` each epoch; the Train
+        # report is sent from here so it can carry the checkpoint of that same epoch.
+        row = {k: _plain(v) for k, v in row.items()}
+        rows.append(row)
+        metrics = {**row, **record, "startup_s": startup_s}
+        save = rule.should_save(row)
+        if save and setup.rank == 0:
+            with tempfile.TemporaryDirectory(prefix="prunefront-ckpt-") as tmp:
+                pruners.save(model, os.path.join(tmp, "model.pt2"), setup.example_inputs,
+                             metadata={"row": row, "config": record})
+                Path(tmp, "row.json").write_text(json.dumps({**row, "config": record}, default=str))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+        if save:
+            rule.mark(row)
+
+    model = pruners.finetune(
+        setup.model, setup.train_loader, setup.eval_loader,
+        spec=spec, schedule=schedule, epochs=trial.epochs, optimizer=optimizer,
+        report=lambda row: None, checkpoint=report,
+        example_inputs=setup.example_inputs, device=setup.device,
+        calibration_batches=cfg.data.calibration_batches,
+        latency_batch_size=cfg.metrics.latency_batch_size,
+        latency_repeats=cfg.metrics.latency_repeats,
+    )
+    return TrialOutcome(model=model, rows=rows, rank=setup.rank)

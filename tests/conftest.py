@@ -1,0 +1,49 @@
+"""Shared test setup: the repository on ``sys.path`` and ONE small local Ray per session.
+
+Tests that need Ray are marked ``@pytest.mark.ray``; the first of them starts the local
+Ray (lazily: a run of only non-Ray tests never starts it), every later one reuses it, and
+it is shut down at the end of the session. It is started the way the search starts its
+embedded Ray (``orchestrator.ray_runtime.init``: same worker environment, 2 CPUs), so a
+search run in-process by a test (``search.main([...])``) simply uses it. Its address is
+the ``ray_address`` fixture, for drivers started in subprocesses (``--address``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+#: CPUs of the shared Ray: what the machines this suite runs on have (2 cores).
+RAY_CPUS = 2
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The session's local Ray (started on first use, shut down at the end)."""
+    import ray
+
+    from orchestrator import ray_runtime
+
+    ray_runtime.init(None, num_cpus=RAY_CPUS)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_session) -> str:
+    """GCS address of the shared Ray, for ``--address`` in subprocess drivers."""
+    return ray_session.get_runtime_context().gcs_address
+
+
+@pytest.fixture(autouse=True)
+def _ray_for_marked_tests(request):
+    """Start (or reuse) the shared Ray for tests marked ``ray``."""
+    if request.node.get_closest_marker("ray") is not None:
+        request.getfixturevalue("ray_session")
+    yield
