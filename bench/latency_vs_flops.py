@@ -7,7 +7,13 @@ dense and the pruned model, alternating, in the same run. The figure is
 ``(dense latency / pruned latency) / (dense FLOPs / pruned FLOPs)``: 1.0 means latency
 falls exactly as FLOPs do.
 
-    python bench/latency_vs_flops.py [--threads 2] [--repeats 30] [--side 224] [--channels-last]
+``--reference`` also times MobileNet-V2 built natively narrower (torchvision's
+``width_mult``, channel counts rounded to multiples of 8) at the same FLOPs: what this CPU
+delivers for a half-FLOPs MobileNet-V2 that nobody pruned, to tell the runtime's limits from
+the pruned model's channel counts.
+
+    python bench/latency_vs_flops.py [--threads 2] [--repeats 30] [--side 224]
+        [--scope global|layerwise] [--channels-last] [--reference]
 """
 
 from __future__ import annotations
@@ -23,23 +29,24 @@ import pruners
 TARGET = 0.8
 
 
-def prune_to_half_flops(base: torch.nn.Module, x: torch.Tensor, criterion: str):
-    dense_flops = pruners.measure(base, x, latency_repeats=1, warmup=0).flops
-    lo, hi = 0.0, 0.9
+def flops_of(model: torch.nn.Module, x: torch.Tensor) -> int:
+    return pruners.measure(model, x, latency_repeats=1, warmup=0).flops
+
+
+def bisect(make, x: torch.Tensor, goal: float, lo: float, hi: float, decreasing: bool, steps: int = 7):
+    """``make(v) -> model``; the model whose FLOPs are closest to ``goal``, with its v."""
     best = None
-    for _ in range(7):  # ~0.007 resolution on the channel fraction
+    for _ in range(steps):
         mid = (lo + hi) / 2
-        model = copy.deepcopy(base)
-        pruners.prune(model, criterion=criterion, granularity="structured", amount=mid,
-                      example_inputs=x)
-        flops = pruners.measure(model, x, latency_repeats=1, warmup=0).flops
-        if best is None or abs(flops / dense_flops - 0.5) < abs(best[1] / dense_flops - 0.5):
+        model = make(mid)
+        flops = flops_of(model, x)
+        if best is None or abs(flops - goal) < abs(best[1] - goal):
             best = (model, flops, mid)
-        if flops > 0.5 * dense_flops:
+        if (flops > goal) == decreasing:
             lo = mid
         else:
             hi = mid
-    return dense_flops, best
+    return best
 
 
 def main() -> None:
@@ -47,38 +54,60 @@ def main() -> None:
     p.add_argument("--side", type=int, default=224)
     p.add_argument("--models", default="resnet18,mobilenet_v2")
     p.add_argument("--criterion", default="magnitude")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for both")
+    p.add_argument("--scope", default="global", choices=["global", "layerwise"])
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for all")
+    p.add_argument("--reference", action="store_true",
+                   help="also time a natively narrower MobileNet-V2 at the same FLOPs")
     args = p.parse_args()
     _common.setup(args.threads)
     repeats = args.repeats or (2 if args.smoke_test else 30)
     side = 64 if args.smoke_test else args.side
     x = torch.randn(1, 3, side, side)
+    xin = x.contiguous(memory_format=torch.channels_last) if args.channels_last else x
+    layout = ", channels_last" if args.channels_last else ""
+
+    def prepare(model: torch.nn.Module) -> torch.nn.Module:
+        model = model.eval()
+        return model.to(memory_format=torch.channels_last) if args.channels_last else model
+
+    def run(model):
+        def f():
+            with torch.inference_mode():
+                model(xin)
+        return f
 
     results = {}
     for name in args.models.split(","):
         base = getattr(torchvision.models, name)().eval()
-        dense_flops, (pruned, flops, amount) = prune_to_half_flops(base, x, args.criterion)
-        pruned.eval()
-        xin = x
-        if args.channels_last:
-            base = base.to(memory_format=torch.channels_last)
-            pruned = pruned.to(memory_format=torch.channels_last)
-            xin = x.contiguous(memory_format=torch.channels_last)
+        dense_flops = flops_of(base, x)
 
-        def run(model):
-            def f():
-                with torch.inference_mode():
-                    model(xin)
-            return f
+        def pruned_at(amount: float) -> torch.nn.Module:
+            model = copy.deepcopy(base)
+            pruners.prune(model, criterion=args.criterion, granularity="structured",
+                          amount=amount, scope=args.scope, example_inputs=x)
+            return model
 
-        ms = _common.interleaved_ms({"dense": run(base), "pruned": run(pruned)}, repeats=repeats, warmup=3)
+        pruned, flops, amount = bisect(pruned_at, x, 0.5 * dense_flops, 0.0, 0.9, decreasing=True)
+        variants = {"dense": prepare(base), "pruned": prepare(pruned)}
+        ref = None
+        if args.reference and name == "mobilenet_v2":
+            ref = bisect(lambda w: torchvision.models.mobilenet_v2(width_mult=w), x,
+                         0.5 * dense_flops, 0.3, 1.0, decreasing=False, steps=6)
+            variants["narrow"] = prepare(ref[0])
+
+        ms = _common.interleaved_ms({k: run(m) for k, m in variants.items()}, repeats=repeats, warmup=3)
         speedup = ms["dense"] / ms["pruned"]
         reduction = dense_flops / flops
         results[name] = speedup / reduction
-        print(f"{name}: channels removed {amount:.3f}, FLOPs {dense_flops / 1e9:.3f} G -> "
-              f"{flops / 1e9:.3f} G (x{reduction:.2f} fewer)")
+        print(f"{name} ({args.scope}{layout}): channels removed {amount:.3f}, FLOPs "
+              f"{dense_flops / 1e9:.3f} G -> {flops / 1e9:.3f} G (x{reduction:.2f} fewer)")
         print(f"  latency batch 1: dense {ms['dense']:.2f} ms, pruned {ms['pruned']:.2f} ms "
               f"(x{speedup:.2f} faster); speed-up / FLOPs reduction = {results[name]:.3f}")
+        if ref is not None:
+            r_red, r_speed = dense_flops / ref[1], ms["dense"] / ms["narrow"]
+            print(f"  reference: mobilenet_v2(width_mult={ref[2]:.3f}) {ref[1] / 1e9:.3f} G "
+                  f"(x{r_red:.2f} fewer), {ms['narrow']:.2f} ms (x{r_speed:.2f} faster); "
+                  f"speed-up / FLOPs reduction = {r_speed / r_red:.3f}")
     for name, value in results.items():
         _common.verdict(f"latency_vs_flops.{name}", value, TARGET, higher_is_better=True)
 
