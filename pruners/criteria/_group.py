@@ -43,14 +43,15 @@ def layer_slice_scores(
         if to_output:
             w = t.transpose(0, 1) if transposed else t
             return w.flatten(1).sum(1, dtype=torch.float64).cpu()
-        # Column sums without materialising a transposed copy.
-        dims = [d for d in range(t.dim()) if d != (0 if transposed else 1)]
-        local = t.sum(dim=dims, dtype=torch.float64).cpu()
         groups = getattr(layer, "groups", 1)
         if groups > 1 and not transposed:
-            # Grouped conv: weight has in_channels // groups columns; every group reuses them.
-            local = local.repeat(groups)
-        return local
+            # Grouped conv: weight is (out, in // groups, ...); input channel g * in_g + j is
+            # read only by group g's filters, column j.
+            per_group = t.reshape(groups, t.shape[0] // groups, t.shape[1], -1)
+            return per_group.sum(dim=(1, 3), dtype=torch.float64).flatten().cpu()
+        # Column sums without materialising a transposed copy.
+        dims = [d for d in range(t.dim()) if d != (0 if transposed else 1)]
+        return t.sum(dim=dims, dtype=torch.float64).cpu()
     if isinstance(layer, (_BatchNorm, nn.LayerNorm, nn.GroupNorm)):
         if getattr(layer, "weight", None) is None:
             return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,9 +17,12 @@ from pruners.criteria.registry import register
 class RandomCriterion(Criterion):
     """Uniform random scores, reproducible and identical on every rank.
 
-    Each tensor's scores come from a generator seeded by ``seed``, the pruning round and the
-    parameter's dotted name, so DDP ranks (same seed, same call order) remove the same units
-    without communicating, and successive rounds draw fresh scores.
+    Every unit (weight, channel or head) scores an independent ``U(0, 1)`` draw from a
+    generator seeded by ``seed``, the pruning round and the scored tensor's dotted name, so
+    DDP ranks (same seed, same call order) remove the same units without communicating, and
+    successive rounds draw fresh scores. A channel draws one number of its own rather than
+    summing its weights' draws: a sum would grow with the layer's fan-in, and a global
+    ranking would then empty the narrow layers first instead of choosing at random.
 
     Params:
         seed: Shared seed (default 0).
@@ -27,7 +31,7 @@ class RandomCriterion(Criterion):
     name = "random"
     param_defaults = {"seed": 0}
 
-    def __init__(self, **params) -> None:
+    def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._round = -1
         self._names: dict[nn.Module, str] = {}
@@ -36,10 +40,19 @@ class RandomCriterion(Criterion):
         self._round += 1
         self._names = {m: n for n, m in model.named_modules()}
 
+    def _uniform(self, module: nn.Module, what: str, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+        name = self._names.get(module, type(module).__name__)
+        key = f"{self.params['seed']}:{max(self._round, 0)}:{name}.{what}"
+        gen = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+        return torch.rand(shape, generator=gen, dtype=torch.float32)
+
     def elementwise(self, module: nn.Module, name: str) -> torch.Tensor | None:
         param = getattr(module, name, None)
-        if param is None:
-            return None
-        key = f"{self.params['seed']}:{max(self._round, 0)}:{self._names.get(module, type(module).__name__)}.{name}"
-        gen = torch.Generator().manual_seed(zlib.crc32(key.encode()))
-        return torch.rand(param.shape, generator=gen, dtype=torch.float32)
+        return None if param is None else self._uniform(module, name, param.shape)
+
+    def group_scores(self, group: Any) -> torch.Tensor:
+        root = group[0].dep.target.module
+        return self._uniform(root, "channels", (len(group[0].idxs),)).to(torch.float64)
+
+    def head_scores(self, module: nn.Module) -> torch.Tensor:
+        return self._uniform(module, "heads", (module.num_heads,)).to(torch.float64)

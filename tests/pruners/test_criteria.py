@@ -219,6 +219,15 @@ def test_magnitude_head_scores_are_head_norms_over_their_layer_mean():
     assert torch.allclose(s, norms / norms.mean())
 
 
+def test_grouped_conv_input_channels_score_their_own_groups_filters():
+    from pruners.criteria._group import layer_slice_scores
+
+    conv = nn.Conv2d(4, 6, 3, groups=2, bias=False)
+    got = layer_slice_scores(conv, False, lambda m, name: m.weight.detach().abs())
+    w = conv.weight.detach().abs()  # (6, 2, 3, 3): filters 0-2 read inputs 0-1, filters 3-5 inputs 2-3
+    assert torch.allclose(got, torch.cat([w[:3].sum((0, 2, 3)), w[3:].sum((0, 2, 3))]).double())
+
+
 def test_random_is_reproducible_and_seeded():
     x, _ = mlp_batch()
     a = pruners.score(MLP(), criterion=make_criterion("random", seed=3), granularity="unstructured", example_inputs=x)
@@ -226,6 +235,17 @@ def test_random_is_reproducible_and_seeded():
     c = pruners.score(MLP(), criterion=make_criterion("random", seed=4), granularity="unstructured", example_inputs=x)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_random_structured_scores_are_uniform_whatever_the_fan_in():
+    m = MLP()  # net.1 reads 64 inputs, net.4 32: summed draws would rank by width
+    x, _ = mlp_batch()
+    scores = pruners.score(m, criterion="random", granularity="structured", example_inputs=x)
+    assert all(((s >= 0) & (s < 1)).all() for s in scores.values())
+    r = pruners.prune(m, criterion="random", granularity="structured", amount=0.5, example_inputs=x)
+    # Half of the 64 channels go, drawn from both layers (neither is emptied).
+    assert r.units_after == 32
+    assert all(8 <= layer.units_after <= 24 for layer in r.layers), r.layers
 
 
 def test_taylor_is_weight_times_gradient():
