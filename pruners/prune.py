@@ -32,6 +32,7 @@ from pruners._attention import (
     convert_attention,
 )
 from pruners.criteria import CRITERIA, Criterion, make_criterion
+from pruners.criteria.base import eval_mode
 from pruners.measure import unwrap
 from pruners.registry import check_choice
 from pruners.thresholds import fraction_count, get_threshold_rule
@@ -103,13 +104,10 @@ def find_classifier(model: nn.Module, example_inputs: Any) -> str | None:
         for m in model.modules()
         if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
     ]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             _call(model, example_inputs)
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     if not order:
@@ -383,23 +381,19 @@ def _touches_attention_embedding(group) -> bool:
 def _build_graph(model: nn.Module, example_inputs: Any):
     import torch_pruning as tp
 
-    was_training = model.training
-    try:
-        with warnings.catch_warnings():
-            # Torch-Pruning warns about unwrapped parameters it handles itself (ViT's
-            # class token and position embedding, pruned along their last dim).
-            warnings.simplefilter("ignore")
-            with torch.enable_grad():
-                dg = tp.DependencyGraph().build_dependency(
-                    model,
-                    example_inputs=example_inputs,
-                    forward_fn=lambda m, x: _call(m, x),
-                    customized_pruners={PrunableMultiheadAttention: PrunableMultiheadAttentionPruner()},
-                    verbose=False,
-                )
-    finally:
-        model.train(was_training)
-    return dg
+    # Torch-Pruning traces in eval mode (and leaves the model there): restore every flag.
+    with eval_mode(model), warnings.catch_warnings():
+        # Torch-Pruning warns about unwrapped parameters it handles itself (ViT's class
+        # token and position embedding, pruned along their last dim).
+        warnings.simplefilter("ignore")
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(
+                model,
+                example_inputs=example_inputs,
+                forward_fn=lambda m, x: _call(m, x),
+                customized_pruners={PrunableMultiheadAttention: PrunableMultiheadAttentionPruner()},
+                verbose=False,
+            )
 
 
 def _collect_units(

@@ -39,7 +39,7 @@ from torch import nn
 
 from pruners._attention import PrunableMultiheadAttention, convert_attention
 from pruners._dist import all_reduce_mean_
-from pruners.criteria.base import Batch, Criterion
+from pruners.criteria.base import Batch, Criterion, eval_mode
 from pruners.criteria.gradient import _device, _move
 from pruners.criteria.penalty import _classifier_guess
 from pruners.criteria.registry import register
@@ -217,29 +217,27 @@ class _GateCriterion(Criterion):
             return
         opt = torch.optim.Adam(gates, lr=float(self.params["gate_lr"]))
         weights = [p for p in model.parameters() if p.requires_grad]
-        was_training = model.training
         device = _device(model)
-        try:
-            # Only the gates learn here; eval mode keeps BatchNorm statistics untouched.
-            model.eval()
-            for p in weights:
-                p.requires_grad_(False)
-            for _, batch in zip(range(steps), itertools.cycle(batches)):
-                x, y = _move(batch[0], device), _move(batch[1], device)
-                with torch.enable_grad():
-                    loss = F.cross_entropy(model(x), y)
-                    extra = self.penalty(model)
-                    if extra is not None:
-                        loss = loss + extra
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                # Identical gates on every rank: average their gradients.
-                all_reduce_mean_([g.grad for g in gates if g.grad is not None])
-                opt.step()
-        finally:
-            for p in weights:
-                p.requires_grad_(True)
-            model.train(was_training)
+        # Only the gates learn here; eval mode keeps BatchNorm statistics untouched.
+        with eval_mode(model):
+            try:
+                for p in weights:
+                    p.requires_grad_(False)
+                for _, batch in zip(range(steps), itertools.cycle(batches)):
+                    x, y = _move(batch[0], device), _move(batch[1], device)
+                    with torch.enable_grad():
+                        loss = F.cross_entropy(model(x), y)
+                        extra = self.penalty(model)
+                        if extra is not None:
+                            loss = loss + extra
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                    # Identical gates on every rank: average their gradients.
+                    all_reduce_mean_([g.grad for g in gates if g.grad is not None])
+                    opt.step()
+            finally:
+                for p in weights:
+                    p.requires_grad_(True)
 
     # -- scoring ------------------------------------------------------------------------
     def _module_channel_scores(self, module: nn.Module) -> torch.Tensor | None:

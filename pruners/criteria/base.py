@@ -42,6 +42,23 @@ from torch import nn
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` inside the block, and every submodule's own flag restored after.
+
+    ``model.train(was_training)`` would not do: it sets one flag on every submodule, so a
+    BatchNorm the user froze in eval mode inside a training model would start updating its
+    statistics again after a pruning step.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
 #: Normalisations of a dependency group's channel scores before global ranking.
 NORMALIZERS = ("mean", "none")
 

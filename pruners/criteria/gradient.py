@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruners._dist import all_reduce_mean_
-from pruners.criteria.base import Batch, Criterion
+from pruners.criteria.base import Batch, Criterion, eval_mode
 from pruners.criteria.registry import register
 
 _SCORED = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -65,29 +65,28 @@ def gradient_statistics(
 
     hooks = [m.register_forward_hook(capture) for m in modules]
     device = _device(model)
-    was_training = model.training
     batches = 0
     try:
-        model.eval()
-        for batch in calibration:
-            if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
-                raise ValueError(f"criterion {criterion_name!r}: calibration must yield (inputs, targets) batches")
-            x, y = _move(batch[0], device), _move(batch[1], device)
-            used.clear()
-            with torch.enable_grad():
-                out = model(x)
-                loss = F.cross_entropy(out, y)
-                active = [m for m in modules if m in used and used[m].requires_grad]
-                grads = torch.autograd.grad(loss, [used[m] for m in active], allow_unused=True)
-            for m, g in zip(active, grads):
-                if g is None:
-                    continue
-                g = g.detach().to("cpu", torch.float32)
-                abs_sum[m] += g.abs()
-                sum_[m] += g
-            batches += 1
+        # Eval mode: BatchNorm statistics untouched, no dropout noise in the scores.
+        with eval_mode(model):
+            for batch in calibration:
+                if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+                    raise ValueError(f"criterion {criterion_name!r}: calibration must yield (inputs, targets) batches")
+                x, y = _move(batch[0], device), _move(batch[1], device)
+                used.clear()
+                with torch.enable_grad():
+                    out = model(x)
+                    loss = F.cross_entropy(out, y)
+                    active = [m for m in modules if m in used and used[m].requires_grad]
+                    grads = torch.autograd.grad(loss, [used[m] for m in active], allow_unused=True)
+                for m, g in zip(active, grads):
+                    if g is None:
+                        continue
+                    g = g.detach().to("cpu", torch.float32)
+                    abs_sum[m] += g.abs()
+                    sum_[m] += g
+                batches += 1
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     # Ranks may see different numbers of batches: reduce the count with the sums so every

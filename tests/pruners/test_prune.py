@@ -99,6 +99,22 @@ def test_a_layer_emptied_by_the_ranking_keeps_a_surviving_weight_not_a_masked_on
     assert int((lin2.weight != 0).sum()) == 1
 
 
+@pytest.mark.parametrize(
+    "criterion,granularity",
+    [("magnitude", "unstructured"), ("taylor", "structured"), ("attention", "structured")],
+)
+def test_every_modules_train_eval_flag_is_restored(criterion, granularity):
+    m = ResidualCNN().train()
+    m.bn1.eval()  # a BatchNorm frozen by the user inside a training model
+    x, y = cnn_batch()
+    modes = {n: mod.training for n, mod in m.named_modules()}
+    stats = m.bn2.running_mean.clone()
+    pruners.prune(m, criterion=criterion, granularity=granularity, amount=0.25, example_inputs=x,
+                  calibration=[(x, y)], ignore=["conv2", "bn2"])
+    assert {n: mod.training for n, mod in m.named_modules()} == modes
+    assert torch.equal(m.bn2.running_mean, stats)  # scoring and tracing ran in eval mode
+
+
 def test_same_weights_same_result():
     x, y = cnn_batch()
     a, b = ResidualCNN(), ResidualCNN()
