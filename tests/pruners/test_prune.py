@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import pruners
+from pruners.thresholds import select
 from tests.pruners.models import MLP, ResidualCNN, cnn_batch, mlp_batch
 
 MODELS = {"cnn": (ResidualCNN, cnn_batch), "mlp": (MLP, mlp_batch)}
@@ -174,6 +175,27 @@ def test_absolute_and_mean_std_rules_on_structured_scores():
     expect2 = sum(int((s < s.mean() - 0.5 * s.std(unbiased=False)).sum()) for s in s2.values())
     r2 = pruners.prune(m2, criterion=crit, granularity="structured", amount=0.5, threshold_rule="mean_std", scope="layerwise", example_inputs=x)
     assert r2.units_before - r2.units_after == expect2 > 0
+
+
+# A value per rule; a rule registered without one here fails below (KeyError) until added.
+RULE_VALUES = {"fraction": 0.3, "absolute": "median", "mean_std": 0.5, "sensitivity": 0.2}
+
+
+@pytest.mark.parametrize("granularity", pruners.GRANULARITIES)
+@pytest.mark.parametrize("rule", pruners.list_threshold_rules())
+def test_every_threshold_rule_removes_exactly_what_it_selects(rule, granularity):
+    m = MLP()
+    x, _ = mlp_batch()
+    crit = pruners.make_criterion("magnitude", p=1, normalizer="none")
+    flat = torch.cat(list(pruners.score(m, criterion=crit, granularity=granularity, example_inputs=x).values()))
+    value = float(flat.median()) if RULE_VALUES[rule] == "median" else RULE_VALUES[rule]
+    expect = int(select(flat, rule, value).sum())
+    r = pruners.prune(m, criterion=crit, granularity=granularity, amount=value, threshold_rule=rule, example_inputs=x)
+    assert (r.threshold_rule, r.requested) == (rule, value)
+    assert r.units_before == flat.numel()
+    assert r.requested_fraction == pytest.approx(expect / flat.numel())
+    assert r.units_before - r.units_after == expect > 0
+    assert r.achieved == pytest.approx(expect / flat.numel())
 
 
 def test_ddp_style_wrapper_is_unwrapped():
