@@ -35,7 +35,7 @@ from pruners.criteria import CRITERIA, Criterion, make_criterion
 from pruners.criteria.base import eval_mode
 from pruners.measure import unwrap
 from pruners.registry import check_choice
-from pruners.thresholds import fraction_count, get_threshold_rule
+from pruners.thresholds import fraction_count, get_threshold_rule, lowest
 
 GRANULARITIES: tuple[str, ...] = ("unstructured", "structured")
 SCOPES: tuple[str, ...] = ("global", "layerwise")
@@ -178,19 +178,13 @@ def _select(scores: torch.Tensor, removed: torch.Tensor, rule: str, value: float
     ``fraction`` counts them towards its total (cumulative targets); the other rules are
     applied to the surviving units' scores (their statistics describe what is left).
     """
-    n = scores.numel()
     out = removed.clone()
-    if rule == "fraction":
-        k = fraction_count(n, value)
-        k_new = k - int(removed.sum())
-        if k_new > 0:
-            alive = (~removed).nonzero().flatten()
-            order = torch.sort(scores[alive], stable=True).indices
-            out[alive[order[:k_new]]] = True
-        return out
     alive = (~removed).nonzero().flatten()
-    if alive.numel():
-        out[alive[get_threshold_rule(rule)(scores[alive], value)]] = True
+    if rule == "fraction":
+        picked = lowest(scores[alive], fraction_count(scores.numel(), value) - int(removed.sum()))
+    else:
+        picked = get_threshold_rule(rule)(scores[alive], value)
+    out[alive[picked]] = True
     return out
 
 

@@ -75,7 +75,7 @@ def _as_scores(scores: torch.Tensor) -> torch.Tensor:
     return s
 
 
-def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Mask of the ``k`` lowest scores, ties broken by position (deterministic)."""
     mask = torch.zeros(scores.numel(), dtype=torch.bool)
     if k > 0:
@@ -100,7 +100,7 @@ def fraction_count(n: int, value: float) -> int:
 @_register("fraction", _unit_interval)
 def fraction(scores: torch.Tensor, value: float) -> torch.Tensor:
     """Remove the ``round(value * n)`` lowest-scoring units."""
-    return _lowest(scores, fraction_count(scores.numel(), value))
+    return lowest(scores, fraction_count(scores.numel(), value))
 
 
 @_register("absolute", _finite)
@@ -141,7 +141,7 @@ def sensitivity(scores: torch.Tensor, value: float) -> torch.Tensor:
     cum = torch.cumsum(scores[order] / total, dim=0)
     # Tolerance so that a mass that is exactly `value` up to rounding counts as <= value.
     k = int((cum <= value + 1e-9).sum())
-    return _lowest(scores, k)
+    return lowest(scores, k)
 
 
 def list_threshold_rules() -> list[str]:
