@@ -107,7 +107,6 @@ def format_show(frames: dict[str, pd.DataFrame], metadata: dict[str, Any], title
     return "\n".join(lines)
 
 
-
 def format_compare(comparisons: list[FrontComparison], name_a: str, name_b: str) -> str:
     """Hypervolumes and per-budget winners of two experiments, as text."""
     lines = [f"A = {name_a}", f"B = {name_b}"]
