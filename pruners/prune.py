@@ -150,7 +150,7 @@ def _prepared(
 
     What ``prune`` and ``score`` share: self-attention made head-prunable, the criterion
     prepared (statistics, gates), the classifier found; an owned criterion is detached on
-    the way out, whatever happens.
+    the way out (its gates folded into the weights, or dropped if the call failed).
     """
     net = unwrap(model)  # DDP / DataParallel keep the real model in .module
     if crit.needs_calibration and calibration is None and owned:
@@ -167,9 +167,13 @@ def _prepared(
         if classifier is not None:
             ignored |= set(net.get_submodule(classifier).modules())
         yield net, ignored
-    finally:
+    except BaseException:
         if owned:
-            crit.detach(net)
+            # Drop, not fold: half-trained gates must not change the model of a failed call.
+            crit.detach(net, fold=False)
+        raise
+    if owned:
+        crit.detach(net)
 
 
 def _select(scores: torch.Tensor, removed: torch.Tensor, rule: str, value: float) -> torch.Tensor:

@@ -306,11 +306,15 @@ class _GateCriterion(Criterion):
             g = torch.sigmoid(gate).to(attn.out_proj.weight.dtype).repeat_interleave(attn.head_dim)
             attn.out_proj.weight.mul_(g.view(1, -1))
 
-    def detach(self, model: nn.Module) -> None:
-        """Fold the gates into the weights and remove every hook (exact: same outputs)."""
+    def detach(self, model: nn.Module, fold: bool = True) -> None:
+        """Fold the gates into the weights (exact: same outputs) and remove every hook.
+
+        ``fold=False`` drops the gates, leaving the weights untouched.
+        """
         if not self.attached:
             return
-        self.fold()
+        if fold:
+            self.fold()
         for h in self._handles:
             h.remove()
         self._handles = []

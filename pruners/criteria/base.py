@@ -216,5 +216,9 @@ class Criterion:
                 the change. Gates use it to follow their channels.
         """
 
-    def detach(self, model: nn.Module) -> None:
-        """Fold gates into the weights and remove every hook: no gate survives export."""
+    def detach(self, model: nn.Module, fold: bool = True) -> None:
+        """Fold gates into the weights and remove every hook: no gate survives export.
+
+        ``fold=False`` drops the gates instead (the weights stay as they are): what a failed
+        standalone ``prune`` does, so an error leaves no half-trained gate in the model.
+        """

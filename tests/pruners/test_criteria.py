@@ -363,6 +363,19 @@ def test_named_gate_criterion_is_detached_by_prune():
     assert m(x).shape == (8, 10)
 
 
+@pytest.mark.parametrize("name", GATED)
+def test_a_failed_prune_leaves_the_model_as_it_was(name):
+    m = ResidualCNN().eval()
+    x, y = cnn_batch()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    broken = [(x, y), (x[:, :, :2, :2], y[:3])]  # the second batch fails after a gate step
+    with pytest.raises(Exception):
+        pruners.prune(m, criterion=name, granularity="structured", amount=0.5, example_inputs=x,
+                      calibration=broken)
+    assert _hooks(m) == 0
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
 def test_gates_follow_pruned_channels_and_attention_freezes():
     x, y = cnn_batch()
     for name, adaptive in (("attention", False), ("adaptive_attention", True)):
