@@ -145,12 +145,14 @@ def _prepared(
     example_inputs: Any,
     calibration: Iterable[Batch] | None,
     ignore: Iterable[str] | None,
+    fold: bool,
 ) -> Iterator[tuple[nn.Module, set[nn.Module]]]:
     """The unwrapped model, ready to score, and the modules never pruned (classifier too).
 
     What ``prune`` and ``score`` share: self-attention made head-prunable, the criterion
     prepared (statistics, gates), the classifier found; an owned criterion is detached on
-    the way out (its gates folded into the weights, or dropped if the call failed).
+    the way out, its gates folded into the weights if ``fold`` and the call succeeded,
+    dropped otherwise.
     """
     net = unwrap(model)  # DDP / DataParallel keep the real model in .module
     if crit.needs_calibration and calibration is None and owned:
@@ -173,7 +175,7 @@ def _prepared(
             crit.detach(net, fold=False)
         raise
     if owned:
-        crit.detach(net)
+        crit.detach(net, fold=fold)
 
 
 def _select(scores: torch.Tensor, removed: torch.Tensor, rule: str, value: float) -> torch.Tensor:
@@ -234,7 +236,7 @@ def prune(
     _check_granularity(crit, granularity)
     check_choice("scope", scope, SCOPES)
     value = get_threshold_rule(threshold_rule).validate(amount)
-    with _prepared(model, crit, owned, example_inputs, calibration, ignore) as (net, ignored):
+    with _prepared(model, crit, owned, example_inputs, calibration, ignore, fold=True) as (net, ignored):
         if granularity == "unstructured":
             layers, requested_units = _prune_unstructured(net, crit, value, threshold_rule, scope, ignored)
         else:
@@ -525,12 +527,13 @@ def score(
 
     Unstructured: one score per weight (flattened) keyed by layer name. Structured: one per
     channel (per interleaved channel for grouped layers) keyed by the group's root layer,
-    and one per head keyed by the attention layer. A named criterion is detached after.
-    Self-attention modules are converted (same outputs) as in ``prune``.
+    and one per head keyed by the attention layer. A named criterion is detached after,
+    its gates dropped: the weights are left as they were. Self-attention modules are
+    converted (same outputs) as in ``prune``.
     """
     crit, owned = _resolve_criterion(criterion)
     _check_granularity(crit, granularity)
-    with _prepared(model, crit, owned, example_inputs, calibration, ignore) as (net, ignored):
+    with _prepared(model, crit, owned, example_inputs, calibration, ignore, fold=False) as (net, ignored):
         if granularity == "unstructured":
             return {n: _weight_scores(crit, m, m.weight) for n, m in prunable_weights(net, ignored)}
         _, units = _collect_units(net, crit, ignored, example_inputs)

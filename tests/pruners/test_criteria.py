@@ -376,6 +376,18 @@ def test_a_failed_prune_leaves_the_model_as_it_was(name):
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 
+@pytest.mark.parametrize("name", GATED)
+def test_score_with_a_named_gate_criterion_leaves_the_weights_alone(name):
+    m = TinyTransformer().eval()
+    x, y = transformer_batch()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    scores = pruners.score(m, criterion=name, granularity="structured", example_inputs=x, calibration=[(x, y)])
+    assert scores and _hooks(m) == 0
+    after = m.state_dict()  # attention converted (same function): out_proj kept its name
+    assert "block.self_attn.out_proj.weight" in after
+    assert all(torch.equal(before[k], after[k]) for k in before if k in after)
+
+
 def test_gates_follow_pruned_channels_and_attention_freezes():
     x, y = cnn_batch()
     for name, adaptive in (("attention", False), ("adaptive_attention", True)):
