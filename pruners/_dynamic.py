@@ -42,7 +42,9 @@ class StraightThrough:
         # Registered after prune's pre-hook, which has just set weight = orig * mask.
         # orig + (orig * mask - orig).detach() has exactly that value (x + (0 - x) == 0 and
         # x + 0 == x in floating point) and gradient 1 with respect to orig everywhere.
-        orig = module.weight_orig
+        orig = getattr(module, "weight_orig", None)
+        if orig is None:  # masks made permanent on a copy (pruners.save): nothing to do
+            return
         module.weight = orig + (orig * module.weight_mask - orig).detach()
 
     def attach(self, model: nn.Module) -> None:

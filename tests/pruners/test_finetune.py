@@ -122,6 +122,32 @@ def test_checkpoint_sees_every_reported_row(digits):
     assert all(m is model for m, _ in seen)
 
 
+@pytest.mark.parametrize(("spec", "schedule", "image"), [
+    (PruneSpec("magnitude", amount=0.5),
+     dict(name="dynamic", target=0.5, interval=5, regrow_fraction=0.2, end_step=3 * STEPS), False),
+    (PruneSpec("adaptive_attention", "structured", amount=0.5, params={"warmup_steps": 5}),
+     dict(name="iterative", target=0.5, rounds=2, interval=STEPS), True),
+])
+def test_models_saved_mid_training_load_and_match(digits, tmp_path, spec, schedule, image):
+    """The orchestrator saves the best epoch from `checkpoint`, hooks and gates attached."""
+    outputs = []
+    x = torch.randn(3, 1, 8, 8) if image else torch.randn(3, 64)
+
+    def save(model: nn.Module, row: dict) -> None:
+        path = tmp_path / f"epoch{row['epoch']}.pt2"
+        pruners.save(model, path, x[:1])
+        model.eval()
+        with torch.no_grad():
+            outputs.append((pruners.load(path)(x), model(x)))
+
+    name = schedule.pop("name")
+    _run(digits, spec, pruners.make_schedule(name, **schedule), image=image, epochs=2,
+         checkpoint=save)
+    assert len(outputs) == 2
+    for loaded, live in outputs:
+        torch.testing.assert_close(loaded, live)
+
+
 def test_dynamic_regrows_weights_and_keeps_the_sparsity(digits):
     sched = pruners.make_schedule("dynamic", target=0.8, interval=5, regrow_fraction=0.2,
                                   end_step=2 * STEPS)
