@@ -192,15 +192,20 @@ def run(cfg: Any, args: Any) -> int:
         )
 
     # SIGTERM (e.g. `ray job stop`, a cluster scheduler) stops the search like Ctrl-C does:
-    # Tune saves its state and the report below is still built.
+    # Tune stops the trials, saves its state, and the report below is still built.
+    stop = {"signal": None}
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        stop["signal"] = "SIGTERM"
+        signal.raise_signal(signal.SIGINT)
+
     previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
-    interrupted = False
+    signal.signal(signal.SIGTERM, on_sigterm)
     t_search = time.time()
     try:
         tuner.fit()
     except KeyboardInterrupt:
-        interrupted = True
+        stop["signal"] = stop["signal"] or "SIGINT"
     finally:
         signal.signal(signal.SIGTERM, previous)
         # 6. The report, from the ledger (also after an interruption).
@@ -211,19 +216,20 @@ def run(cfg: Any, args: Any) -> int:
             _say(f"warning: could not build the report ({e.__class__.__name__}: {e}); "
                  f"retry with: python -m reports build {out}")
         counts = status_summary(ledger_path)
+        finished = counts["completed"] + counts["stopped"] + counts["errored"]
         wall = time.time() - t0
         _say(f"trials: {counts['completed']} completed, {counts['stopped']} stopped early, "
-             f"{counts['errored']} errored, {counts['running']} unfinished; search {time.time() - t_search:.0f} s, "
-             f"wall time {wall:.0f} s")
+             f"{counts['errored']} errored, {plan.trials - finished} not finished; "
+             f"search {time.time() - t_search:.0f} s, wall time {wall:.0f} s")
         _say(f"results: {ledger_path}")
         _say(f"report:  {report_dir} (trials.parquet, final.parquet, fronts.parquet, fronts.png, fronts.html)")
         _say(f"models:  {out / 'models'}   dense: {out / dense.DENSE_DIR}   tune: {tune_path}")
-        if interrupted or counts["running"]:
-            _say(f"continue with: python orchestrator/search.py --resume {out}")
-    if interrupted:
+        # Tune returns normally after Ctrl-C / SIGTERM; unfinished trials tell it was cut short.
+        if finished < plan.trials:
+            _say(f"the search was interrupted; continue it with: python orchestrator/search.py --resume {out}")
+    if finished < plan.trials:
         return 130
-    total = counts["completed"] + counts["stopped"] + counts["errored"]
-    return 1 if total and counts["errored"] == total else 0
+    return 1 if finished and counts["errored"] == finished else 0
 
 
 if __name__ == "__main__":
