@@ -34,16 +34,63 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return t.cpu().tolist()
 
 
-def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
-    """Average ``tensors`` in place over all ranks (one flat collective)."""
+#: Elements per collective in ``all_reduce_mean_``: bounds the staging buffer (256 MB of
+#: float32) instead of one copy of everything (gigabytes for a VGG's gradient statistics).
+_CHUNK_NUMEL = 1 << 26
+
+
+def _reduce_dtype(t: torch.Tensor) -> torch.dtype:
+    # Each tensor is reduced in its own precision; half types are summed in float32 so a
+    # sum over ranks cannot overflow, and integer counts become float64 to be averaged.
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return t.dtype if t.is_floating_point() else torch.float64
+
+
+def all_reduce_mean_(tensors: list[torch.Tensor], chunk_numel: int = _CHUNK_NUMEL) -> None:
+    """Average ``tensors`` in place over all ranks.
+
+    Tensors of one reduction dtype are packed into flat buffers of at most ``chunk_numel``
+    elements (a larger tensor goes alone, reduced in place when it already lives on the
+    communication device), so the extra memory is one chunk, not a float64 copy of
+    everything. Every rank receives the same summed bits and divides them the same way, so
+    the results are bit-identical across ranks.
+    """
     if not tensors or not is_distributed():
         return
     device = _comm_device()
-    flat = torch.cat([t.detach().flatten().to(device, torch.float64) for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= dist.get_world_size()
-    offset = 0
+    world = dist.get_world_size()
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
     for t in tensors:
+        by_dtype.setdefault(_reduce_dtype(t), []).append(t)
+    for dtype, group in by_dtype.items():
+        chunk: list[torch.Tensor] = []
+        size = 0
+        for t in group + [None]:  # type: ignore[list-item]
+            if t is not None and (not chunk or size + t.numel() <= chunk_numel):
+                chunk.append(t)
+                size += t.numel()
+                continue
+            if chunk:
+                _reduce_chunk(chunk, dtype, device, world)
+            chunk, size = ([t], t.numel()) if t is not None else ([], 0)
+
+
+def _reduce_chunk(
+    chunk: list[torch.Tensor], dtype: torch.dtype, device: torch.device, world: int
+) -> None:
+    if len(chunk) == 1 and chunk[0].dtype == dtype and chunk[0].device == device \
+            and chunk[0].is_contiguous():
+        t = chunk[0]
+        with torch.no_grad():
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            t.div_(world)
+        return
+    flat = torch.cat([t.detach().flatten().to(device, dtype) for t in chunk])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world
+    offset = 0
+    for t in chunk:
         n = t.numel()
         t.copy_(flat[offset : offset + n].view_as(t).to(t.device, t.dtype))
         offset += n

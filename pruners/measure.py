@@ -30,6 +30,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torch.utils._pytree import tree_flatten
 
+from pruners._devices import device_of
+
 __all__ = ["Metrics", "LayerMetrics", "measure", "unwrap", "effective_state_dict", "serialized_size"]
 
 # Column indices of a CSR matrix fit in int16 when a row is shorter than this.
@@ -275,20 +277,12 @@ def _batch_of(args: tuple[Any, ...], batch_size: int) -> tuple[Any, ...]:
     return tuple(grow(a) for a in args)
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 def _to(args: tuple[Any, ...], device: torch.device) -> tuple[Any, ...]:
     return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
 
 
 def _latency_ms(model: nn.Module, args: tuple[Any, ...], repeats: int, warmup: int) -> float:
-    device = _device_of(model)
+    device = device_of(model)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times: list[float] = []
     with torch.inference_mode():
@@ -338,7 +332,7 @@ def measure(
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     model = unwrap(model)
-    device = _device_of(model)
+    device = device_of(model)
     args = _to(as_tuple(example_inputs), device)
 
     modes = {m: m.training for m in model.modules()}

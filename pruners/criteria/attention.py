@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruners._attention import PrunableMultiheadAttention, convert_attention
+from pruners._devices import device_of, move_to
 from pruners._dist import all_reduce_mean_
 from pruners.criteria.base import Batch, Criterion, eval_mode
-from pruners.criteria.gradient import _device, _move
 from pruners.criteria.penalty import _classifier_guess
 from pruners.criteria.registry import register
 
@@ -217,14 +217,14 @@ class _GateCriterion(Criterion):
             return
         opt = torch.optim.Adam(gates, lr=float(self.params["gate_lr"]))
         weights = [p for p in model.parameters() if p.requires_grad]
-        device = _device(model)
+        device = device_of(model)
         # Only the gates learn here; eval mode keeps BatchNorm statistics untouched.
         with eval_mode(model):
             try:
                 for p in weights:
                     p.requires_grad_(False)
                 for _, batch in zip(range(steps), itertools.cycle(batches)):
-                    x, y = _move(batch[0], device), _move(batch[1], device)
+                    x, y = move_to(batch[0], device), move_to(batch[1], device)
                     with torch.enable_grad():
                         loss = F.cross_entropy(model(x), y)
                         extra = self.penalty(model)

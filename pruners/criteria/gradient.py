@@ -19,27 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pruners._devices import device_of, move_to
 from pruners._dist import all_reduce_mean_
 from pruners.criteria.base import Batch, Criterion, eval_mode
 from pruners.criteria.registry import register
 
 _SCORED = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
-
-
-def _device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _move(x, device):
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, (tuple, list)):
-        return type(x)(_move(v, device) for v in x)
-    if isinstance(x, dict):
-        return {k: _move(v, device) for k, v in x.items()}
-    return x
 
 
 def gradient_statistics(
@@ -64,7 +49,7 @@ def gradient_statistics(
         used[module] = module.weight
 
     hooks = [m.register_forward_hook(capture) for m in modules]
-    device = _device(model)
+    device = device_of(model)
     batches = 0
     try:
         # Eval mode: BatchNorm statistics untouched, no dropout noise in the scores.
@@ -72,7 +57,7 @@ def gradient_statistics(
             for batch in calibration:
                 if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
                     raise ValueError(f"criterion {criterion_name!r}: calibration must yield (inputs, targets) batches")
-                x, y = _move(batch[0], device), _move(batch[1], device)
+                x, y = move_to(batch[0], device), move_to(batch[1], device)
                 used.clear()
                 with torch.enable_grad():
                     out = model(x)

@@ -41,6 +41,16 @@ def _data():
     return x[perm], y[perm]
 
 
+REDUCE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.float32, torch.int64)
+
+
+def _reduce_input(rank: int, i: int) -> torch.Tensor:
+    """A rank-dependent tensor with values that no float format averages exactly."""
+    n = (3, 7, 4, 2, 3)[i]
+    base = torch.arange(n, dtype=torch.float64) / 3 + i + 10 * rank
+    return base.to(REDUCE_DTYPES[i])
+
+
 def _worker(rank: int, out_dir: str) -> None:
     # Runs in a fresh spawned interpreter: everything is imported here.
     import torch.nn.functional  # noqa: F401
@@ -56,6 +66,12 @@ def _worker(rank: int, out_dir: str) -> None:
         "gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=WORLD
     )
     try:
+        from pruners._dist import all_reduce_mean_
+
+        # Mixed dtypes, chunks of at most 5 elements (so tensors are packed and split).
+        tensors = [_reduce_input(rank, i) for i in range(len(REDUCE_DTYPES))]
+        all_reduce_mean_(tensors, chunk_numel=5)
+        torch.save(tensors, os.path.join(out_dir, f"reduce.rank{rank}.pt"))
         x_all, y_all = _data()
         for case, (crit, gran, sched_name, sched_params, image, params) in CASES.items():
             x = x_all.view(-1, 1, 8, 8) if image else x_all
@@ -105,7 +121,20 @@ def ddp_results(tmp_path_factory):
             info["state"] = torch.load(os.path.join(out_dir, f"{case}.rank{r}.pt"), weights_only=True)
             per_rank.append(info)
         results[case] = per_rank
+    results["_dir"] = out_dir
     return results
+
+
+def test_all_reduce_mean_keeps_dtypes_and_gives_every_rank_the_same_bits(ddp_results):
+    out_dir = ddp_results["_dir"]
+    r0, r1 = (torch.load(os.path.join(out_dir, f"reduce.rank{r}.pt"), weights_only=True)
+              for r in range(WORLD))
+    for i, (a, b) in enumerate(zip(r0, r1)):
+        assert a.dtype == b.dtype == REDUCE_DTYPES[i]  # no float64 round trip of everything
+        assert torch.equal(a, b), i  # bit-identical on both ranks
+        inputs = [_reduce_input(r, i) for r in range(WORLD)]
+        mean = sum(t.double() for t in inputs) / WORLD
+        torch.testing.assert_close(a.double(), mean.to(REDUCE_DTYPES[i]).double())
 
 
 @pytest.mark.slow
