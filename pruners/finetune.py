@@ -20,6 +20,7 @@ the only link to a tuner.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,9 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruners import _dist
+from pruners._devices import device_of, move_to
 from pruners._attention import convert_attention
 from pruners._dynamic import StraightThrough, regrow
 from pruners.criteria import Criterion, list_criteria, make_criterion
+from pruners.criteria.base import eval_mode
 from pruners.measure import as_tuple, measure, unwrap
 from pruners.prune import GRANULARITIES, SCOPES, PruneReport, find_classifier, prune
 from pruners.registry import check_choice
@@ -153,20 +156,6 @@ def _is_number(v: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------ helpers
-def _move(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, (tuple, list)):
-        return type(x)(_move(v, device) for v in x)
-    if isinstance(x, Mapping):
-        return {k: _move(v, device) for k, v in x.items()}
-    return x
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    return next((p.device for p in module.parameters()), torch.device("cpu"))
-
-
 def _signature(module: nn.Module, extra: list[nn.Parameter]) -> tuple:
     """Identity and shape of every parameter and buffer: changes mean rebuild."""
     return (
@@ -220,11 +209,10 @@ def _evaluate(
     net: nn.Module, loader: Iterable[Any], loss_fn: LossFn, device: torch.device
 ) -> tuple[float, float]:
     """(top-1 accuracy, mean loss) over ``loader``, summed over all ranks' samples."""
-    net.eval()
     correct = loss_sum = count = 0.0
-    with torch.no_grad():
+    with eval_mode(net), torch.no_grad():
         for x, y in loader:
-            x, y = _move(x, device), _move(y, device)
+            x, y = move_to(x, device), move_to(y, device)
             out = net(x)
             n = float(y.shape[0])
             loss_sum += float(loss_fn(out, y)) * n  # loss_fn returns the batch mean
@@ -255,7 +243,7 @@ class _Batches:
             except StopIteration:
                 self._it = None
                 continue
-            out.append((_move(x, self.device), _move(y, self.device)))
+            out.append((move_to(x, self.device), move_to(y, self.device)))
         if not out:
             raise ValueError("train_loader yielded no batch for calibration")
         return out
@@ -372,11 +360,19 @@ def finetune(
         checkpoint: Optional ``checkpoint(model, row)`` called after ``report`` every epoch
             (e.g. to keep the best model). Gates of the attention family are still attached
             at that point; they are folded only when ``finetune`` returns.
-        accuracy_target: Prune only while the target holds: before each pruning step the
-            model is evaluated on ``eval_loader``, and once its accuracy is below the target no
-            further pruning happens (the prune -> evaluate -> re-score loop of
-            sensitivity-based pruning, with the iterative schedule providing the rounds).
-            Rows then also carry ``pruning_stopped`` (0 or 1). ``None``: prune as scheduled.
+        accuracy_target: Keep only pruning rounds the model survives (the prune ->
+            evaluate -> re-score loop of sensitivity-based pruning, the schedule providing
+            the rounds). A round is judged after the fine-tuning that follows it: before
+            the next round, and at the end of training for the last one, the model is
+            evaluated on ``eval_loader``. If accuracy >= target the round is kept (and the
+            next one runs); otherwise the round is undone (masks, weights, buffers and
+            structure restored from a copy taken just before it: the same root module, its
+            submodules replaced by the copy's; the optimizer restarts) and
+            no further pruning happens. A dense model already below the target is never
+            pruned. So the model left when pruning ends met the target when last evaluated.
+            Rows then also carry ``pruning_stopped`` (0 or 1, from the epoch the stop
+            happened in). Not with the ``dynamic`` schedule or gate criteria (attention
+            family), which have no round to undo. ``None``: prune as scheduled.
 
     Returns:
         The pruned, fine-tuned model in eval mode; a ``DistributedDataParallel`` again if
@@ -397,6 +393,16 @@ def finetune(
               crit, steps_per_epoch)
     if accuracy_target is not None and not (_is_number(accuracy_target) and 0 <= accuracy_target <= 1):
         raise ValueError(f"accuracy_target must be a number in [0, 1] or None, got {accuracy_target!r}")
+    if accuracy_target is not None and schedule.name == "dynamic":
+        raise ValueError(
+            "accuracy_target needs pruning rounds to keep or undo (one_shot, iterative, gradual); "
+            "the dynamic schedule re-derives its masks instead"
+        )
+    if accuracy_target is not None and type(crit).attach is not Criterion.attach:
+        raise ValueError(
+            f"accuracy_target cannot undo a round of criterion {spec.criterion!r}: its gates train "
+            "across rounds; use a criterion without gates (e.g. sensitivity, taylor, magnitude)"
+        )
 
     # 1. Unwrap, move, make attention head-prunable (as prune would) before anything holds
     #    references to the parameters, then attach the criterion's gates / hooks.
@@ -404,8 +410,8 @@ def finetune(
     net = unwrap(model)
     if device is not None:
         net.to(device)
-    dev = _device_of(net)
-    example = _move(example_inputs, dev)
+    dev = device_of(net)
+    example = move_to(example_inputs, dev)
     convert_attention(net)
     reference = _prunable_weight_counts(net, example, spec.ignore)
     crit.attach(net)
@@ -438,12 +444,34 @@ def finetune(
     requested_units = 0.0  # cumulative fraction of original units the rule asked for
     pruned_once = False
     stopped = False  # accuracy_target fell: no more pruning
+    # accuracy_target: the model and bookkeeping as they were before the latest round, kept
+    # until the next check says whether that round is kept or undone.
+    before_round: tuple[nn.Module, tuple[Any, ...]] | None = None
+
+    def target_holds() -> bool:
+        # All-reduced accuracy of rank 0's buffers: every rank decides the same.
+        _dist.broadcast_buffers(net)
+        return _evaluate(net, eval_loader, loss_fn, dev)[0] >= accuracy_target  # type: ignore[operator]
+
+    def save_round() -> None:
+        nonlocal before_round
+        before_round = (copy.deepcopy(net), (units_now, requested_units, pruned_once))
+
+    def undo_round() -> None:
+        """Put the model back as it was before the latest round (in place: same root object)."""
+        nonlocal before_round, units_now, requested_units, pruned_once
+        assert before_round is not None
+        saved, (units_now, requested_units, pruned_once) = before_round
+        # The saved copy's submodules, parameters, buffers, masks and pruning hooks replace
+        # the pruned ones; the optimizer and DDP are rebuilt below (new parameters).
+        net.__dict__.clear()
+        net.__dict__.update(saved.__dict__)
+        before_round = None
 
     def prune_now(s: int) -> None:
         nonlocal units_orig, units_now, requested_units, pruned_once
         calibration = calib.take() if crit.needs_calibration else None
-        net.eval()
-        try:
+        with eval_mode(net):  # tracing and calibration leave BatchNorm statistics alone
             if dynamic and pruned_once:
                 crit.prepare(net, calibration)
                 regrow(net, crit, schedule.regrow_fraction, spec.scope)  # type: ignore[attr-defined]
@@ -463,8 +491,6 @@ def finetune(
                 threshold_rule=spec.threshold_rule, scope=spec.scope, example_inputs=example,
                 calibration=calibration, ignore=spec.ignore,
             )
-        finally:
-            net.train()
         if units_orig is None:
             units_orig = rep.units_before
         requested_now = rep.requested_fraction * rep.units_before
@@ -474,27 +500,35 @@ def finetune(
         units_now = rep.units_after
         pruned_once = True
 
-    # 3. Train.
+    # 3. Train. A model handed over in eval mode is switched to training once; a training
+    #    model keeps every submodule's own flag (a BatchNorm the user froze stays frozen).
+    if not net.training:
+        net.train()
     step = 0
     for epoch in range(1, epochs + 1):
         sampler = getattr(train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle every epoch
         loss_sum, batches = 0.0, 0
-        net.train()
         for x, y in train_loader:
             s = step - crit.warmup_steps
-            regrow_step = dynamic and pruned_once
-            if (s >= 0 and schedule.is_update_step(s) and accuracy_target is not None
-                    and not stopped and not regrow_step):
-                # Every rank sees the same all-reduced accuracy, so all stop together.
-                _dist.broadcast_buffers(net)
-                stopped = _evaluate(net, eval_loader, loss_fn, dev)[0] < accuracy_target
-                net.train()
-            if s >= 0 and schedule.is_update_step(s) and not stopped:
+            update = s >= 0 and schedule.is_update_step(s) and not stopped
+            undone = False
+            if update and accuracy_target is not None:
+                # The previous round has been fine-tuned until now: keep it if the target
+                # holds, else undo it and prune no more.
+                if target_holds():
+                    save_round()
+                else:
+                    stopped, update = True, False
+                    if before_round is not None:
+                        undo_round()
+                        undone = True
+            if update:
                 prune_now(s)
                 if dynamic and not straight.active and s < last_update:
                     straight.attach(net)
+            if update or undone:
                 new_signature = _signature(net, crit.trainable_parameters())
                 if new_signature != signature:
                     wrapped, opt = build(opt)
@@ -503,7 +537,7 @@ def finetune(
             if straight.active and s >= last_update:
                 straight.detach()  # masks are final: train the survivors only
 
-            x, y = _move(x, dev), _move(y, dev)
+            x, y = move_to(x, dev), move_to(y, dev)
             lr = optimizer.lr_at(step, total_steps)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -519,6 +553,15 @@ def finetune(
             loss_sum += float(loss.detach())
             batches += 1
             step += 1
+
+        if epoch == epochs and before_round is not None and not stopped:
+            # The last round has no next round to check it: check it now, before reporting.
+            if not target_holds():
+                stopped = True
+                undo_round()
+                wrapped, opt = build(opt)
+                signature = _signature(net, crit.trainable_parameters())
+                _dist.check_identical_across_ranks(net)
 
         # 4. Evaluate, measure, report (one model: rank 0's BatchNorm statistics everywhere).
         _dist.broadcast_buffers(net)

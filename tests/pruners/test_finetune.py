@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from sklearn.datasets import load_digits
@@ -236,16 +238,63 @@ def test_penalty_is_part_of_the_training_loss(digits):
     assert heavy[0]["train_loss"] > plain[0]["train_loss"] + 0.05
 
 
-def test_accuracy_target_stops_pruning_once_accuracy_falls_below_it(digits):
-    """Sensitivity pruning in rounds, continuing only while the accuracy target holds."""
+def _pretrained_mlp(digits) -> MLP:
+    train, _, _ = _loaders(digits, image=False)
+    model = MLP(hidden=64)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(5):
+        for x, y in train:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    return model
+
+
+def test_accuracy_target_undoes_the_round_that_breaks_it_and_stops(digits):
+    """Sensitivity pruning in rounds: the first round the model does not survive is undone.
+
+    Four rounds (sparsity 0.2475, 0.495, 0.7425, 0.99) one epoch apart on a trained MLP, with
+    a learning rate too small to recover: epoch k's row is the model after round k, exactly
+    the model the check before round k + 1 (or, for round 4, at the end) evaluates.
+    """
+    trained = _pretrained_mlp(digits)
+    sched = pruners.make_schedule("iterative", target=0.99, rounds=4, interval=STEPS)
+    spec = PruneSpec("sensitivity", "unstructured", amount=0.99)
+    slow = OptimizerConfig(name="sgd", lr=1e-5, momentum=0.0)
+
+    def run(target):
+        torch.manual_seed(0)
+        return _run(digits, spec, sched, image=False, model=copy.deepcopy(trained),
+                    optimizer=slow, epochs=4, accuracy_target=target)[1]
+
+    free = run(None)
+    acc = [r["accuracy"] for r in free]
+    assert [r["sparsity"] for r in free] == pytest.approx([0.2475, 0.495, 0.7425, 0.99], abs=0.01)
+    # The construction needs rounds 3 and 4 to cost accuracy.
+    assert acc[0] >= acc[1] > acc[2] + 0.02 and acc[2] > acc[3] + 0.02, acc
+
+    # Round 3 breaks a target between rounds 2 and 3: undone at the check before round 4.
+    target = (acc[1] + acc[2]) / 2
+    rows = run(target)
+    assert [r["pruning_stopped"] for r in rows] == [0, 0, 0, 1]
+    timed = {"latency_ms"}  # everything but the timing is the same run up to the check
+    assert [{k: v for k, v in r.items() if k not in timed} for r in rows[:3]] == [
+        {**{k: v for k, v in r.items() if k not in timed}, "pruning_stopped": 0} for r in free[:3]]
+    assert rows[3]["sparsity"] == free[1]["sparsity"]  # round 2's masks, round 3 undone
+    assert rows[3]["accuracy"] >= target  # tiny learning rate: still the round-2 model
+
+    # Round 4 breaks a target between rounds 3 and 4: undone at the end of training, so the
+    # last row is exactly the round-3 model (same masks, weights, accuracy).
+    target = (acc[2] + acc[3]) / 2
+    rows = run(target)
+    assert [r["pruning_stopped"] for r in rows] == [0, 0, 0, 1]
+    assert rows[3]["sparsity"] == free[2]["sparsity"]
+    assert rows[3]["accuracy"] == free[2]["accuracy"] >= target
+
+
+def test_accuracy_target_out_of_reach_prunes_nothing(digits):
     sched = pruners.make_schedule("iterative", target=0.3, rounds=3, interval=STEPS)
     spec = PruneSpec("sensitivity", "unstructured", amount=0.3)
-    # Rounds at steps 0, 20, 40: the untrained model (about 0.1) passes a 0.05 target at
-    # step 0, and a model after one epoch (above 0.6) passes it again: all three rounds run.
-    _, lenient, _ = _run(digits, spec, sched, image=False, accuracy_target=0.05)
-    assert lenient[-1]["sparsity"] == pytest.approx(0.3, abs=0.01)
-    assert [r["pruning_stopped"] for r in lenient] == [0, 0, 0]
-    # 0.99 is out of reach from the start: nothing is pruned, the rows say why.
     _, strict, _ = _run(digits, spec, sched, image=False, accuracy_target=0.99)
     assert [r["sparsity"] for r in strict] == [0.0, 0.0, 0.0]
     assert [r["pruning_stopped"] for r in strict] == [1, 1, 1]
@@ -274,6 +323,29 @@ def test_bad_configurations_raise_one_clear_error(digits):
     with pytest.raises(ValueError, match="accuracy_target"):
         finetune(MLP(), train, test, spec=PruneSpec("magnitude", amount=0.5), schedule=one_shot,
                  accuracy_target=1.5, **kw)
+    with pytest.raises(ValueError, match="accuracy_target needs pruning rounds"):
+        finetune(MLP(), train, test, spec=PruneSpec("magnitude", amount=0.5), schedule=dynamic,
+                 accuracy_target=0.5, **kw)
+    with pytest.raises(ValueError, match="cannot undo a round of criterion 'attention'"):
+        finetune(MLP(), train, test, spec=PruneSpec("attention", "structured", amount=0.5),
+                 schedule=one_shot, accuracy_target=0.5, **kw)
+
+
+def test_a_batchnorm_the_user_froze_stays_frozen_through_pruning_and_evaluation(digits):
+    model = ResidualCNN(width=12)
+    model.train()
+    model.bn1.eval()  # frozen statistics: fine-tuning must not switch it back
+    frozen = model.bn1.running_mean.clone()
+    seen: list[bool] = []
+    model.bn1.register_forward_pre_hook(lambda m, args: seen.append(m.training))
+    sched = pruners.make_schedule("iterative", target=0.5, rounds=2, interval=STEPS)
+    _run(digits, PruneSpec("taylor", "structured", amount=0.5), sched, image=True, model=model,
+         epochs=2, accuracy_target=0.0)
+    assert seen and not any(seen)  # training steps, calibration, evaluation: all eval mode
+    kept = model.bn1.running_mean
+    # Structured pruning removed channels; the surviving ones kept their statistics.
+    assert kept.numel() < frozen.numel()
+    assert all(bool((frozen == v).any()) for v in kept)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
