@@ -64,11 +64,7 @@ def dense_loop(config: dict[str, Any]) -> None:
     setup = worker_setup(config["search"], config.get("initial_state"))
     cfg, model, device = setup.cfg, setup.model, setup.device
     epochs = 0 if config.get("initial_state") is not None else cfg.dense.epochs
-    o = cfg.dense.optimizer
-    # Cosine decay to 0 over all steps: the baseline ends at a settled point rather than
-    # wherever a constant, noisy learning rate leaves the last epoch.
-    opt_cfg = pruners.OptimizerConfig(name=o.name, lr=cfg.dense.lr, momentum=o.momentum,
-                                      weight_decay=o.weight_decay, lr_schedule="cosine")
+    opt_cfg = cfg.dense.optimizer.build(cfg.dense.lr)  # a pruners.OptimizerConfig
     opt = opt_cfg.build(model.parameters())
     total_steps = epochs * len(setup.train_loader)
     step = 0

@@ -238,8 +238,7 @@ def train_trial(config: dict[str, Any]) -> TrialOutcome:
         criterion=trial.criterion, granularity=trial.granularity, amount=trial.amount,
         threshold_rule=trial.threshold_rule, scope=trial.scope, params=dict(trial.criterion_params),
     )
-    o = cfg.search.optimizer
-    optimizer = pruners.OptimizerConfig(name=o.name, lr=trial.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    optimizer = cfg.search.optimizer.build(trial.lr)  # a pruners.OptimizerConfig
     record = trial.record()
     rule = BestModelRule()
     rows: list[dict[str, Any]] = []

@@ -72,18 +72,16 @@ def head_cluster():
                 time.sleep(1)
         yield url, token
     finally:
-        # Stop only what this fixture started: SIGTERM to `ray start --block` (its reaper
-        # takes the Ray processes down), then SIGKILL to whatever is left in its group.
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        # Stop only what this fixture started: its process group (the session created for
+        # `ray start`, holding the cluster's processes): SIGTERM, a short grace, SIGKILL.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.time() + 5
+            while time.time() < deadline and proc.poll() is None:
+                time.sleep(0.2)
         proc.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

@@ -37,7 +37,7 @@ def test_resume_after_kill_9(ray_address: str, tmp_path: Path) -> None:
     cfg = {
         "name": "resume",
         "data": {"dataset": "digits"},
-        "dense": {"epochs": 3},
+        "dense": {"epochs": 3, "optimizer": {"name": "sgd", "lr_schedule": "cosine"}},
         "search": {
             "algorithm": "grid", "num_samples": 1, "epochs": 2,
             "space": {"criterion": ["magnitude"], "granularity": ["unstructured"], "schedule": ["one_shot"],

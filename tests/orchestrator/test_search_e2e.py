@@ -24,7 +24,7 @@ def tiny_config(path: Path, **overrides) -> Path:
         "name": "e2e",
         "data": {"dataset": "digits", "batch_size": 64},
         "model": {"name": "small_cnn"},
-        "dense": {"epochs": 10, "lr": 0.05},
+        "dense": {"epochs": 10, "lr": 0.05, "optimizer": {"name": "sgd", "lr_schedule": "cosine"}},
         "search": {
             "algorithm": "grid",
             "num_samples": 1,
