@@ -97,8 +97,9 @@ def run(cfg: Any, args: Any) -> int:
     # 2. Ray: embedded or attached; check that trials fit this cluster.
     runtime = ray_runtime.init(args.address)
     _say(f"using the {runtime.describe()} ({time.time() - t0:.1f} s)")
-    if runtime.in_job and not args.resuming and str(out).startswith(os.getcwd()) and cfg.output is None:
-        _say("warning: the output is inside the job's temporary working directory; pass --output /shared/path")
+    if runtime.in_job and Path(out).resolve().is_relative_to(Path.cwd().resolve()):
+        # A submitted job's driver runs in a temporary copy of the working directory.
+        _say("warning: the output is inside the job's temporary working directory; pass an absolute --output")
     plan = args.plan
     if plan is None:
         from orchestrator.plan import make_plan
