@@ -116,21 +116,23 @@ class LedgerWriter:
         with self._lock:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "a", encoding="utf-8")
+                self.path.touch()
                 self._repair_torn_tail()
+                self._file = open(self.path, "a", encoding="utf-8")
             self._file.write(line)
             self._file.flush()
             os.fsync(self._file.fileno())
 
     def _repair_torn_tail(self) -> None:
-        # A driver killed mid-write leaves a last line without its newline; readers skip
-        # it, but appending after it would glue the next event onto it.
-        if self.path.stat().st_size == 0:
-            return
-        with open(self.path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                self._file.write("\n")
+        # A driver killed mid-write leaves a last line without its newline: an event that
+        # was never acknowledged. Readers skip it, but appending after it would glue the
+        # next event onto it, so it is cut off.
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+                f.flush()
+                os.fsync(f.fileno())
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,151 @@
+"""The ledger callback, driven with fake Tune trials (no cluster): what lands in
+results.jsonl, how trial ends are classified, torn lines, resume skips, model copies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from orchestrator.ledger import LedgerCallback, LedgerWriter, finished_trials, read_events
+from reports.ledger import read_experiment
+
+CONFIG = {  # a sampled flat Tune config (keys of config.flat_space)
+    "method": "taylor+structured+gradual", "scope": "global", "threshold_rule": "fraction",
+    "amount": 0.5, "lr": 0.01, "epochs": 3,
+    "schedule.gradual.start_epoch": 0.0, "schedule.gradual.end_epoch": 0.8,
+    "schedule.gradual.interval_epochs": 0.2, "schedule.gradual.initial": 0.0,
+    "schedule.one_shot.unused": 1,
+}
+
+
+def trial(tid: str, error_file: str | None = None) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=tid, config=dict(CONFIG), last_result={}, error_file=error_file)
+
+
+def result(epoch: int, **extra) -> dict:
+    row = {"epoch": epoch, "accuracy": 0.9, "loss": 0.3, "train_loss": 0.4, "sparsity": 0.5,
+           "requested_sparsity": 0.5, "flops": 100, "flops_sparse": 50.0, "params": 10, "params_nonzero": 5,
+           "size_bytes": 40, "latency_ms": 0.1, "step": 10 * epoch, "units_pruned": 0.5, "startup_s": 12.0}
+    # What Tune adds around the trial's own keys; none of it belongs in the ledger.
+    return {**row, "training_iteration": epoch, "time_total_s": 5.0 * epoch, "config": dict(CONFIG),
+            "trial_id": "x", "done": False, "hostname": "h", **extra}
+
+
+class FakeScheduler:
+    def stop_reason(self, trial_id: str) -> str | None:
+        return "asha: below the cutoff" if trial_id == "b" else None
+
+
+def test_result_and_status_lines(tmp_path: Path) -> None:
+    cb = LedgerCallback(tmp_path, scheduler=FakeScheduler(), max_epochs=3)
+    cb.setup()
+    a, b = trial("a"), trial("b")
+    for ep in (1, 2, 3):
+        cb.on_trial_result(0, [], a, result(ep))
+    cb.on_trial_complete(0, [], a)
+    cb.on_trial_result(0, [], b, result(1))
+    cb.on_trial_complete(0, [], b)
+    events = read_events(tmp_path / "results.jsonl")
+    assert [(e["type"], e["trial_id"]) for e in events] == [
+        ("result", "a"), ("result", "a"), ("result", "a"), ("status", "a"), ("result", "b"), ("status", "b")]
+    first = events[0]
+    # Metrics, extras and the decoded config (only the chosen schedule's parameters).
+    assert first["config"] == {"criterion": "taylor", "granularity": "structured", "scope": "global",
+                               "threshold_rule": "fraction", "amount": 0.5, "schedule": "gradual", "lr": 0.01,
+                               "epochs": 3, "schedule.start_epoch": 0.0, "schedule.end_epoch": 0.8,
+                               "schedule.interval_epochs": 0.2, "schedule.initial": 0.0}
+    assert first["startup_s"] == 12.0 and first["time_total_s"] == 5.0
+    assert not {"training_iteration", "done", "hostname"} & set(first)
+    assert events[3] == {"type": "status", "trial_id": "a", "status": "completed", "reason": "ran all 3 epochs",
+                         "config": first["config"]}
+    assert events[5]["status"] == "stopped" and events[5]["reason"] == "asha: below the cutoff"
+    # The reports read it as it is.
+    exp = read_experiment(tmp_path)
+    assert len(exp.results) == 4 and dict(zip(exp.statuses["trial_id"], exp.statuses["status"])) == {
+        "a": "completed", "b": "stopped"}
+
+
+def test_errored_trial_keeps_the_exception_line(tmp_path: Path) -> None:
+    err = tmp_path / "error.txt"
+    err.write_text("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                   "ray.exceptions.RayTaskError: boom\nValueError: schedule 'iterative' does not fit\n")
+    cb = LedgerCallback(tmp_path)
+    cb.setup()
+    cb.on_trial_error(0, [], trial("e", error_file=str(err)))
+    (status,) = read_events(tmp_path / "results.jsonl")
+    assert status["status"] == "errored" and status["reason"] == "ValueError: schedule 'iterative' does not fit"
+
+
+def test_torn_last_line_is_cut_before_appending(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps({"type": "status", "trial_id": "a", "status": "completed"}) + "\n" + '{"type": "res')
+    LedgerWriter(path).append({"type": "status", "trial_id": "b", "status": "stopped"})
+    assert [e["trial_id"] for e in read_events(path)] == ["a", "b"]
+    assert path.read_text().endswith("\n") and path.read_text().count("\n") == 2
+
+
+def test_resume_skips_finished_trials_only(tmp_path: Path) -> None:
+    first = LedgerCallback(tmp_path, max_epochs=3)
+    first.setup()
+    done, cut, retried = trial("done"), trial("cut"), trial("retried")
+    for ep in (1, 2, 3):
+        first.on_trial_result(0, [], done, result(ep))
+    first.on_trial_complete(0, [], done)
+    first.on_trial_result(0, [], cut, result(1))  # running when the driver died
+    first.on_trial_error(0, [], retried)           # errored before any result
+    assert set(finished_trials(tmp_path / "results.jsonl")) == {"done", "retried"}
+
+    again = LedgerCallback(tmp_path, max_epochs=3)
+    again.setup()
+    assert again.skip == {"done"}  # finished with results: replayed, never written again
+    again.on_trial_result(0, [], done, result(3))
+    again.on_trial_complete(0, [], done)
+    for ep in (1, 2, 3):
+        again.on_trial_result(0, [], cut, result(ep))
+    again.on_trial_complete(0, [], cut)
+    events = read_events(tmp_path / "results.jsonl")
+    assert sum(e["trial_id"] == "done" for e in events) == 4  # 3 results + 1 status, as before
+    assert [e["epoch"] for e in events if e["trial_id"] == "cut" and e["type"] == "result"] == [1, 1, 2, 3]
+    exp = read_experiment(tmp_path)
+    assert dict(zip(exp.statuses["trial_id"], exp.statuses["status"]))["cut"] == "completed"
+
+
+def test_reported_checkpoint_is_copied_to_models(tmp_path: Path) -> None:
+    ckpt = tmp_path / "storage" / "checkpoint_000000"
+    ckpt.mkdir(parents=True)
+    (ckpt / "model.pt2").write_bytes(b"first")
+    cb = LedgerCallback(tmp_path / "exp", max_epochs=3)
+    cb.setup()
+    t = trial("m")
+    cb.on_trial_result(0, [], t, result(1, checkpoint_path=str(ckpt)))
+    assert (tmp_path / "exp" / "models" / "m" / "model.pt2").read_bytes() == b"first"
+    ckpt2 = tmp_path / "storage" / "checkpoint_000001"
+    ckpt2.mkdir()
+    (ckpt2 / "model.pt2").write_bytes(b"better")
+    cb.on_trial_result(0, [], t, result(2))  # no new checkpoint: the kept model stays
+    cb.on_trial_result(0, [], t, result(3, checkpoint_path=str(ckpt2)))
+    assert (tmp_path / "exp" / "models" / "m" / "model.pt2").read_bytes() == b"better"
+
+
+def test_callback_survives_pickling_without_its_open_file(tmp_path: Path) -> None:
+    import pickle
+
+    cb = LedgerCallback(tmp_path)
+    cb.setup()
+    cb.on_trial_result(0, [], trial("p"), result(1))
+    clone = pickle.loads(pickle.dumps(cb))  # Tune pickles callbacks into tuner.pkl
+    clone.setup()
+    clone.on_trial_result(0, [], trial("p"), result(2))
+    assert [e["epoch"] for e in read_events(tmp_path / "results.jsonl")] == [1, 2]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_metrics_become_null(tmp_path: Path, value: float) -> None:
+    cb = LedgerCallback(tmp_path)
+    cb.setup()
+    cb.on_trial_result(0, [], trial("n"), result(1, loss=value))
+    (event,) = read_events(tmp_path / "results.jsonl")
+    assert event["loss"] is None
