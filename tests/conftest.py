@@ -47,3 +47,21 @@ def _ray_for_marked_tests(request):
     if request.node.get_closest_marker("ray") is not None:
         request.getfixturevalue("ray_session")
     yield
+
+
+_LAST_RAY_TEST: list[str] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    ray_items = [item.nodeid for item in items if item.get_closest_marker("ray") is not None]
+    _LAST_RAY_TEST[:] = ray_items[-1:]
+
+
+def pytest_runtest_teardown(item, nextitem):
+    # The shared Ray idles on the 2 cores (raylet, GCS, dashboard) for the rest of the
+    # session otherwise: stop it once the last test that needs it is done.
+    if _LAST_RAY_TEST and item.nodeid == _LAST_RAY_TEST[0] and "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
