@@ -47,13 +47,14 @@ def head_cluster():
     gcs, dash, agent, client, agent_grpc, metrics, env_agent = _free_ports(7)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "PYTHONPATH"}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    log = open(os.path.join(temp_dir, "ray-start.log"), "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--num-cpus=2",
          f"--port={gcs}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
          f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
          f"--ray-client-server-port={client}", f"--metrics-export-port={metrics}",
          f"--runtime-env-agent-port={env_agent}", f"--temp-dir={temp_dir}", "--include-dashboard=true"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: stopped below by that group's id
     )
     url = f"http://127.0.0.1:{dash}"
@@ -62,7 +63,7 @@ def head_cluster():
 
         deadline = time.time() + 120
         while True:
-            assert proc.poll() is None, proc.stdout.read()
+            assert proc.poll() is None, Path(log.name).read_text()[-3000:]
             try:
                 JobSubmissionClient(url, headers={"Authorization": f"Bearer {token}"}).list_jobs()
                 break
@@ -83,6 +84,7 @@ def head_cluster():
             while time.time() < deadline and proc.poll() is None:
                 time.sleep(0.2)
         proc.wait()
+        log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
