@@ -106,7 +106,9 @@ class OptimizerConfig:
 
     Attributes:
         name: ``sgd``, ``adam`` or ``adamw``.
-        lr: Peak learning rate (> 0).
+        lr: Peak learning rate (>= 0). 0 prunes without fine-tuning: no weight moves (not
+            even by weight decay), though BatchNorm statistics still follow the training
+            batches; the baseline a search compares real fine-tuning against.
         momentum: SGD momentum in [0, 1) (ignored by Adam).
         weight_decay: L2 / decoupled weight decay (>= 0).
         nesterov: SGD Nesterov momentum (needs momentum > 0).
@@ -124,7 +126,7 @@ class OptimizerConfig:
         check_choice("optimizer", self.name, OPTIMIZERS)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         for key, ok, allowed in (
-            ("lr", _is_number(self.lr) and self.lr > 0, "a number > 0"),
+            ("lr", _is_number(self.lr) and self.lr >= 0, "a number >= 0 (0 = prune without fine-tuning)"),
             ("momentum", _is_number(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)"),
             ("weight_decay", _is_number(self.weight_decay) and self.weight_decay >= 0, ">= 0"),
         ):

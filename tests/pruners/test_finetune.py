@@ -250,6 +250,28 @@ def _pretrained_mlp(digits) -> MLP:
     return model
 
 
+def test_learning_rate_zero_prunes_without_fine_tuning(digits):
+    """lr 0 (the search's "no fine-tuning" point): the survivors keep their dense values
+    exactly, despite SGD momentum and weight decay, and the row reports the pruned model."""
+    dense = _pretrained_mlp(digits)
+    sched = pruners.make_schedule("one_shot", target=0.8)
+    spec = PruneSpec("magnitude", "unstructured", amount=0.8)
+    frozen = OptimizerConfig(name="sgd", lr=0.0, momentum=0.9, weight_decay=5e-4)
+    model, rows, _ = _run(digits, spec, sched, image=False, model=copy.deepcopy(dense),
+                          optimizer=frozen, epochs=1)
+    assert rows[-1]["sparsity"] == pytest.approx(0.8, abs=0.01)
+    removed = 0
+    for before, after in zip(dense.modules(), model.modules()):
+        if isinstance(before, nn.Linear):
+            kept = after.weight != 0
+            removed += int((~kept).sum())
+            assert torch.equal(after.weight[kept], before.weight[kept])
+            assert torch.equal(after.bias, before.bias)
+        elif isinstance(before, nn.BatchNorm1d):
+            assert torch.equal(after.weight, before.weight) and torch.equal(after.bias, before.bias)
+    assert removed > 0.5 * sum(m.weight.numel() for m in dense.modules() if isinstance(m, nn.Linear))
+
+
 def test_accuracy_target_undoes_the_round_that_breaks_it_and_stops(digits):
     """Sensitivity pruning in rounds: the first round the model does not survive is undone.
 
@@ -363,8 +385,9 @@ def test_prune_spec_validates(kwargs, match):
 def test_optimizer_config_validates_and_schedules_the_learning_rate():
     with pytest.raises(ValueError, match="valid choices: adam, adamw, sgd"):
         OptimizerConfig(name="rmsprop")
-    with pytest.raises(ValueError, match="lr"):
-        OptimizerConfig(lr=0)
+    with pytest.raises(ValueError, match=r"optimizer lr must be a number >= 0 .*got -0.1"):
+        OptimizerConfig(lr=-0.1)
+    assert OptimizerConfig(lr=0, lr_schedule="cosine").lr_at(0, 4) == 0.0  # 0 = no fine-tuning
     with pytest.raises(ValueError, match="momentum"):
         OptimizerConfig(momentum=1.0)
     cos = OptimizerConfig(lr=0.2, lr_schedule="cosine")
