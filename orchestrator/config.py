@@ -640,9 +640,9 @@ class SpaceConfig:
         if isinstance(self.amount, Range) and self.amount.integer:
             raise ConfigError("search.space.amount: must be a real number; drop int: true")
         _check_numbers("search.space.amount", self.amount, lambda k, v: _need_number(k, v))
-        _check_numbers(
-            "search.space.lr", self.lr, lambda k, v: _need_number(k, v, minimum=0.0, exclusive_min=True)
-        )
+        # lr 0 is allowed: prune without fine-tuning (the baseline fine-tuning must beat).
+        # A log range cannot start at 0 (parse_param refuses it); list 0 as a choice instead.
+        _check_numbers("search.space.lr", self.lr, lambda k, v: _need_number(k, v, minimum=0.0))
         _check_names("search.space.criterion", self.criterion, _criteria())
         _check_names("search.space.granularity", self.granularity, _granularities())
         _check_names("search.space.scope", self.scope, _scopes())
@@ -719,6 +719,8 @@ def _check_schedule_params(params: Mapping[str, Mapping[str, Param]], max_epochs
                     _need_number(key, v, minimum=0.0, maximum=1.0, exclusive_max=(p == "initial"))
                 elif p == "interval_epochs":
                     _need_number(key, v, minimum=0.0, exclusive_min=True)
+                elif p == "end_epoch" and sched == "gradual":
+                    _need_number(key, v, minimum=0.0)  # < epochs: _check_schedules_fit
                 elif p in ("start_epoch", "end_epoch"):
                     _need_number(key, v, minimum=0.0, maximum=max_epochs)
         start, end = table.get("start_epoch"), table.get("end_epoch")
@@ -728,6 +730,49 @@ def _check_schedule_params(params: Mapping[str, Mapping[str, Param]], max_epochs
                     f"search.schedule_params.{sched}: start_epoch {_fmt(start.value)} is not before "
                     f"end_epoch {_fmt(end.value)}; start_epoch must be < end_epoch"
                 )
+
+
+def _target_epoch(sched: str, table: Mapping[str, Param]) -> tuple[float, str] | None:
+    """The latest fine-tune epoch at which ``sched`` may reach its target (over every value
+    its parameters can take), and how that epoch comes about; None if not known here."""
+
+    def most(p: str) -> float:
+        return float(max(_values_of(table[p])))
+
+    if sched in ("one_shot", "dynamic"):
+        return 0.0, "it prunes to the target at the start"
+    if sched == "iterative" and "rounds" in table and "interval_epochs" in table:
+        rounds, interval = int(most("rounds")), most("interval_epochs")
+        return (rounds - 1) * interval, (
+            f"its last round ((rounds {rounds} - 1) x interval_epochs {_fmt(interval)}) prunes at epoch "
+            f"{_fmt((rounds - 1) * interval)}"
+        )
+    if sched == "gradual" and "end_epoch" in table:
+        end = most("end_epoch")
+        return end, f"its ramp ends at end_epoch {_fmt(end)}"
+    return None
+
+
+def _check_schedules_fit(
+    params: Mapping[str, Mapping[str, Param]], schedules: Iterable[str], min_epochs: int
+) -> None:
+    """Refuse a schedule that reaches its target only after fine-tuning ends.
+
+    ``pruners.finetune`` refuses such a schedule inside the trial (after Ray has started);
+    here the same rule is applied in epoch units, against the shortest fine-tuning any trial
+    may draw. ``schedule_kwargs`` rounds epochs down to steps, so a schedule that fits here
+    fits in steps too (barring intervals shorter than one step, or a criterion's warm-up
+    steps, which are only known in the trial).
+    """
+    for sched in schedules:
+        found = _target_epoch(sched, params.get(sched, {}))
+        if found is None or found[0] < min_epochs:
+            continue
+        raise ConfigError(
+            f"search.schedule_params.{sched}: {found[1]}, not before fine-tuning ends "
+            f"(search.epochs {min_epochs}); the target must be reached before the last epoch ends, "
+            "so shorten the schedule or raise search.epochs"
+        )
 
 
 @dataclass(frozen=True)
@@ -784,6 +829,8 @@ class SearchSettings:
         object.__setattr__(self, "criterion_params", cp)
 
         methods = valid_methods(self)  # raises when the space has no valid combination
+        # Only the schedules the space can sample must fit (the others keep their defaults).
+        _check_schedules_fit(sp, sorted({m[2] for m in methods}), int(min(_values_of(self.epochs))))
         if self.algorithm == "grid":
             for key, p in flat_space(self, methods).items():
                 if isinstance(p, Range):
@@ -1289,7 +1336,7 @@ def schedule_kwargs(
 
     The config states schedule timing in epochs (``interval_epochs``, ``end_epoch``) because
     steps per epoch depend on the dataset, batch size and number of DDP workers; this turns
-    them into steps once those are known. Intervals are at least one step.
+    them into steps once those are known (rounded down). Intervals are at least one step.
 
     Args:
         schedule: Schedule name.
@@ -1303,7 +1350,9 @@ def schedule_kwargs(
     total = steps_per_epoch * epochs
 
     def steps(e: float) -> int:
-        return min(total, int(round(float(e) * steps_per_epoch)))
+        # Rounded down (1e-9 absorbs float error, e.g. 0.29 * 100): a schedule that reaches its
+        # target before the last epoch ends (what the config checks) then does so in steps too.
+        return min(total, math.floor(float(e) * steps_per_epoch + 1e-9))
 
     def interval(e: float) -> int:
         return max(1, steps(e))

@@ -80,7 +80,7 @@ def test_round_trip_keeps_searched_values_of_every_kind():
             "algorithm": "random",
             "epochs": {"low": 1, "high": 4, "int": True},
             "space": {"amount": [0.2, 0.5], "lr": 0.01, "criterion": ["slimming", "magnitude"]},
-            "schedule_params": {"gradual": {"end_epoch": {"low": 0.5, "high": 1.0}}},
+            "schedule_params": {"gradual": {"end_epoch": {"low": 0.5, "high": 0.9}}},  # < 1 epoch
             "criterion_params": {"slimming": {"penalty": {"low": 1e-5, "high": 1e-3, "log": True}}},
         },
         resources={"cluster": {"nodes": 2, "cpus": 8, "gpus": 1}, "use_gpu": True},
@@ -219,11 +219,20 @@ def test_parse_param_errors(raw, fragment):
         ({"search": {"space": {"scope": ["local"]}}}, "search.space.scope: unknown value 'local'; valid choices: global, layerwise"),
         ({"search": {"space": {"amount": {"low": 0.5, "high": 1.0}}}}, "search.space.amount: 1.0 is invalid for threshold_rule fraction; must be in [0, 1)"),
         ({"search": {"space": {"amount": [-0.1]}}}, "search.space.amount: -0.1 is invalid for threshold_rule fraction"),
-        ({"search": {"space": {"lr": [0.0]}}}, "search.space.lr: 0.0 is out of range; must be > 0"),
+        ({"search": {"space": {"lr": [0.0, -0.01]}}}, "search.space.lr: -0.01 is out of range; must be >= 0"),
+        ({"search": {"space": {"lr": {"low": 0, "high": 0.05, "log": True}}}}, "search.space.lr: a log range starts at 0; it needs low > 0"),
         ({"search": {"space": {"criterion": {"low": 0, "high": 1}}}}, "search.space.criterion: a range needs numbers"),
         ({"search": {"space": {"granularity": []}}}, "search.space.granularity: the choice list is empty"),
         ({"search": {"schedule_params": {"gradual": {"ramp": 2}}}}, "search.schedule_params.gradual.ramp: unknown parameter; allowed: start_epoch, end_epoch, interval_epochs, initial"),
-        ({"search": {"schedule_params": {"gradual": {"end_epoch": 5}}}}, "search.schedule_params.gradual.end_epoch: 5 is out of range; must be in [0.0, 3.0]"),
+        ({"search": {"schedule_params": {"gradual": {"end_epoch": 5}}}}, "search.schedule_params.gradual: its ramp ends at end_epoch 5.0, not before fine-tuning ends (search.epochs 3); the target must be reached before the last epoch ends"),
+        # Exactly at the end is too late as well: the target must be trained on.
+        ({"search": {"schedule_params": {"gradual": {"end_epoch": 3}}}}, "search.schedule_params.gradual: its ramp ends at end_epoch 3.0, not before fine-tuning ends (search.epochs 3)"),
+        # Against the shortest searched epochs and the latest searched end.
+        ({"search": {"epochs": [1, 3], "schedule_params": {"gradual": {"end_epoch": [0.5, 1.5]}}}}, "search.schedule_params.gradual: its ramp ends at end_epoch 1.5, not before fine-tuning ends (search.epochs 1)"),
+        ({"search": {"space": {"schedule": ["iterative"]}, "schedule_params": {"iterative": {"rounds": 7, "interval_epochs": 0.5}}}},
+         "search.schedule_params.iterative: its last round ((rounds 7 - 1) x interval_epochs 0.5) prunes at epoch 3.0, not before fine-tuning ends (search.epochs 3)"),
+        ({"search": {"space": {"schedule": ["iterative"]}, "epochs": {"low": 1, "high": 3, "int": True}, "schedule_params": {"iterative": {"rounds": [2, 3], "interval_epochs": 0.5}}}},
+         "search.schedule_params.iterative: its last round ((rounds 3 - 1) x interval_epochs 0.5) prunes at epoch 1.0, not before fine-tuning ends (search.epochs 1)"),
         ({"search": {"schedule_params": {"gradual": {"start_epoch": 0.5, "end_epoch": 0.5}}}}, "start_epoch 0.5 is not before end_epoch 0.5; start_epoch must be < end_epoch"),
         ({"search": {"schedule_params": {"iterative": {"rounds": 0}}}}, "search.schedule_params.iterative.rounds: 0 is too small"),
         ({"search": {"schedule_params": {"cubic": {}}}}, "search.schedule_params: unknown value 'cubic'; valid choices: dynamic, gradual, iterative, one_shot"),
@@ -287,7 +296,7 @@ def test_grid_search_refuses_ranges_and_names_the_key():
             search={
                 "algorithm": "grid",
                 "space": {"amount": [0.5], "lr": [0.01]},
-                "schedule_params": {"gradual": {"end_epoch": {"low": 0.5, "high": 1.0}}},
+                "schedule_params": {"gradual": {"end_epoch": {"low": 0.5, "high": 0.9}}},  # < 1 epoch
             }
         )
 
@@ -397,6 +406,41 @@ def test_schedule_kwargs_build_the_pruners_schedule(name):
         "dynamic": {"target": 0.6, "interval": 2, "regrow_fraction": 0.1, "end_step": 30},
     }[name]
     assert kw == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "steps_per_epoch"),
+    [
+        # Just inside one epoch; rounding to the nearest step would put the last pruning
+        # step at the very end (step 4 of 4, step 10 of 10), which pruners.finetune refuses.
+        ("iterative", {"rounds": 3, "interval_epochs": 0.45}, 4),
+        ("gradual", {"start_epoch": 0.0, "end_epoch": 0.95, "interval_epochs": 0.2, "initial": 0.0}, 10),
+    ],
+)
+def test_a_schedule_the_config_accepts_reaches_its_target_before_training_ends(name, params, steps_per_epoch):
+    cfg = make(search={"epochs": 1, "space": {"schedule": [name]}, "schedule_params": {name: params}})
+    fixed = {p: v.value for p, v in cfg.search.schedule_params[name].items()}
+    kw = schedule_kwargs(name, fixed, target=0.6, steps_per_epoch=steps_per_epoch, epochs=1)
+    sched = pruners.make_schedule(name, **kw)
+    # The target is scheduled by the last step, so the last pruning step is not after it.
+    assert sched.sparsity_at(steps_per_epoch - 1) == pytest.approx(0.6)
+
+
+def test_an_unused_schedule_need_not_fit():
+    # iterative's defaults (3 rounds every 0.5 epochs) do not fit in 1 epoch, but the space
+    # never samples iterative.
+    cfg = make(search={"epochs": 1, "space": {"schedule": ["one_shot"]}})
+    assert cfg.search.max_epochs == 1
+
+
+def test_learning_rate_zero_means_prune_without_fine_tuning():
+    cfg = make(search={"space": {"lr": [0, 0.01]}})
+    assert flat_space(cfg.search)["lr"] == C.Choice((0, 0.01))
+    fixed = make(search={"space": {"lr": 0}})
+    assert flat_space(fixed.search)["lr"] == C.Fixed(0)
+    # A uniform (not log) range may start at 0.
+    assert make(search={"space": {"lr": {"low": 0, "high": 0.05}}}).search.space.lr == C.Range(0.0, 0.05)
+    assert cfg.search.optimizer.build(0).lr == 0.0
 
 
 def test_schedule_kwargs_keep_intervals_at_least_one_step():
