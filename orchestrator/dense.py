@@ -182,6 +182,9 @@ def run_dense(
 
     from orchestrator.ledger import copy_from_storage, write_json
 
+    from orchestrator.ray_runtime import pin_cluster_address
+
+    pin_cluster_address()
     trainer = TorchTrainer(
         dense_loop,
         train_loop_config={"search": search, "initial_state": initial_state},

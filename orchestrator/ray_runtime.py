@@ -26,7 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RayRuntime", "TRAIN_ENV", "cluster_resources", "code_is_installed", "init", "repo_root"]
+__all__ = [
+    "RayRuntime", "TRAIN_ENV", "cluster_resources", "code_is_installed", "init", "pin_cluster_address",
+    "repo_root",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +162,29 @@ def init(address: str | None, *, num_cpus: float | None = None, quiet: bool = Tr
         )
     dashboard = getattr(ctx, "dashboard_url", None) if ctx is not None else None
     return RayRuntime(address=address or None, local=not address, in_job=in_job, dashboard_url=dashboard or None)
+
+
+def pin_cluster_address() -> None:
+    """Make the Train job started from this process find *its* cluster, whatever else runs.
+
+    Call in a connected process before building a ``TorchTrainer``. Train's controller
+    starts a detached ``PlacementGroupCleaner`` that frees a run's worker placement group
+    when the controller dies (which is how an ASHA-stopped trial ends). The cleaner finds
+    the cluster through ``RAY_ADDRESS`` or by scanning the machine; with two Ray instances
+    on one machine (two searches, or a search beside a test cluster) the scan fails, the
+    cleaner dies, the stopped trial's placement group is never freed, and later trials
+    wait for CPUs forever. Setting ``RAY_ADDRESS`` and adding it to the variables Train
+    propagates to its controller (whose children inherit them) makes the lookup exact.
+    """
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    try:  # a private set in Ray 2.60; without it the cleaner scans as before
+        from ray.train.v2._internal import constants
+
+        constants.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
+    except (ImportError, AttributeError):
+        logger.debug("cannot propagate RAY_ADDRESS to Ray Train's controller")
 
 
 def cluster_resources() -> Any:

@@ -78,6 +78,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         tune.report({k: v for k, v in done.items() if k not in _NOT_METRICS and v is not None})
         return
 
+    from orchestrator.ray_runtime import pin_cluster_address
+
+    pin_cluster_address()
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={"search": ctx.search, "trial": dict(config), "dense_state": ctx.dense_state,
