@@ -36,7 +36,7 @@ from pruners._attention import convert_attention
 from pruners._dynamic import StraightThrough, regrow
 from pruners.criteria import Criterion, list_criteria, make_criterion
 from pruners.criteria.base import eval_mode
-from pruners.measure import as_tuple, measure, unwrap
+from pruners.measure import measure, unwrap
 from pruners.prune import GRANULARITIES, SCOPES, PruneReport, find_classifier, prune
 from pruners.registry import check_choice
 from pruners.schedules import Schedule
