@@ -49,7 +49,9 @@ __all__ = [
     "locate",
     "prepare",
     "read_cifar_batch",
+    "read_digits",
     "read_idx",
+    "stratified_split",
 ]
 
 #: Fixed seed of the digits train/held-out split (independent of the experiment seed).
@@ -337,21 +339,79 @@ class Datasets:
         return torch.stack(xs)
 
 
-def _digits(cfg: DataConfig) -> tuple[Dataset, Dataset, int]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+def _digits_file() -> Path | None:
+    """scikit-learn's ``datasets/data/digits.csv.gz``, found without importing scikit-learn
+    (whose import, with SciPy, costs every Train worker about 2 s)."""
+    import importlib.util
 
-    x, y = load_digits(return_X_y=True)
-    x_tr, x_ev, y_tr, y_ev = train_test_split(
-        x, y, test_size=DIGITS_HELD_OUT, random_state=DIGITS_SPLIT_SEED, stratify=y
-    )
-    x_tr = torch.tensor(x_tr, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-    x_ev = torch.tensor(x_ev, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    try:
+        spec = importlib.util.find_spec("sklearn")
+    except (ImportError, ValueError):
+        return None
+    for root in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(root, "datasets", "data", "digits.csv.gz")
+        if path.is_file():
+            return path
+    return None
+
+
+def read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 1797 digits as ``(x (n, 64) float64 in 0..16, y (n,) int64)``, the same arrays as
+    ``sklearn.datasets.load_digits(return_X_y=True)``.
+
+    Raises:
+        ConfigError: scikit-learn (which ships the file) is not installed.
+    """
+    path = _digits_file()
+    if path is None:
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise ConfigError(
+                "data.dataset: digits ships with scikit-learn, which is not installed (pip install scikit-learn)"
+            ) from None
+        x, y = load_digits(return_X_y=True)
+        return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.int64)
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float64)
+    return table[:, :-1], table[:, -1].astype(np.int64)
+
+
+def stratified_split(y: np.ndarray, held_out: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ``(train, held_out)`` indices with each class held out in proportion.
+
+    ``ceil(held_out * n)`` indices are held out in all; each class gets the floor of its
+    share, and the remaining places go to the classes with the largest fractional parts
+    (ties to the smaller label). Which examples of a class are held out is a seeded
+    permutation.
+    """
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    total = int(np.ceil(held_out * len(y)))
+    quota = counts * total / len(y)
+    take = np.floor(quota).astype(int)
+    extra = total - int(take.sum())
+    order = np.lexsort((classes, -(quota - take)))  # largest fraction first, then label
+    take[order[:extra]] += 1
+    held: list[np.ndarray] = []
+    for c, k in zip(classes, take):
+        members = np.flatnonzero(y == c)
+        held.append(rng.permutation(members)[:k])
+    held_idx = np.sort(np.concatenate(held))
+    train_idx = np.setdiff1d(np.arange(len(y)), held_idx)
+    return train_idx, held_idx
+
+
+def _digits(cfg: DataConfig) -> tuple[Dataset, Dataset, int]:
+    x, y = read_digits()
+    tr, ev = stratified_split(y, DIGITS_HELD_OUT, DIGITS_SPLIT_SEED)
+    x_tr = torch.tensor(x[tr], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    x_ev = torch.tensor(x[ev], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
     mean, std = float(x_tr.mean()), float(x_tr.std())
     t = _resize(cfg.image_size)
     return (
-        TensorImages(x_tr, torch.tensor(y_tr), (mean,), (std,), t),
-        TensorImages(x_ev, torch.tensor(y_ev), (mean,), (std,), t),
+        TensorImages(x_tr, torch.tensor(y[tr]), (mean,), (std,), t),
+        TensorImages(x_ev, torch.tensor(y[ev]), (mean,), (std,), t),
         10,
     )
 

@@ -7,6 +7,7 @@ import hashlib
 import os
 import pickle
 import struct
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -124,6 +125,33 @@ def test_digits_fixed_stratified_split_and_standardised_inputs():
     # The held-out set does not depend on the experiment seed.
     other = data.load_datasets(DataConfig(dataset="digits"), seed=7)
     assert torch.equal(ds.eval[0][0], other.eval[0][0]) and ds.eval[5][1] == other.eval[5][1]
+
+
+def test_digits_are_sklearns_arrays_read_without_importing_sklearn():
+    from sklearn.datasets import load_digits
+
+    x, y = data.read_digits()
+    ref_x, ref_y = load_digits(return_X_y=True)
+    assert np.array_equal(x, ref_x) and np.array_equal(y, ref_y)
+    # Every Train worker loads digits: scikit-learn + SciPy would cost each one ~2 s.
+    code = (
+        "import sys; from orchestrator import data; from orchestrator.config import DataConfig; "
+        "ds = data.load_datasets(DataConfig(dataset='digits')); "
+        "print(len(ds.train), 'sklearn' in sys.modules, 'scipy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(Path(data.__file__).resolve().parents[1]))
+    assert out.stdout.split() == ["1347", "False", "False"]
+
+
+def test_stratified_split_exact_total_per_class_quota_and_seeded():
+    y = np.array([0] * 5 + [1] * 3 + [2] * 2)
+    tr, ev = data.stratified_split(y, 0.25, seed=0)
+    assert len(ev) == 3 and len(tr) == 7 and set(tr).isdisjoint(ev)
+    # quotas 1.25, 0.75, 0.5 -> floors 1, 0, 0; two more places by largest fraction: 1, 2
+    assert sorted(np.bincount(y[ev], minlength=3)) == [1, 1, 1]
+    assert np.array_equal(data.stratified_split(y, 0.25, seed=0)[1], ev)
+    assert any(not np.array_equal(data.stratified_split(y, 0.25, seed=s)[1], ev) for s in range(1, 6))
 
 
 def test_subsets_are_seeded_and_capped():
