@@ -705,6 +705,20 @@ def _criterion_param_table(name: str) -> dict[str, Any] | None:
     return None if names is None else dict.fromkeys(names)
 
 
+def _check_criterion_values(params: Mapping[str, Mapping[str, Param]]) -> None:
+    """Build each criterion with each value it may get (a range: both ends), so a bad value
+    fails here, before Ray, with the criterion's own message rather than inside a trial."""
+    make = _pruners().make_criterion
+    for crit, table in params.items():
+        for p, param in table.items():
+            for v in _values_of(param):
+                try:
+                    make(crit, **{p: v})
+                except (TypeError, ValueError) as e:
+                    msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+                    raise ConfigError(f"search.criterion_params.{crit}.{p}: {v!r} is invalid; {msg}") from None
+
+
 def _check_schedule_params(params: Mapping[str, Mapping[str, Param]], max_epochs: float) -> None:
     """Range checks for the epoch-unit schedule parameters we know."""
     for sched, table in params.items():
@@ -826,6 +840,7 @@ class SearchSettings:
             _criterion_param_table,
             with_defaults=False,
         )
+        _check_criterion_values(cp)
         object.__setattr__(self, "criterion_params", cp)
 
         methods = valid_methods(self)  # raises when the space has no valid combination

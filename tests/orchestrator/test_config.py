@@ -237,6 +237,8 @@ def test_parse_param_errors(raw, fragment):
         ({"search": {"schedule_params": {"iterative": {"rounds": 0}}}}, "search.schedule_params.iterative.rounds: 0 is too small"),
         ({"search": {"schedule_params": {"cubic": {}}}}, "search.schedule_params: unknown value 'cubic'; valid choices: dynamic, gradual, iterative, one_shot"),
         ({"search": {"criterion_params": {"slimming": {"lambda": 1}}}}, "search.criterion_params.slimming.lambda: unknown parameter; allowed: penalty, warmup_steps"),
+        ({"search": {"criterion_params": {"slimming": {"penalty": [1e-4, -1]}}}}, "search.criterion_params.slimming.penalty: -1 is invalid; criterion 'slimming': penalty must be a number >= 0, got -1"),
+        ({"search": {"criterion_params": {"slimming": {"warmup_steps": {"low": 0.5, "high": 3}}}}}, "search.criterion_params.slimming.warmup_steps: 0.5 is invalid; criterion 'slimming': warmup_steps must be an integer >= 0"),
         ({"scheduler": {"name": "hyperband"}}, "scheduler.name: unknown value 'hyperband'; valid choices: asha, moasha, fifo"),
         ({"scheduler": {"metric": "acc"}}, "scheduler.metric: unknown value 'acc'; valid choices: accuracy, loss,"),
         ({"scheduler": {"objectives": {"top5": "max"}}}, "scheduler.objectives: unknown value 'top5'; valid choices: accuracy,"),
