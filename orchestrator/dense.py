@@ -1,10 +1,11 @@
 """The dense baseline: trained once as a Ray Train job (or loaded), stored with the experiment.
 
 Every trial starts from these weights and the reports use its metrics as the reference
-row (and its costs as the hypervolume reference point). The job runs before the search,
-with the same workers as a trial; with ``dense.checkpoint`` it trains nothing
-(``dense.epochs`` is ignored) and only evaluates and measures the given weights, on the
-same hardware the trials will be measured on.
+row (and its costs as the hypervolume reference point). The job uses the same workers as a
+trial; once its workers are placed the search starts beside it (:func:`start_dense`), so the
+first trials' start-up overlaps its training and their workers wait for its weights. With
+``dense.checkpoint`` it trains nothing (``dense.epochs`` is ignored) and only evaluates and
+measures the given weights, on the same hardware the trials will be measured on.
 
 Written under ``<output>/dense/``: ``model.pt2`` (``pruners.save``), ``state_dict.pt``
 (what trials load), ``metrics.json`` (the metric keys of design.md section 3).
@@ -12,16 +13,23 @@ Written under ``<output>/dense/``: ``model.pt2`` (``pruners.save``), ``state_dic
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
 import math
 import os
+import shutil
+import signal
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DENSE_DIR", "dense_loop", "load_checkpoint_state", "load_dense", "run_dense"]
+__all__ = [
+    "DENSE_DIR", "DenseJob", "DenseJobError", "StartedFlag", "dense_loop", "load_checkpoint_state", "load_dense", "run_dense",
+    "start_dense",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +60,7 @@ def _evaluate(model: Any, loader: Any, device: Any) -> tuple[float, float]:
 
 def dense_loop(config: dict[str, Any]) -> None:
     """Train worker: train the dense model (DDP), evaluate, measure, save on rank 0."""
+    import ray
     import ray.train
     import torch
     import torch.distributed as dist
@@ -61,6 +70,10 @@ def dense_loop(config: dict[str, Any]) -> None:
     from orchestrator.trial import worker_setup
     from pruners.measure import unwrap
 
+    started = config.get("started")
+    if started is not None and ray.train.get_context().get_world_rank() == 0:
+        # The worker group holds its resources now: the driver may start the trials.
+        ray.get(started.set.remote())
     setup = worker_setup(config["search"], config.get("initial_state"))
     cfg, model, device = setup.cfg, setup.model, setup.device
     epochs = 0 if config.get("initial_state") is not None else cfg.dense.epochs
@@ -155,6 +168,167 @@ def load_checkpoint_state(path: str, search: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+def _dense_job(
+    search: dict[str, Any],
+    train_storage: str,
+    workers: int,
+    worker_resources: dict[str, float],
+    use_gpu: bool,
+    initial_state: list[Any],
+    started: Any,
+) -> tuple[bytes, dict[str, Any]]:
+    """Ray task body: run the dense Train job, return its files (see :func:`start_dense`)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from orchestrator.ledger import copy_from_storage
+    from orchestrator.ray_runtime import pin_cluster_address
+
+    pin_cluster_address()
+    trainer = TorchTrainer(
+        dense_loop,
+        train_loop_config={"search": search, "initial_state": initial_state[0], "started": started},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                               resources_per_worker=dict(worker_resources)),
+        run_config=ray.train.RunConfig(name="dense", storage_path=train_storage,
+                                       failure_config=ray.train.FailureConfig(max_failures=0)),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+    )
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        result = trainer.fit()
+    finally:
+        # fit() (on a main thread) installs a SIGINT handler holding the Train controller's
+        # handle; this process stays in Ray's worker pool, so without this the controller
+        # and its dataset manager would outlive the job (~0.5 GB).
+        signal.signal(signal.SIGINT, previous)
+    checkpoint = result.checkpoint
+    del trainer, result
+    gc.collect()
+    if checkpoint is None:
+        raise RuntimeError("the dense job finished without a checkpoint")
+    with tempfile.TemporaryDirectory(prefix="prunefront-dense-") as tmp:
+        local = Path(tmp, "ckpt")
+        copy_from_storage(train_storage, checkpoint.path, local)
+        files = {name: (local / name).read_bytes() for name in _FILES}
+    return files["state_dict.pt"], {"metrics": json.loads(files["metrics.json"]), "files": files}
+
+
+class StartedFlag:
+    """A Ray actor (no CPU) that the dense job's rank 0 sets once its workers are placed."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self._event = asyncio.Event()
+
+    async def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+class DenseJobError(RuntimeError):
+    """The dense job failed; the message is one line."""
+
+
+@dataclass
+class DenseJob:
+    """A dense Train job running as a Ray task (see :func:`start_dense`).
+
+    Attributes:
+        state: Object ref of the trained ``state_dict`` (``torch.save`` bytes): what every
+            trial starts from. Trials may hold it before it exists; fetching it waits.
+        output: Object ref of ``{"metrics": ..., "files": {name: bytes}}``.
+    """
+
+    state: Any
+    output: Any
+    started: Any = None
+
+    def wait_started(self) -> None:
+        """Block until the dense job's workers hold their resources, or the job ended.
+
+        After this, trials may start: their workers wait for :attr:`state` while holding
+        CPUs, which can no longer be the ones the dense job needs.
+        """
+        import ray
+
+        if self.started is None:
+            return
+        ray.wait([self.started.wait.remote(), self.output], num_returns=1, fetch_local=False)
+        ray.kill(self.started)
+        self.started = None
+
+    def store(self, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+        """Wait for the job, write ``<out_dir>/dense`` (atomically), return its metrics.
+
+        Raises:
+            DenseJobError: the job failed (the message is the error's first line).
+        """
+        import ray
+
+        from orchestrator.ledger import write_json
+
+        try:
+            output = ray.get(self.output)
+        except Exception as e:  # RayTaskError wrapping the Train error
+            cause = getattr(e, "cause", None) or e
+            text = str(cause).strip().splitlines()
+            raise DenseJobError(f"the dense job failed: {cause.__class__.__name__}: "
+                                f"{text[-1] if text else ''}") from None
+        dense_dir = Path(out_dir) / DENSE_DIR
+        tmp = dense_dir.with_name(f".{DENSE_DIR}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        # metrics.json last: its presence marks a complete dense directory (see load_dense).
+        for name, blob in output["files"].items():
+            if name != "metrics.json":
+                (tmp / name).write_bytes(blob)
+        shutil.rmtree(dense_dir, ignore_errors=True)
+        os.replace(tmp, dense_dir)
+        write_json(dense_dir / "metrics.json", output["metrics"])
+        return dict(output["metrics"])
+
+
+def start_dense(
+    search: dict[str, Any],
+    *,
+    train_storage: str,
+    workers: int,
+    worker_resources: dict[str, float],
+    use_gpu: bool,
+    initial_state: Any = None,
+) -> DenseJob:
+    """Start the dense job without waiting for it.
+
+    The job's own driver is a Ray task holding no CPU (it only waits on its Train run).
+    Call :meth:`DenseJob.wait_started` before starting trials: once the dense workers hold
+    their resources, trials can start beside the job (their Train start-up overlaps its
+    training) and their workers wait for :attr:`DenseJob.state`. The dense workers never
+    wait for anything a trial holds, so this cannot deadlock; trials that do not fit beside
+    the dense job wait for its resources like any Ray task.
+
+    Args:
+        search: ``SearchConfig.to_dict()``.
+        train_storage: Train storage path / URI (the checkpoint is read back from there).
+        workers: DDP workers.
+        worker_resources: ``resources_per_worker``.
+        use_gpu: GPUs (NCCL) or CPUs (gloo).
+        initial_state: Object ref of a ``state_dict`` (from ``dense.checkpoint``) to
+            evaluate instead of training.
+    """
+    import ray
+
+    started = ray.remote(num_cpus=0)(StartedFlag).remote()
+    task = ray.remote(num_cpus=0, num_returns=2, max_retries=0)(_dense_job)
+    # The ref goes inside a list so Ray hands it to the job as a ref, not as its bytes.
+    state, output = task.remote(search, train_storage, workers, dict(worker_resources), use_gpu, [initial_state],
+                                started)
+    return DenseJob(state=state, output=output, started=started)
+
+
 def run_dense(
     search: dict[str, Any],
     out_dir: str | os.PathLike[str],
@@ -165,51 +339,12 @@ def run_dense(
     use_gpu: bool,
     initial_state: Any = None,
 ) -> dict[str, Any]:
-    """Run the dense job and store its files in ``<out_dir>/dense``; returns its metrics.
-
-    Args:
-        search: ``SearchConfig.to_dict()``.
-        out_dir: The experiment directory.
-        train_storage: Train storage path / URI (the checkpoint is copied from there).
-        workers: DDP workers.
-        worker_resources: ``resources_per_worker``.
-        use_gpu: GPUs (NCCL) or CPUs (gloo).
-        initial_state: Object ref of a ``state_dict`` (from ``dense.checkpoint``) to
-            evaluate instead of training.
-    """
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from orchestrator.ledger import copy_from_storage, write_json
-
-    from orchestrator.ray_runtime import pin_cluster_address
-
-    pin_cluster_address()
-    trainer = TorchTrainer(
-        dense_loop,
-        train_loop_config={"search": search, "initial_state": initial_state},
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                               resources_per_worker=dict(worker_resources)),
-        run_config=ray.train.RunConfig(name="dense", storage_path=train_storage,
-                                       failure_config=ray.train.FailureConfig(max_failures=0)),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError("the dense job finished without a checkpoint")
-    dense_dir = Path(out_dir) / DENSE_DIR
-    tmp = dense_dir.with_name(f".{DENSE_DIR}.tmp")
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
-    copy_from_storage(train_storage, result.checkpoint.path, tmp)
-    metrics = json.loads((tmp / "metrics.json").read_text())
-    # metrics.json last: its presence marks a complete dense directory (see load_dense).
-    (tmp / "metrics.json").unlink()
-    shutil.rmtree(dense_dir, ignore_errors=True)
-    os.replace(tmp, dense_dir)
-    write_json(dense_dir / "metrics.json", metrics)
-    return metrics
+    """Run the dense job to its end and store its files in ``<out_dir>/dense``; returns
+    its metrics (:func:`start_dense` + :meth:`DenseJob.store`)."""
+    job = start_dense(search, train_storage=train_storage, workers=workers,
+                      worker_resources=worker_resources, use_gpu=use_gpu, initial_state=initial_state)
+    job.wait_started()
+    return job.store(out_dir)
 
 
 def load_dense(out_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes] | None:

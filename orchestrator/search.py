@@ -38,6 +38,27 @@ def _say(msg: str) -> None:
     print(f"prunefront: {msg}", flush=True)
 
 
+class _Preload:
+    """Import modules on a thread (a failure is left for the real import to report)."""
+
+    def __init__(self, *modules: str) -> None:
+        import importlib
+        import threading
+
+        def run() -> None:
+            for name in modules:
+                try:
+                    importlib.import_module(name)
+                except Exception:  # noqa: BLE001 - the import below raises it properly
+                    return
+
+        self._thread = threading.Thread(target=run, name="prunefront-preload", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python orchestrator/search.py`` and ``prunefront-search``."""
     from orchestrator import cli
@@ -94,8 +115,11 @@ def run(cfg: Any, args: Any) -> int:
     out = cfg.output_dir
     _say(f"experiment {cfg.name!r} -> {out}" + (" (resuming)" if args.resuming else ""))
 
-    # 2. Ray: embedded or attached; check that trials fit this cluster.
+    # 2. Ray: embedded or attached; check that trials fit this cluster. Starting Ray is
+    # mostly waiting for its processes: the driver's own imports go on meanwhile.
+    preload = _Preload("ray.tune", "reports", "orchestrator.tune_space", "orchestrator.dense")
     runtime = ray_runtime.init(args.address)
+    preload.join()
     _say(f"using the {runtime.describe()} ({time.time() - t0:.1f} s)")
     if runtime.in_job and Path(out).resolve().is_relative_to(Path.cwd().resolve()):
         # A submitted job's driver runs in a temporary copy of the working directory.
@@ -131,10 +155,12 @@ def run(cfg: Any, args: Any) -> int:
     out.mkdir(parents=True, exist_ok=True)
     _record_experiment(out, _experiment_info(cfg, args, plan, tune_path, runtime), args.resuming)
 
-    # 4. The dense baseline: stored with the experiment, the start of every trial.
+    # 4. The dense baseline: stored with the experiment, the start of every trial. A new one
+    # trains beside the search: once its workers hold their resources the trials start
+    # (their start-up overlaps its training) and their workers wait for its weights.
+    watch = None
     stored = dense.load_dense(out)
     if stored is None:
-        t_dense = time.time()
         initial = None
         if cfg.dense.checkpoint is not None:
             try:
@@ -142,22 +168,32 @@ def run(cfg: Any, args: Any) -> int:
             except ValueError as e:
                 cli.fail(str(e))
         what = "evaluating dense.checkpoint" if initial is not None else f"training the dense model ({cfg.dense.epochs} epochs)"
-        _say(f"{what} as a Ray Train job ...")
-        metrics = dense.run_dense(
-            cfg.to_dict(), out, train_storage=train_storage, workers=plan.dense["workers"],
+        _say(f"{what} as a Ray Train job; the trials start beside it and wait for its weights ...")
+        job = dense.start_dense(
+            cfg.to_dict(), train_storage=train_storage, workers=plan.dense["workers"],
             worker_resources=plan.dense["worker"], use_gpu=cfg.resources.use_gpu, initial_state=initial,
         )
-        stored = dense.load_dense(out)
-        assert stored is not None  # run_dense wrote all three files
-        _say(f"dense baseline: accuracy {metrics['accuracy']:.4f}, {metrics['flops']:.3g} FLOPs, "
-             f"{metrics['params']} params ({time.time() - t_dense:.1f} s)")
-    _, dense_state = stored
+        job.wait_started()
+        dense_state = job.state
+
+        def dense_done(metrics: dict[str, Any], seconds: float) -> None:
+            _say(f"dense baseline: accuracy {metrics['accuracy']:.4f}, {metrics['flops']:.3g} FLOPs, "
+                 f"{metrics['params']} params ({seconds:.1f} s)")
+
+        watch = tune_space.DenseWatch(job, out, dense_done)
+        if args.resuming:
+            # A restored Tuner keeps its original stopper: settle the dense job first.
+            watch.wait()
+            if watch.error:
+                cli.fail(watch.error, code=1)
+    else:
+        dense_state = ray.put(stored[1])
 
     # 5. The search (a fresh Tuner, or the interrupted one restored).
     ledger_path = out / LEDGER_FILE
     finished = {tid: v["result"] for tid, v in finished_trials(ledger_path).items() if v["result"] is not None}
     ctx = TrialContext(
-        search=cfg.to_dict(), dense_state=ray.put(dense_state), train_storage=train_storage,
+        search=cfg.to_dict(), dense_state=dense_state, train_storage=train_storage,
         workers=plan.workers, worker_resources=dict(plan.worker), use_gpu=cfg.resources.use_gpu,
         finished=finished,
     )
@@ -188,7 +224,7 @@ def run(cfg: Any, args: Any) -> int:
             run_config=tune.RunConfig(
                 # Progress: one line per finished trial from the ledger, not Tune's tables.
                 name=tune_name, storage_path=storage, callbacks=callbacks, verbose=0,
-                failure_config=tune.FailureConfig(max_failures=0),
+                failure_config=tune.FailureConfig(max_failures=0), stop=watch,
             ),
         )
 
@@ -209,6 +245,9 @@ def run(cfg: Any, args: Any) -> int:
         stop["signal"] = stop["signal"] or "SIGINT"
     finally:
         signal.signal(signal.SIGTERM, previous)
+        # The dense files before the report (its reference row); not after an interruption.
+        dense_failed = (watch is not None and watch.wait(timeout=None if stop["signal"] is None else 0)
+                        and watch.error is not None)
         # 6. The report, from the ledger (also after an interruption).
         report_dir = out / "report"
         try:
@@ -226,8 +265,12 @@ def run(cfg: Any, args: Any) -> int:
         _say(f"report:  {report_dir} (trials.parquet, final.parquet, fronts.parquet, fronts.png, fronts.html)")
         _say(f"models:  {out / 'models'}   dense: {out / dense.DENSE_DIR}   tune: {tune_path}")
         # Tune returns normally after Ctrl-C / SIGTERM; unfinished trials tell it was cut short.
-        if finished < plan.trials:
+        if dense_failed:
+            print(f"error: {watch.error}", file=sys.stderr, flush=True)
+        elif finished < plan.trials:
             _say(f"the search was interrupted; continue it with: python orchestrator/search.py --resume {out}")
+    if dense_failed:
+        return 1
     if finished < plan.trials:
         return 130
     return 1 if finished and counts["errored"] == finished else 0

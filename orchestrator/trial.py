@@ -40,7 +40,8 @@ class TrialContext:
     Attributes:
         search: The validated search config (``SearchConfig.to_dict()``).
         dense_state: Object-store reference to the dense model's ``state_dict`` (bytes of
-            ``torch.save``), the starting point of every trial.
+            ``torch.save``), the starting point of every trial; the dense job may still be
+            producing it when the first trials start (their workers wait for it).
         train_storage: Where Train runs keep their checkpoints (absolute path or URI).
         workers: DDP workers per trial.
         worker_resources: ``resources_per_worker`` of each Train worker.

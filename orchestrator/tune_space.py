@@ -11,15 +11,20 @@ multi-objective) and the trial scheduler (ASHA, MO-ASHA, FIFO).
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.stopper import Stopper
 
 from orchestrator.config import Choice, Fixed, Param, Range, SearchConfig, flat_space
 from orchestrator.moasha import MultiObjectiveASHA
 
-__all__ = ["RecordingASHA", "make_scheduler", "make_search_alg", "param_space", "to_domain"]
+__all__ = ["DenseWatch", "RecordingASHA", "make_scheduler", "make_search_alg", "param_space", "to_domain"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,3 +124,56 @@ def make_scheduler(cfg: SearchConfig) -> TrialScheduler:
     if s.name == "fifo":
         return FIFOScheduler()
     raise ValueError(f"unknown scheduler {s.name!r}; valid choices: asha, moasha, fifo")
+
+
+class _NeverStop(Stopper):
+    """What a :class:`DenseWatch` becomes when Tune pickles its experiment state."""
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return False
+
+
+class DenseWatch(Stopper):
+    """Stores the dense job's files the moment it ends, on a thread beside the search.
+
+    As the search's ``tune.Stopper`` it ends the search when the dense job failed (every
+    trial would wait for weights that never come). Tune pickles its stopper with the
+    experiment state; a restored search gets one that never stops.
+
+    Args:
+        job: The running :class:`orchestrator.dense.DenseJob`.
+        out_dir: The experiment directory (``dense/`` goes there).
+        on_done: Called on the thread with the metrics and the job's seconds.
+    """
+
+    def __init__(self, job: Any, out_dir: str | Path, on_done: Callable[[dict[str, Any], float], None]) -> None:
+        self.metrics: dict[str, Any] | None = None
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._run, args=(job, Path(out_dir), on_done, time.time()),
+                                        name="prunefront-dense", daemon=True)
+        self._thread.start()
+
+    def _run(self, job: Any, out_dir: Path, on_done: Callable[[dict[str, Any], float], None], t0: float) -> None:
+        try:
+            self.metrics = job.store(out_dir)
+        except Exception as e:  # DenseJobError (one line) or an unexpected storage error
+            self.error = str(e) or e.__class__.__name__
+            return
+        on_done(self.metrics, time.time() - t0)
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.error is not None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the dense job has ended (stored or failed: see ``error``)."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _NeverStop, ()
