@@ -2,8 +2,8 @@
 
 Every trial starts from these weights and the reports use its metrics as the reference
 row (and its costs as the hypervolume reference point). The job uses the same workers as a
-trial; once its workers are placed the search starts beside it (:func:`start_dense`), so the
-first trials' start-up overlaps its training and their workers wait for its weights. With
+trial and runs beside the search (:func:`start_dense`): the first trials start with it, begin
+their Train runs once its workers are placed, and their workers wait for its weights. With
 ``dense.checkpoint`` it trains nothing (``dense.epochs`` is ignored) and only evaluates and
 measures the given weights, on the same hardware the trials will be measured on.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "DENSE_DIR", "DenseJob", "DenseJobError", "StartedFlag", "dense_loop", "load_checkpoint_state", "load_dense", "run_dense",
+    "DENSE_DIR", "DenseJob", "DenseJobError", "DenseRelay", "dense_loop", "load_checkpoint_state", "load_dense", "run_dense",
     "start_dense",
 ]
 
@@ -70,10 +70,10 @@ def dense_loop(config: dict[str, Any]) -> None:
     from orchestrator.trial import worker_setup
     from pruners.measure import unwrap
 
-    started = config.get("started")
-    if started is not None and ray.train.get_context().get_world_rank() == 0:
-        # The worker group holds its resources now: the driver may start the trials.
-        ray.get(started.set.remote())
+    relay = config.get("relay")
+    if relay is not None and ray.train.get_context().get_world_rank() == 0:
+        # The worker group holds its resources now: trials may start their Train runs.
+        ray.get(relay.placed.remote())
     setup = worker_setup(config["search"], config.get("initial_state"))
     cfg, model, device = setup.cfg, setup.model, setup.device
     epochs = 0 if config.get("initial_state") is not None else cfg.dense.epochs
@@ -106,6 +106,15 @@ def dense_loop(config: dict[str, Any]) -> None:
         ray.train.report({"epoch": epoch, "accuracy": accuracy, "loss": loss, "train_loss": train_loss})
     if epochs == 0:
         accuracy, loss = _evaluate(model, setup.eval_loader, device)
+    net = unwrap(model)
+    state_blob = b""
+    if setup.rank == 0:
+        buf = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buf)
+        state_blob = buf.getvalue()
+        if relay is not None:
+            # The waiting trials start fine-tuning now, not after measuring and saving.
+            ray.get(relay.publish.remote(state_blob))
 
     m = pruners.measure(model, setup.example_inputs, latency_repeats=cfg.metrics.latency_repeats,
                         batch_size=cfg.metrics.latency_batch_size)
@@ -118,10 +127,9 @@ def dense_loop(config: dict[str, Any]) -> None:
         "requested_sparsity": 0.0,
         **m.to_dict(),
     }
-    net = unwrap(model)
     if setup.rank == 0:
         with tempfile.TemporaryDirectory(prefix="prunefront-dense-") as tmp:
-            torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, os.path.join(tmp, "state_dict.pt"))
+            Path(tmp, "state_dict.pt").write_bytes(state_blob)
             pruners.save(net, os.path.join(tmp, "model.pt2"), setup.example_inputs)
             Path(tmp, "metrics.json").write_text(json.dumps(metrics, indent=2))
             ray.train.report({**metrics, "final": True}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -175,8 +183,8 @@ def _dense_job(
     worker_resources: dict[str, float],
     use_gpu: bool,
     initial_state: list[Any],
-    started: Any,
-) -> tuple[bytes, dict[str, Any]]:
+    relay: Any,
+) -> dict[str, Any]:
     """Ray task body: run the dense Train job, return its files (see :func:`start_dense`)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -187,7 +195,7 @@ def _dense_job(
     pin_cluster_address()
     trainer = TorchTrainer(
         dense_loop,
-        train_loop_config={"search": search, "initial_state": initial_state[0], "started": started},
+        train_loop_config={"search": search, "initial_state": initial_state[0], "relay": relay},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker=dict(worker_resources)),
         run_config=ray.train.RunConfig(name="dense", storage_path=train_storage,
@@ -211,22 +219,37 @@ def _dense_job(
         local = Path(tmp, "ckpt")
         copy_from_storage(train_storage, checkpoint.path, local)
         files = {name: (local / name).read_bytes() for name in _FILES}
-    return files["state_dict.pt"], {"metrics": json.loads(files["metrics.json"]), "files": files}
+    return {"metrics": json.loads(files["metrics.json"]), "files": files}
 
 
-class StartedFlag:
-    """A Ray actor (no CPU) that the dense job's rank 0 sets once its workers are placed."""
+class DenseRelay:
+    """A Ray actor (no CPU) the dense job's rank 0 posts to, and trials wait on.
+
+    ``placed()`` once the job's workers hold their resources (``wait_placed`` returns
+    then), ``publish(blob)`` with the trained ``state_dict`` bytes as soon as training ends
+    (``weights`` returns them), before the job measures, exports and saves the model.
+    """
 
     def __init__(self) -> None:
         import asyncio
 
-        self._event = asyncio.Event()
+        self._placed = asyncio.Event()
+        self._published = asyncio.Event()
+        self._blob = b""
 
-    async def set(self) -> None:
-        self._event.set()
+    async def placed(self) -> None:
+        self._placed.set()
 
-    async def wait(self) -> None:
-        await self._event.wait()
+    async def wait_placed(self) -> None:
+        await self._placed.wait()
+
+    async def publish(self, blob: bytes) -> None:
+        self._blob = blob
+        self._published.set()
+
+    async def weights(self) -> bytes:
+        await self._published.wait()
+        return self._blob
 
 
 class DenseJobError(RuntimeError):
@@ -239,27 +262,28 @@ class DenseJob:
 
     Attributes:
         state: Object ref of the trained ``state_dict`` (``torch.save`` bytes): what every
-            trial starts from. Trials may hold it before it exists; fetching it waits.
-        output: Object ref of ``{"metrics": ..., "files": {name: bytes}}``.
+            trial starts from. It resolves as soon as training ends; trials may hold it
+            before that, and fetching it waits.
+        output: Object ref of ``{"metrics": ..., "files": {name: bytes}}`` (the job's end).
+        gate: Object ref that resolves once the job's workers hold their resources (or,
+            if the job ends without getting there, once :meth:`store` has seen it end).
+            Trials start their Train runs only after it: from then on their workers,
+            waiting for :attr:`state`, cannot hold what the dense job needs.
+        relay: The :class:`DenseRelay` actor behind ``state`` and ``gate`` (kept until
+            the job ends; both refs are the driver's, so they outlive it).
     """
 
     state: Any
     output: Any
-    started: Any = None
+    gate: Any = None
+    relay: Any = None
 
     def wait_started(self) -> None:
-        """Block until the dense job's workers hold their resources, or the job ended.
-
-        After this, trials may start: their workers wait for :attr:`state` while holding
-        CPUs, which can no longer be the ones the dense job needs.
-        """
+        """Block until the dense job's workers hold their resources, or the job ended."""
         import ray
 
-        if self.started is None:
-            return
-        ray.wait([self.started.wait.remote(), self.output], num_returns=1, fetch_local=False)
-        ray.kill(self.started)
-        self.started = None
+        if self.gate is not None:
+            ray.wait([self.gate, self.output], num_returns=1, fetch_local=False)
 
     def store(self, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
         """Wait for the job, write ``<out_dir>/dense`` (atomically), return its metrics.
@@ -273,11 +297,19 @@ class DenseJob:
 
         try:
             output = ray.get(self.output)
+            ray.wait([self.state], num_returns=1, fetch_local=False)  # published before the end
         except Exception as e:  # RayTaskError wrapping the Train error
             cause = getattr(e, "cause", None) or e
             text = str(cause).strip().splitlines()
             raise DenseJobError(f"the dense job failed: {cause.__class__.__name__}: "
                                 f"{text[-1] if text else ''}") from None
+        finally:
+            # The job ended: nothing can wait on its resources any more. A gate that never
+            # opened, or weights never published (the job failed first), now resolve to an
+            # error, releasing every trial waiting on them.
+            if self.relay is not None:
+                ray.kill(self.relay)
+                self.relay = None
         dense_dir = Path(out_dir) / DENSE_DIR
         tmp = dense_dir.with_name(f".{DENSE_DIR}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -304,11 +336,12 @@ def start_dense(
     """Start the dense job without waiting for it.
 
     The job's own driver is a Ray task holding no CPU (it only waits on its Train run).
-    Call :meth:`DenseJob.wait_started` before starting trials: once the dense workers hold
-    their resources, trials can start beside the job (their Train start-up overlaps its
-    training) and their workers wait for :attr:`DenseJob.state`. The dense workers never
-    wait for anything a trial holds, so this cannot deadlock; trials that do not fit beside
-    the dense job wait for its resources like any Ray task.
+    Trials may start at once if they wait for :attr:`DenseJob.gate` before starting their
+    Train runs (a trial driver holds only its small CPU share): once the dense workers hold
+    their resources, trials start Train runs beside the job (their start-up overlaps its
+    training) whose workers wait for :attr:`DenseJob.state`. The dense workers never wait
+    for anything a trial holds, so this cannot deadlock; trials that do not fit beside the
+    dense job wait for its resources like any Ray task.
 
     Args:
         search: ``SearchConfig.to_dict()``.
@@ -321,12 +354,11 @@ def start_dense(
     """
     import ray
 
-    started = ray.remote(num_cpus=0)(StartedFlag).remote()
-    task = ray.remote(num_cpus=0, num_returns=2, max_retries=0)(_dense_job)
+    relay = ray.remote(num_cpus=0)(DenseRelay).remote()
+    task = ray.remote(num_cpus=0, max_retries=0)(_dense_job)
     # The ref goes inside a list so Ray hands it to the job as a ref, not as its bytes.
-    state, output = task.remote(search, train_storage, workers, dict(worker_resources), use_gpu, [initial_state],
-                                started)
-    return DenseJob(state=state, output=output, started=started)
+    output = task.remote(search, train_storage, workers, dict(worker_resources), use_gpu, [initial_state], relay)
+    return DenseJob(state=relay.weights.remote(), output=output, gate=relay.wait_placed.remote(), relay=relay)
 
 
 def run_dense(

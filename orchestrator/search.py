@@ -156,8 +156,8 @@ def run(cfg: Any, args: Any) -> int:
     _record_experiment(out, _experiment_info(cfg, args, plan, tune_path, runtime), args.resuming)
 
     # 4. The dense baseline: stored with the experiment, the start of every trial. A new one
-    # trains beside the search: once its workers hold their resources the trials start
-    # (their start-up overlaps its training) and their workers wait for its weights.
+    # trains beside the search: trials start at once, begin their Train runs once its
+    # workers hold their resources, and their workers wait for its weights.
     watch = None
     stored = dense.load_dense(out)
     if stored is None:
@@ -173,8 +173,7 @@ def run(cfg: Any, args: Any) -> int:
             cfg.to_dict(), train_storage=train_storage, workers=plan.dense["workers"],
             worker_resources=plan.dense["worker"], use_gpu=cfg.resources.use_gpu, initial_state=initial,
         )
-        job.wait_started()
-        dense_state = job.state
+        dense_state, dense_gate = job.state, job.gate
 
         def dense_done(metrics: dict[str, Any], seconds: float) -> None:
             _say(f"dense baseline: accuracy {metrics['accuracy']:.4f}, {metrics['flops']:.3g} FLOPs, "
@@ -187,7 +186,7 @@ def run(cfg: Any, args: Any) -> int:
             if watch.error:
                 cli.fail(watch.error, code=1)
     else:
-        dense_state = ray.put(stored[1])
+        dense_state, dense_gate = ray.put(stored[1]), None
 
     # 5. The search (a fresh Tuner, or the interrupted one restored).
     ledger_path = out / LEDGER_FILE
@@ -195,7 +194,7 @@ def run(cfg: Any, args: Any) -> int:
     ctx = TrialContext(
         search=cfg.to_dict(), dense_state=dense_state, train_storage=train_storage,
         workers=plan.workers, worker_resources=dict(plan.worker), use_gpu=cfg.resources.use_gpu,
-        finished=finished,
+        finished=finished, dense_gate=dense_gate,
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources=dict(plan.driver))
 

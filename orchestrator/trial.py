@@ -48,6 +48,8 @@ class TrialContext:
         use_gpu: Train on GPUs (NCCL) rather than CPUs (gloo).
         finished: ``trial_id -> last ledger result`` of trials that finished before a
             resume; they are replayed instead of run again.
+        dense_gate: ``DenseJob.gate`` while the dense job may still be starting (None
+            when the dense baseline was stored before the search).
     """
 
     search: dict[str, Any]
@@ -57,6 +59,7 @@ class TrialContext:
     worker_resources: dict[str, float]
     use_gpu: bool = False
     finished: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dense_gate: Any = None
 
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -81,6 +84,12 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     from orchestrator.ray_runtime import pin_cluster_address
 
+    if ctx.dense_gate is not None:
+        # The dense job is still starting: begin this Train run (whose workers hold CPUs
+        # while they wait for the dense weights) only once the dense workers hold theirs.
+        import ray
+
+        ray.wait([ctx.dense_gate], num_returns=1, fetch_local=False)
     pin_cluster_address()
     trainer = TorchTrainer(
         worker_loop,
@@ -122,6 +131,7 @@ class WorkerSetup:
     device: Any
     rank: int
     world_size: int
+    dense_wait_s: float = 0.0  # seconds spent waiting for the dense weights
 
 
 def worker_setup(search: dict[str, Any], initial_state: Any) -> WorkerSetup:
@@ -154,13 +164,16 @@ def worker_setup(search: dict[str, Any], initial_state: Any) -> WorkerSetup:
     )
     torch.manual_seed(cfg.seed)
     model = models.build_model(cfg.model.name, ds.num_classes, ds.input_shape[0], **cfg.model.kwargs)
+    waited = 0.0
     if initial_state is not None:
+        t0 = time.time()
         blob = initial_state if isinstance(initial_state, (bytes, bytearray)) else ray.get(initial_state)
+        waited = time.time() - t0  # the dense job may still be training
         model.load_state_dict(load_state_dict_bytes(blob))
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     example = ds.example_inputs(1).to(device)
-    return WorkerSetup(cfg, model, train_loader, eval_loader, example, device, rank, world)
+    return WorkerSetup(cfg, model, train_loader, eval_loader, example, device, rank, world, waited)
 
 
 class BestModelRule:
@@ -247,15 +260,16 @@ def train_trial(config: dict[str, Any]) -> TrialOutcome:
     rule = BestModelRule()
     rows: list[dict[str, Any]] = []
     # Seconds from the trainable's start to training: Train run launch, worker process,
-    # imports, data, model (the per-trial overhead the search pays before any work).
-    startup_s = time.time() - float(config.get("trainable_started", time.time()))
+    # imports, data, model (the per-trial overhead the search pays before any work), not
+    # counting the wait for a dense job still training beside the first trials.
+    startup_s = time.time() - float(config.get("trainable_started", time.time())) - setup.dense_wait_s
 
     def report(model: Any, row: dict[str, Any]) -> None:
         # `finetune` calls `report(row)` then `checkpoint(model, row)` each epoch; the Train
         # report is sent from here so it can carry the checkpoint of that same epoch.
         row = {k: _plain(v) for k, v in row.items()}
         rows.append(row)
-        metrics = {**row, **record, "startup_s": startup_s}
+        metrics = {**row, **record, "startup_s": startup_s, "dense_wait_s": setup.dense_wait_s}
         save = rule.should_save(row)
         if save and setup.rank == 0:
             with tempfile.TemporaryDirectory(prefix="prunefront-ckpt-") as tmp:

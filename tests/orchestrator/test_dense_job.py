@@ -17,25 +17,25 @@ from orchestrator import dense
 pytestmark = pytest.mark.ray
 
 
-def _flag():
+def _relay():
     import ray
 
-    return ray.remote(num_cpus=0)(dense.StartedFlag).remote()
+    return ray.remote(num_cpus=0)(dense.DenseRelay).remote()
 
 
 def test_wait_started_returns_once_the_job_signals(ray_session):
     ray = ray_session
-    flag = _flag()
+    relay = _relay()
 
     @ray.remote(num_cpus=0)
-    def job(started):
-        ray.get(started.set.remote())
+    def job(relay):
+        ray.get(relay.placed.remote())
         time.sleep(30)  # still "training" after the signal
-        return b""
+        return {}
 
-    output = job.remote(flag)
+    output = job.remote(relay)
     t0 = time.time()
-    dense.DenseJob(state=None, output=output, started=flag).wait_started()
+    dense.DenseJob(state=None, output=output, gate=relay.wait_placed.remote(), relay=relay).wait_started()
     assert time.time() - t0 < 20  # released by the signal, not by the job's end
     ray.cancel(output, force=True)
 
@@ -47,14 +47,35 @@ def test_wait_started_returns_when_the_job_fails_before_signalling(ray_session):
     def job():
         raise ValueError("no workers")
 
-    dense.DenseJob(state=None, output=job.remote(), started=_flag()).wait_started()  # must not hang
+    relay = _relay()
+    dense.DenseJob(state=None, output=job.remote(), gate=relay.wait_placed.remote(), relay=relay).wait_started()
+
+
+def test_a_gate_and_weights_never_posted_are_released_when_the_job_ends(ray_session, tmp_path):
+    """Trials waiting on the gate or the weights of a job that failed first go on (their
+    workers then fail on the missing weights) instead of waiting forever."""
+    ray = ray_session
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def job():
+        raise ValueError("no such model")
+
+    relay = _relay()
+    dj = dense.DenseJob(state=relay.weights.remote(), output=job.remote(), gate=relay.wait_placed.remote(),
+                        relay=relay)
+    with pytest.raises(dense.DenseJobError):
+        dj.store(tmp_path)
+    ready, _ = ray.wait([dj.gate, dj.state], num_returns=2, timeout=30, fetch_local=False)
+    assert len(ready) == 2
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(dj.state)
 
 
 def test_store_writes_the_dense_directory_last_file_metrics(ray_session, tmp_path):
     ray = ray_session
     files = {"model.pt2": b"program", "state_dict.pt": b"weights", "metrics.json": b"{}"}
     output = ray.put({"metrics": {"accuracy": 0.9, "flops": 10.0, "params": 3}, "files": files})
-    metrics = dense.DenseJob(state=None, output=output).store(tmp_path)
+    metrics = dense.DenseJob(state=ray.put(b"weights"), output=output).store(tmp_path)
     assert metrics["accuracy"] == 0.9
     assert (tmp_path / "dense" / "state_dict.pt").read_bytes() == b"weights"
     assert json.loads((tmp_path / "dense" / "metrics.json").read_text())["params"] == 3
@@ -101,7 +122,7 @@ def test_dense_watch_reports_the_metrics_when_the_job_succeeds(ray_session, tmp_
     files = {"model.pt2": b"p", "state_dict.pt": b"w", "metrics.json": b"{}"}
     output = ray.put({"metrics": {"accuracy": 0.5}, "files": files})
     done = []
-    watch = DenseWatch(dense.DenseJob(state=None, output=output), tmp_path, lambda m, s: done.append(m))
+    watch = DenseWatch(dense.DenseJob(state=ray.put(b"w"), output=output), tmp_path, lambda m, s: done.append(m))
     assert watch.wait(timeout=60) and watch.error is None and not watch.stop_all()
     assert done == [{"accuracy": 0.5}] and (tmp_path / "dense" / "metrics.json").is_file()
 

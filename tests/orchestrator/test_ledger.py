@@ -28,7 +28,8 @@ def trial(tid: str, error_file: str | None = None) -> SimpleNamespace:
 def result(epoch: int, **extra) -> dict:
     row = {"epoch": epoch, "accuracy": 0.9, "loss": 0.3, "train_loss": 0.4, "sparsity": 0.5,
            "requested_sparsity": 0.5, "flops": 100, "flops_sparse": 50.0, "params": 10, "params_nonzero": 5,
-           "size_bytes": 40, "latency_ms": 0.1, "step": 10 * epoch, "units_pruned": 0.5, "startup_s": 12.0}
+           "size_bytes": 40, "latency_ms": 0.1, "step": 10 * epoch, "units_pruned": 0.5, "startup_s": 12.0,
+           "dense_wait_s": 3.0}
     # What Tune adds around the trial's own keys; none of it belongs in the ledger.
     return {**row, "training_iteration": epoch, "time_total_s": 5.0 * epoch, "config": dict(CONFIG),
             "trial_id": "x", "done": False, "hostname": "h", **extra}
@@ -57,7 +58,7 @@ def test_result_and_status_lines(tmp_path: Path) -> None:
                                "threshold_rule": "fraction", "amount": 0.5, "schedule": "gradual", "lr": 0.01,
                                "epochs": 3, "schedule.start_epoch": 0.0, "schedule.end_epoch": 0.8,
                                "schedule.interval_epochs": 0.2, "schedule.initial": 0.0}
-    assert first["startup_s"] == 12.0 and first["time_total_s"] == 5.0
+    assert first["startup_s"] == 12.0 and first["dense_wait_s"] == 3.0 and first["time_total_s"] == 5.0
     assert not {"training_iteration", "done", "hostname"} & set(first)
     assert events[3] == {"type": "status", "trial_id": "a", "status": "completed", "reason": "ran all 3 epochs",
                          "config": first["config"]}

@@ -85,6 +85,10 @@ def test_every_trial_epoch_lands_in_parquet_with_its_config(search_run) -> None:
     # The dense baseline is the reference row, trained well above chance.
     dense = json.loads((out / "dense" / "metrics.json").read_text())
     assert dense["accuracy"] > 0.8 and dense["sparsity"] == 0.0
+    # The per-trial overhead is measured apart from the wait for the dense job (which the
+    # first trials start beside).
+    assert all(e["startup_s"] > 0 and e["dense_wait_s"] >= 0 for e in results)
+    assert "dense baseline: accuracy" in stdout
     assert str(out / "report") in stdout and str(out / "results.jsonl") in stdout
 
 
