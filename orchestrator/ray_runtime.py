@@ -79,6 +79,7 @@ class RayRuntime:
     local: bool
     in_job: bool
     dashboard_url: str | None
+    owned: bool = False  # this call connected (or started) Ray, so the run may shut it down
 
     def describe(self) -> str:
         where = "embedded local Ray" if self.local else f"Ray cluster at {self.address}"
@@ -161,7 +162,8 @@ def init(address: str | None, *, num_cpus: float | None = None, quiet: bool = Tr
             configure_logging=True,
         )
     dashboard = getattr(ctx, "dashboard_url", None) if ctx is not None else None
-    return RayRuntime(address=address or None, local=not address, in_job=in_job, dashboard_url=dashboard or None)
+    return RayRuntime(address=address or None, local=not address, in_job=in_job, dashboard_url=dashboard or None,
+                      owned=ctx is not None)
 
 
 def pin_cluster_address() -> None:

@@ -26,6 +26,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(_here))
 
 import signal
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -207,8 +208,9 @@ def run(cfg: Any, args: Any) -> int:
         callbacks = [
             LedgerCallback(out, scheduler=scheduler, storage=cfg.storage, max_epochs=cfg.search.max_epochs,
                            echo=True),
-            # After the ledger, so the final rebuild sees the last status lines.
-            reports.ReportCallback(out, every=max(5, plan.trials // 2), plots=False),
+            # Refreshes during the search; the final report is built below (also after
+            # an interruption), not twice.
+            reports.ReportCallback(out, every=max(5, plan.trials // 2), plots=False, at_end=False),
         ]
         tuner = tune.Tuner(
             trainable,
@@ -247,11 +249,24 @@ def run(cfg: Any, args: Any) -> int:
         # The dense files before the report (its reference row); not after an interruption.
         dense_failed = (watch is not None and watch.wait(timeout=None if stop["signal"] is None else 0)
                         and watch.error is not None)
-        # 6. The report, from the ledger (also after an interruption).
+        # 6. The report, from the ledger (also after an interruption). It needs no Ray: a Ray
+        # this run started shuts down meanwhile (mostly waiting for its processes to exit).
         report_dir = out / "report"
-        try:
-            reports.build_report(out)
-        except Exception as e:  # the ledger is intact; `python -m reports build` can retry
+        report_error: list[Exception] = []
+
+        def build() -> None:
+            try:
+                reports.build_report(out)
+            except Exception as e:  # noqa: BLE001 - reported below
+                report_error.append(e)
+
+        builder = threading.Thread(target=build, name="prunefront-report")
+        builder.start()
+        if runtime.owned:
+            ray.shutdown()
+        builder.join()
+        if report_error:  # the ledger is intact; `python -m reports build` can retry
+            e = report_error[0]
             _say(f"warning: could not build the report ({e.__class__.__name__}: {e}); "
                  f"retry with: python -m reports build {out}")
         counts = status_summary(ledger_path)

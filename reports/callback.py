@@ -36,6 +36,9 @@ class ReportCallback(Callback):
         report_dir: Where to write; default ``<experiment_dir>/report``.
         plots: Also redraw ``fronts.png`` / ``fronts.html`` at each refresh (the
             final build always draws them).
+        at_end: Build the final report when the experiment ends. Off when the caller
+            builds it itself after ``Tuner.fit`` (as ``orchestrator/search.py`` does,
+            also after an interruption), so it is not built twice.
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class ReportCallback(Callback):
         every: int = 10,
         report_dir: str | Path | None = None,
         plots: bool = True,
+        at_end: bool = True,
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
@@ -51,6 +55,7 @@ class ReportCallback(Callback):
         self.every = every
         self.report_dir = Path(report_dir) if report_dir is not None else None
         self.plots = plots
+        self.at_end = at_end
         self.builds = 0
         self.last_build_s: float | None = None
         self._pending = 0
@@ -75,4 +80,5 @@ class ReportCallback(Callback):
             self._rebuild(self.plots)
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-        self._rebuild(plots=True)
+        if self.at_end:
+            self._rebuild(plots=True)

@@ -87,3 +87,15 @@ def test_callback_rejects_bad_every(tmp_path, every):
 
     with pytest.raises(ValueError, match="every must be an integer >= 1"):
         ReportCallback(tmp_path, every=every)
+
+
+def test_callback_leaves_the_final_build_to_its_caller_when_asked(tmp_path, callback_list):
+    from reports import ReportCallback
+
+    w = ExperimentWriter(tmp_path / "exp")
+    cb = ReportCallback(w.root, every=5, plots=False, at_end=False)
+    c1 = cfg("magnitude", "unstructured", 0.5, "one_shot")
+    w.result("t1", c1, 1, **metrics(0.96875, 0.5, 34048, 17110, 52210, 17226, 8709))
+    w.status("t1", c1, "completed", "max epochs reached")
+    callback_list([cb]).on_experiment_end(trials=[])
+    assert cb.builds == 0 and not (w.root / "report").exists()
