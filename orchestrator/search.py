@@ -44,7 +44,6 @@ class _Preload:
 
     def __init__(self, *modules: str) -> None:
         import importlib
-        import threading
 
         def run() -> None:
             for name in modules:
