@@ -13,8 +13,6 @@ Written under ``<output>/dense/``: ``model.pt2`` (``pruners.save``), ``state_dic
 
 from __future__ import annotations
 
-import gc
-import io
 import json
 import logging
 import math
@@ -27,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "DENSE_DIR", "DenseJob", "DenseJobError", "DenseRelay", "dense_loop", "load_checkpoint_state", "load_dense", "run_dense",
+    "DENSE_DIR", "DenseJob", "DenseJobError", "DenseRelay", "dense_loop", "load_checkpoint_state", "load_dense",
     "start_dense",
 ]
 
@@ -67,7 +65,7 @@ def dense_loop(config: dict[str, Any]) -> None:
     import torch.nn.functional as F
 
     import pruners
-    from orchestrator.trial import worker_setup
+    from orchestrator.trial import state_dict_bytes, worker_setup
     from pruners.measure import unwrap
 
     relay = config.get("relay")
@@ -109,9 +107,7 @@ def dense_loop(config: dict[str, Any]) -> None:
     net = unwrap(model)
     state_blob = b""
     if setup.rank == 0:
-        buf = io.BytesIO()
-        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, buf)
-        state_blob = buf.getvalue()
+        state_blob = state_dict_bytes(net)
         if relay is not None:
             # The waiting trials start fine-tuning now, not after measuring and saving.
             ray.get(relay.publish.remote(state_blob))
@@ -148,6 +144,7 @@ def load_checkpoint_state(path: str, search: dict[str, Any]) -> bytes:
 
     from orchestrator import data, models
     from orchestrator.config import SearchConfig
+    from orchestrator.trial import state_dict_bytes
 
     cfg = SearchConfig.from_dict(search)
     try:
@@ -171,9 +168,7 @@ def load_checkpoint_state(path: str, search: dict[str, Any]) -> bytes:
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise ValueError(f"dense.checkpoint: {path!r} does not fit model {cfg.model.name!r}: {first}") from None
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.getvalue()
+    return state_dict_bytes(model)
 
 
 def _dense_job(
@@ -210,14 +205,11 @@ def _dense_job(
         # handle; this process stays in Ray's worker pool, so without this the controller
         # and its dataset manager would outlive the job (~0.5 GB).
         signal.signal(signal.SIGINT, previous)
-    checkpoint = result.checkpoint
-    del trainer, result
-    gc.collect()
-    if checkpoint is None:
+    if result.checkpoint is None:
         raise RuntimeError("the dense job finished without a checkpoint")
     with tempfile.TemporaryDirectory(prefix="prunefront-dense-") as tmp:
         local = Path(tmp, "ckpt")
-        copy_from_storage(train_storage, checkpoint.path, local)
+        copy_from_storage(train_storage, result.checkpoint.path, local)
         files = {name: (local / name).read_bytes() for name in _FILES}
     return {"metrics": json.loads(files["metrics.json"]), "files": files}
 
@@ -277,13 +269,6 @@ class DenseJob:
     output: Any
     gate: Any = None
     relay: Any = None
-
-    def wait_started(self) -> None:
-        """Block until the dense job's workers hold their resources, or the job ended."""
-        import ray
-
-        if self.gate is not None:
-            ray.wait([self.gate, self.output], num_returns=1, fetch_local=False)
 
     def store(self, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
         """Wait for the job, write ``<out_dir>/dense`` (atomically), return its metrics.
@@ -359,24 +344,6 @@ def start_dense(
     # The ref goes inside a list so Ray hands it to the job as a ref, not as its bytes.
     output = task.remote(search, train_storage, workers, dict(worker_resources), use_gpu, [initial_state], relay)
     return DenseJob(state=relay.weights.remote(), output=output, gate=relay.wait_placed.remote(), relay=relay)
-
-
-def run_dense(
-    search: dict[str, Any],
-    out_dir: str | os.PathLike[str],
-    *,
-    train_storage: str,
-    workers: int,
-    worker_resources: dict[str, float],
-    use_gpu: bool,
-    initial_state: Any = None,
-) -> dict[str, Any]:
-    """Run the dense job to its end and store its files in ``<out_dir>/dense``; returns
-    its metrics (:func:`start_dense` + :meth:`DenseJob.store`)."""
-    job = start_dense(search, train_storage=train_storage, workers=workers,
-                      worker_resources=worker_resources, use_gpu=use_gpu, initial_state=initial_state)
-    job.wait_started()
-    return job.store(out_dir)
 
 
 def load_dense(out_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes] | None:

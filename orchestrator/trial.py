@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "BestModelRule", "TrialContext", "TrialOutcome", "load_state_dict_bytes", "run_trial", "train_trial",
-    "worker_loop", "worker_setup",
+    "BestModelRule", "TrialContext", "TrialOutcome", "load_state_dict_bytes", "run_trial", "state_dict_bytes",
+    "train_trial", "worker_loop", "worker_setup",
 ]
 
 #: Ledger keys that are not metrics (dropped when a finished trial's result is replayed).
@@ -110,6 +110,15 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         torch_config=TorchConfig(backend="nccl" if ctx.use_gpu else "gloo"),
     )
     trainer.fit()
+
+
+def state_dict_bytes(module: Any) -> bytes:
+    """``module``'s ``state_dict`` (on the CPU) as ``torch.save`` bytes, the form trials load."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buf)
+    return buf.getvalue()
 
 
 def load_state_dict_bytes(blob: bytes) -> dict[str, Any]:

@@ -23,7 +23,7 @@ def _relay():
     return ray.remote(num_cpus=0)(dense.DenseRelay).remote()
 
 
-def test_wait_started_returns_once_the_job_signals(ray_session):
+def test_the_gate_opens_once_the_job_signals_not_at_its_end(ray_session):
     ray = ray_session
     relay = _relay()
 
@@ -34,21 +34,11 @@ def test_wait_started_returns_once_the_job_signals(ray_session):
         return {}
 
     output = job.remote(relay)
-    t0 = time.time()
-    dense.DenseJob(state=None, output=output, gate=relay.wait_placed.remote(), relay=relay).wait_started()
-    assert time.time() - t0 < 20  # released by the signal, not by the job's end
+    gate = relay.wait_placed.remote()
+    # What a trial's driver does before starting its Train run (orchestrator.trial.run_trial).
+    ready, _ = ray.wait([gate], num_returns=1, timeout=20, fetch_local=False)
+    assert ready == [gate]  # released by the signal, not by the job's end
     ray.cancel(output, force=True)
-
-
-def test_wait_started_returns_when_the_job_fails_before_signalling(ray_session):
-    ray = ray_session
-
-    @ray.remote(num_cpus=0, max_retries=0)
-    def job():
-        raise ValueError("no workers")
-
-    relay = _relay()
-    dense.DenseJob(state=None, output=job.remote(), gate=relay.wait_placed.remote(), relay=relay).wait_started()
 
 
 def test_a_gate_and_weights_never_posted_are_released_when_the_job_ends(ray_session, tmp_path):
@@ -145,7 +135,6 @@ def test_real_dense_job_stores_its_files_and_leaves_no_train_actors(ray_session,
                                   "metrics": {"latency_repeats": 2}})
     job = dense.start_dense(cfg.to_dict(), train_storage=str(tmp_path / "train"), workers=1,
                             worker_resources={"CPU": 0.9}, use_gpu=False)
-    job.wait_started()
     metrics = job.store(tmp_path)
     assert metrics["epoch"] == 1 and 0.0 <= metrics["accuracy"] <= 1.0 and metrics["params"] > 0
     stored = dense.load_dense(tmp_path)
