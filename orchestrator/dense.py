@@ -122,6 +122,7 @@ def dense_loop(config: dict[str, Any]) -> None:
         "sparsity": 0.0,
         "requested_sparsity": 0.0,
         **m.to_dict(),
+        **setup.placement,
     }
     if setup.rank == 0:
         with tempfile.TemporaryDirectory(prefix="prunefront-dense-") as tmp:

@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 LEDGER_FILE = "results.jsonl"
 #: Keys of a ``pruners.finetune`` row besides ``epoch`` and the metric keys that are
 #: worth keeping in the ledger.
-EXTRA_ROW_KEYS = ("step", "units_pruned", "startup_s", "dense_wait_s")
+EXTRA_ROW_KEYS = ("step", "units_pruned", "startup_s", "dense_wait_s", "node_id", "host", "device")
 FINISHED = ("completed", "stopped", "errored")
 # The result key TuneReportCallback adds when a Train report carried a checkpoint.
 CHECKPOINT_PATH_KEY = "checkpoint_path"

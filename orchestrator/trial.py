@@ -141,6 +141,9 @@ class WorkerSetup:
     rank: int
     world_size: int
     dense_wait_s: float = 0.0  # seconds spent waiting for the dense weights
+    #: Where this worker runs (``node_id``, ``host``, ``device``): rank 0's go into
+    #: every row, so a latency can be read against the hardware that measured it.
+    placement: dict[str, str] = field(default_factory=dict)
 
 
 def worker_setup(search: dict[str, Any], initial_state: Any) -> WorkerSetup:
@@ -182,7 +185,22 @@ def worker_setup(search: dict[str, Any], initial_state: Any) -> WorkerSetup:
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     example = ds.example_inputs(1).to(device)
-    return WorkerSetup(cfg, model, train_loader, eval_loader, example, device, rank, world, waited)
+    return WorkerSetup(cfg, model, train_loader, eval_loader, example, device, rank, world, waited,
+                       placement(device))
+
+
+def placement(device: Any) -> dict[str, str]:
+    """This process's Ray node id, host name and torch device (with the GPU's name)."""
+    import socket
+
+    import ray
+    import torch
+
+    name = str(device)
+    if getattr(device, "type", None) == "cuda":
+        name = f"{name} ({torch.cuda.get_device_name(device)})"
+    return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+            "device": name}
 
 
 class BestModelRule:
@@ -278,7 +296,8 @@ def train_trial(config: dict[str, Any]) -> TrialOutcome:
         # report is sent from here so it can carry the checkpoint of that same epoch.
         row = {k: _plain(v) for k, v in row.items()}
         rows.append(row)
-        metrics = {**row, **record, "startup_s": startup_s, "dense_wait_s": setup.dense_wait_s}
+        metrics = {**row, **record, "startup_s": startup_s, "dense_wait_s": setup.dense_wait_s,
+                   **setup.placement}
         save = rule.should_save(row)
         if save and setup.rank == 0:
             with tempfile.TemporaryDirectory(prefix="prunefront-ckpt-") as tmp:

@@ -29,7 +29,7 @@ def result(epoch: int, **extra) -> dict:
     row = {"epoch": epoch, "accuracy": 0.9, "loss": 0.3, "train_loss": 0.4, "sparsity": 0.5,
            "requested_sparsity": 0.5, "flops": 100, "flops_sparse": 50.0, "params": 10, "params_nonzero": 5,
            "size_bytes": 40, "latency_ms": 0.1, "step": 10 * epoch, "units_pruned": 0.5, "startup_s": 12.0,
-           "dense_wait_s": 3.0}
+           "dense_wait_s": 3.0, "node_id": "ab12", "host": "w1", "device": "cpu"}
     # What Tune adds around the trial's own keys; none of it belongs in the ledger.
     return {**row, "training_iteration": epoch, "time_total_s": 5.0 * epoch, "config": dict(CONFIG),
             "trial_id": "x", "done": False, "hostname": "h", **extra}
@@ -59,6 +59,7 @@ def test_result_and_status_lines(tmp_path: Path) -> None:
                                "epochs": 3, "schedule.start_epoch": 0.0, "schedule.end_epoch": 0.8,
                                "schedule.interval_epochs": 0.2, "schedule.initial": 0.0}
     assert first["startup_s"] == 12.0 and first["dense_wait_s"] == 3.0 and first["time_total_s"] == 5.0
+    assert (first["node_id"], first["host"], first["device"]) == ("ab12", "w1", "cpu")
     assert not {"training_iteration", "done", "hostname"} & set(first)
     assert events[3] == {"type": "status", "trial_id": "a", "status": "completed", "reason": "ran all 3 epochs",
                          "config": first["config"]}

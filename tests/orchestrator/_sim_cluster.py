@@ -1,0 +1,33 @@
+"""A simulated multi-node Ray cluster for tests: ``python _sim_cluster.py TEMP_DIR``.
+
+Starts ``ray.cluster_utils.Cluster`` with a head node that has no CPUs (as on a real
+cluster whose head only runs drivers) and two 1-CPU worker nodes, prints one JSON line
+``{"address", "head", "workers": [node ids]}``, and shuts the cluster down when its stdin
+closes. Run as its own process, so its Ray never meets the test session's shared one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ray.cluster_utils import Cluster
+
+MB = 2**20
+
+
+def main(temp_dir: str) -> None:
+    common = {"object_store_memory": 100 * MB, "temp_dir": temp_dir}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, **common})
+    try:
+        workers = [cluster.add_node(num_cpus=1, **common) for _ in range(2)]
+        cluster.wait_for_nodes()
+        print(json.dumps({"address": cluster.address, "head": cluster.head_node.node_id,
+                          "workers": [w.node_id for w in workers]}), flush=True)
+        sys.stdin.read()  # until the test closes our stdin
+    finally:
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
