@@ -5,9 +5,9 @@ Tune's trial actor, a Train controller and its helper actors, a worker process. 
 script separates what Prunefront adds (imports of torch, torch-pruning and the project in
 the worker, the dataset, the model, DDP set-up) from what any Tune + Train trial pays:
 
-* **floor**: a Tune function trainable that builds a ``TorchTrainer`` exactly as
-  ``orchestrator.trial.run_trial`` does (same resources, storage, ``TuneReportCallback``,
-  checkpoint and failure configs, gloo) whose worker loop only reports;
+* **floor**: a Tune function trainable whose ``TorchTrainer`` comes from the same
+  ``orchestrator.trial.make_trainer`` as a real trial's (same resources, storage,
+  ``TuneReportCallback``, checkpoint and failure configs, gloo), but whose loop only reports;
 * **prunefront**: a real search on the same Ray (digits, small CNN, one epoch per trial,
   one trial at a time), read from each row's ``startup_s``.
 
@@ -41,25 +41,16 @@ def floor_loop(config: dict) -> None:
 
 
 def floor_trainable(config: dict) -> None:
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+    # Train's and Tune's modules are imported before the clock starts, as in run_trial.
+    import ray.train.torch
+    import ray.tune.integration.ray_train
 
-    from orchestrator.ray_runtime import pin_cluster_address
+    from orchestrator.trial import TrialContext, make_trainer
 
-    pin_cluster_address()  # as run_trial does
-    trainer = TorchTrainer(
-        floor_loop,
-        train_loop_config={"trainable_started": time.time()},
-        scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.9}),
-        run_config=ray.train.RunConfig(
-            name=f"floor-{int(time.time() * 1000)}", storage_path=config["storage"],
-            callbacks=[TuneReportCallback()], checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=0),
-        ),
-        torch_config=TorchConfig(backend="gloo"),
-    )
-    trainer.fit()
+    ctx = TrialContext(search={}, dense_state=None, train_storage=config["storage"], workers=1,
+                       worker_resources={"CPU": 0.9})
+    trial_id = ray.tune.get_context().get_trial_id()
+    make_trainer(floor_loop, {"trainable_started": time.time()}, trial_id, ctx).fit()
 
 
 def run_floor(repeats: int, storage: str) -> list[float]:

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "BestModelRule", "TrialContext", "TrialOutcome", "load_state_dict_bytes", "run_trial", "state_dict_bytes",
+    "BestModelRule", "TrialContext", "TrialOutcome", "load_state_dict_bytes", "make_trainer", "run_trial",
+    "state_dict_bytes",
     "train_trial", "worker_loop", "worker_setup",
 ]
 
@@ -69,10 +70,9 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         config: The sampled flat Tune config (keys of ``config.flat_space``).
         ctx: Everything trials share (:class:`TrialContext`).
     """
-    import ray.train
+    import ray.train.torch  # noqa: F401 - make_trainer's imports, done before any wait
+    import ray.tune.integration.ray_train  # noqa: F401
     from ray import tune
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
     done = ctx.finished.get(trial_id)
@@ -82,19 +82,33 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         tune.report({k: v for k, v in done.items() if k not in _NOT_METRICS and v is not None})
         return
 
-    from orchestrator.ray_runtime import pin_cluster_address
-
     if ctx.dense_gate is not None:
         # The dense job is still starting: begin this Train run (whose workers hold CPUs
         # while they wait for the dense weights) only once the dense workers hold theirs.
         import ray
 
         ray.wait([ctx.dense_gate], num_returns=1, fetch_local=False)
+    loop_config = {"search": ctx.search, "trial": dict(config), "dense_state": ctx.dense_state,
+                   "trainable_started": time.time()}
+    make_trainer(worker_loop, loop_config, trial_id, ctx).fit()
+
+
+def make_trainer(loop: Any, loop_config: dict[str, Any], trial_id: str, ctx: TrialContext) -> Any:
+    """The ``TorchTrainer`` of one trial attempt, reporting to Tune (call inside a trainable).
+
+    ``bench/trial_overhead.py`` builds its Ray-only baseline with this too, so both time
+    the same Train run.
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestrator.ray_runtime import pin_cluster_address
+
     pin_cluster_address()
-    trainer = TorchTrainer(
-        worker_loop,
-        train_loop_config={"search": ctx.search, "trial": dict(config), "dense_state": ctx.dense_state,
-                           "trainable_started": time.time()},
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=ctx.workers, use_gpu=ctx.use_gpu, resources_per_worker=dict(ctx.worker_resources)
         ),
@@ -109,7 +123,6 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         ),
         torch_config=TorchConfig(backend="nccl" if ctx.use_gpu else "gloo"),
     )
-    trainer.fit()
 
 
 def state_dict_bytes(module: Any) -> bytes:
