@@ -274,7 +274,11 @@ def ray_resources(group: Mapping[str, Any], pod: Mapping[str, Any]) -> tuple[int
 
 
 def entrypoint_args() -> list[str]:
-    args = shlex.split(one("RayJob")["spec"]["entrypoint"])
+    entrypoint = one("RayJob")["spec"]["entrypoint"]
+    # KubeRay pastes the entrypoint unquoted into the submitter's bash line
+    # (`ray job submit ... -- <entrypoint> ;`, common/job.go): no shell syntax in it.
+    assert not re.search(r"[;&|<>`$()\\]", entrypoint), entrypoint
+    args = shlex.split(entrypoint)
     assert args[:2] == ["python", "orchestrator/search.py"], args
     return args
 
