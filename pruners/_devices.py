@@ -1,4 +1,4 @@
-"""Device helpers shared by the criteria, ``finetune`` and ``measure``."""
+"""Device and module helpers shared by the criteria, ``finetune``, ``measure`` and ``io``."""
 
 from __future__ import annotations
 
@@ -31,3 +31,19 @@ def move_to(x: Any, device: torch.device) -> Any:
     if isinstance(x, Mapping):
         return {k: move_to(v, device) for k, v in x.items()}
     return x
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel`` / ``DataParallel`` wrappers."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def as_tuple(example_inputs: Any) -> tuple[Any, ...]:
+    """Positional arguments for ``model(*args)``: a lone tensor becomes a 1-tuple."""
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    return (example_inputs,)

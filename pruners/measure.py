@@ -8,21 +8,27 @@ and must mean the same thing for dense, unstructured (masked) and structured (sm
 * ``flops_sparse`` scales every counted operation that reads a layer's weight by the fraction
   of that (effective, i.e. masked) weight which is nonzero, since a sparse kernel skips the
   zeros; operations reading no weight (attention score matmuls, ...) count in full.
-* ``size_bytes`` is the length of what we would actually ship: ``torch.save`` of the effective
-  state dict, where each weight tensor is stored in CSR form (values + int32 row pointers +
-  int16/int32 column indices) when that is smaller than its dense form. A dense or structurally
-  pruned model therefore costs exactly its dense state dict.
+* ``size_bytes`` is the size of the file ``pruners.save`` writes for the model (masks folded,
+  entries compressed): what a user ships. ``measure`` writes that file itself unless it is
+  handed one (``artifact=``).
+* ``latency_ms`` is the median time of one forward pass of *that file* loaded back
+  (``pruners.load``: masks folded, no hooks, what a user deploys), on a fixed number of
+  threads, after warm-up; ``latency_iqr_ms`` is the spread (interquartile range). With a
+  ``reference`` (the dense model's file) both are timed alternately, so ``speedup`` =
+  ``dense_latency_ms / latency_ms`` compares them under the same load.
 """
 
 from __future__ import annotations
 
 import copy
-import io
+import os
 import statistics
+import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,12 +36,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torch.utils._pytree import tree_flatten
 
-from pruners._devices import device_of
+from pruners._devices import as_tuple, device_of, unwrap
 
-__all__ = ["Metrics", "LayerMetrics", "measure", "unwrap", "effective_state_dict", "serialized_size"]
-
-# Column indices of a CSR matrix fit in int16 when a row is shorter than this.
-_INT16_LIMIT = 2**15
+__all__ = ["Latency", "Metrics", "LayerMetrics", "measure", "time_forward", "unwrap", "effective_state_dict"]
 
 
 @dataclass(frozen=True)
@@ -63,10 +66,15 @@ class Metrics:
         params: Total parameters of the effective model (a pruned ``weight_orig`` counts once,
             masks are not parameters).
         params_nonzero: Nonzero entries among those parameters.
-        size_bytes: Bytes of the serialized effective state dict (sparse tensors as CSR when
-            smaller).
-        latency_ms: Median wall time of one forward pass at ``batch_size``.
+        size_bytes: Bytes of the model's saved file (``pruners.save``).
+        latency_ms: Median wall time of one forward pass of the saved file, loaded back, at
+            ``batch_size`` on ``threads`` threads; None when not timed.
+        latency_iqr_ms: Interquartile range of those times.
+        dense_latency_ms: Median time of the reference (dense) file, timed alternately with
+            this one; None without a reference.
+        speedup: ``dense_latency_ms / latency_ms``; None without a reference.
         batch_size: Batch size the latency was measured at.
+        threads: Intra-op threads the latency was measured with (CPU).
         per_layer: One ``LayerMetrics`` per module whose weights some counted op reads.
     """
 
@@ -74,9 +82,13 @@ class Metrics:
     flops_sparse: float
     params: int
     params_nonzero: int
-    size_bytes: int
-    latency_ms: float
+    size_bytes: int | None
+    latency_ms: float | None
+    latency_iqr_ms: float | None = None
+    dense_latency_ms: float | None = None
+    speedup: float | None = None
     batch_size: int = 1
+    threads: int = 1
     per_layer: tuple[LayerMetrics, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,27 +100,14 @@ class Metrics:
             "params_nonzero": self.params_nonzero,
             "size_bytes": self.size_bytes,
             "latency_ms": self.latency_ms,
+            "latency_iqr_ms": self.latency_iqr_ms,
+            "dense_latency_ms": self.dense_latency_ms,
+            "speedup": self.speedup,
         }
 
     def layers_dict(self) -> list[dict[str, Any]]:
         """Per-layer detail as plain dicts (for JSON)."""
         return [{**asdict(layer), "density": layer.density} for layer in self.per_layer]
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside ``DistributedDataParallel`` / ``DataParallel`` wrappers."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
-
-
-def as_tuple(example_inputs: Any) -> tuple[Any, ...]:
-    """Positional arguments for ``model(*args)``: a lone tensor becomes a 1-tuple."""
-    if isinstance(example_inputs, tuple):
-        return example_inputs
-    if isinstance(example_inputs, list):
-        return tuple(example_inputs)
-    return (example_inputs,)
 
 
 def _effective_tensors(module: nn.Module) -> dict[str, tuple[nn.Parameter, torch.Tensor]]:
@@ -144,52 +143,6 @@ def effective_state_dict(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
         else:
             out[key] = value.detach() if isinstance(value, torch.Tensor) else value
     return out
-
-
-def _csr_encoding(t: torch.Tensor) -> dict[str, Any]:
-    """CSR of ``t`` viewed as (rows = dim 0, cols = the rest), with the narrowest index type."""
-    mat = t.reshape(t.shape[0], -1).cpu()
-    rows, cols = mat.shape
-    nz_rows, nz_cols = mat.nonzero(as_tuple=True)
-    counts = torch.bincount(nz_rows, minlength=rows)
-    crow = torch.zeros(rows + 1, dtype=torch.int32)
-    crow[1:] = torch.cumsum(counts, 0).to(torch.int32)
-    col_dtype = torch.int16 if cols < _INT16_LIMIT else torch.int32
-    return {
-        "shape": tuple(t.shape),
-        "crow_indices": crow,
-        "col_indices": nz_cols.to(col_dtype),
-        "values": mat[nz_rows, nz_cols].clone(),
-    }
-
-
-def _csr_nbytes(t: torch.Tensor, nnz: int) -> int:
-    rows = t.shape[0]
-    cols = t.numel() // max(rows, 1)
-    col_bytes = 2 if cols < _INT16_LIMIT else 4
-    return nnz * (t.element_size() + col_bytes) + (rows + 1) * 4
-
-
-def serialized_size(model: nn.Module) -> int:
-    """Bytes of ``torch.save`` of the effective state dict, sparse weights stored as CSR.
-
-    Each floating tensor with at least two dimensions is written in CSR form when that is
-    smaller than its dense bytes (a weight well below ~60 % density at float32); everything
-    else is written dense. A model without zeros costs exactly its dense state dict.
-    """
-    sd = effective_state_dict(model)
-    encoded: OrderedDict[str, Any] = OrderedDict()
-    encoded._metadata = sd._metadata  # type: ignore[attr-defined]
-    for key, t in sd.items():
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 2 and t.numel():
-            nnz = int(torch.count_nonzero(t))
-            if _csr_nbytes(t, nnz) < t.numel() * t.element_size():
-                encoded[key] = _csr_encoding(t)
-                continue
-        encoded[key] = t.cpu() if isinstance(t, torch.Tensor) else t
-    buf = io.BytesIO()
-    torch.save(encoded, buf)
-    return buf.getbuffer().nbytes
 
 
 class _WeightAttributingFlopCounter(FlopCounterMode):
@@ -281,42 +234,114 @@ def _to(args: tuple[Any, ...], device: torch.device) -> tuple[Any, ...]:
     return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
 
 
-def _latency_ms(model: nn.Module, args: tuple[Any, ...], repeats: int, warmup: int) -> float:
-    device = device_of(model)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times: list[float] = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            sync()
-            t0 = time.perf_counter()
-            model(*args)
-            sync()
-            if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+@dataclass(frozen=True)
+class Latency:
+    """Timings of one model: median and interquartile range of a forward pass, in ms."""
+
+    median_ms: float
+    iqr_ms: float
+    repeats: int
+    batch_size: int
+    threads: int
+
+
+def _sync(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def time_forward(
+    models: Mapping[str, Callable[..., Any]],
+    args: tuple[Any, ...],
+    *,
+    repeats: int = 20,
+    warmup: int = 3,
+    threads: int | None = 1,
+) -> dict[str, Latency]:
+    """Time one forward pass of each model, alternately (round robin), on ``args``.
+
+    Alternating means load drift on a shared machine hits every model alike, so ratios
+    between them hold even when absolute times move. CPU work runs on ``threads``
+    intra-op threads (restored after; None keeps the current setting); on CUDA each pass is
+    bracketed by ``synchronize``.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+    sync = _sync(device)
+    before = torch.get_num_threads()
+    if threads is not None and device.type == "cpu":
+        torch.set_num_threads(int(threads))
+    used = torch.get_num_threads()
+    times: dict[str, list[float]] = {k: [] for k in models}
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + repeats):
+                for name, model in models.items():
+                    sync()
+                    t0 = time.perf_counter()
+                    model(*args)
+                    sync()
+                    if i >= warmup:
+                        times[name].append((time.perf_counter() - t0) * 1e3)
+    finally:
+        torch.set_num_threads(before)
+    out = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=4, method="inclusive") if len(ts) > 1 else [ts[0]] * 3
+        out[name] = Latency(statistics.median(ts), q[2] - q[0], repeats, int(_batch(args)), used)
+    return out
+
+
+def _batch(args: tuple[Any, ...]) -> int:
+    first = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), None)
+    return 1 if first is None else int(first.shape[0])
+
+
+def _loaded(model_or_path: Any, device: torch.device) -> Any:
+    if isinstance(model_or_path, (str, os.PathLike)):
+        from pruners.io import load
+
+        model_or_path = load(model_or_path)
+    return model_or_path.to(device) if device.type != "cpu" else model_or_path
 
 
 def measure(
     model: nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
     *,
+    artifact: str | os.PathLike[str] | None = None,
+    reference: Any = None,
     latency_repeats: int = 20,
     batch_size: int = 1,
     warmup: int = 3,
+    threads: int | None = 1,
+    time_latency: bool = True,
+    files: bool = True,
 ) -> Metrics:
-    """Measure FLOPs, parameters, serialized size and latency of ``model``.
+    """Measure FLOPs and parameters of ``model``, and size and latency of its saved file.
 
-    The model is measured in eval mode (its per-module train/eval flags are restored after)
-    on the device its parameters live on; a ``DistributedDataParallel`` wrapper is looked
-    through. The model is not modified.
+    FLOPs and parameters are counted on ``model`` (eval mode, flags restored after; a
+    ``DistributedDataParallel`` wrapper is looked through; the model is not modified).
+    Size and latency are the artifact's: ``artifact`` (a file ``pruners.save`` wrote for
+    this model) or, when None, a file written here to a temporary directory. The latency is
+    that file loaded back and timed on the model's device.
 
     Args:
         model: Dense, masked (``torch.nn.utils.prune``) or structurally pruned model.
         example_inputs: A tensor (or tuple of positional tensors) whose first dimension is the
             batch. FLOPs are counted for its first example only (batch of one).
+        artifact: The model's saved file, if already written.
+        reference: The dense model's saved file (path) or loaded module, timed alternately
+            with this one (``dense_latency_ms``, ``speedup``).
         latency_repeats: Timed forward passes; the median is reported.
         batch_size: Batch size of the latency measurement (the first example repeated).
         warmup: Untimed forward passes before timing (allocator, lazy init, caches).
+        threads: CPU intra-op threads while timing (None: leave as is).
+        time_latency: False skips the latency (size and FLOPs only).
+        files: False skips the file altogether: FLOPs and parameters only (size and
+            latency None), e.g. on DDP ranks whose figures nobody reads.
 
     Returns:
         ``Metrics``; ``flops`` are FLOPs = 2 x MACs as counted by ``FlopCounterMode``, and
@@ -342,7 +367,6 @@ def measure(
         pass
     try:
         flops, by_layer, _ = _count_flops(model, _batch_of(args, 1))
-        latency = _latency_ms(model, _batch_of(args, batch_size), latency_repeats, warmup)
     finally:
         for m, training in modes.items():
             m.training = training
@@ -372,13 +396,36 @@ def measure(
             flops_sparse -= layer_flops - layer_sparse
             per_layer.append(LayerMetrics(name, layer_flops, layer_sparse, n, nnz))
 
+    size = lat = dense = None
+    with tempfile.TemporaryDirectory(prefix="prunefront-measure-") as tmp:
+        path = Path(artifact) if artifact is not None else Path(tmp, "model.pt2")
+        if not files:
+            time_latency = False
+        elif artifact is None:
+            from pruners.io import save
+
+            save(model, path, args)
+        if files:
+            size = os.path.getsize(path)
+        if time_latency:
+            batch = _batch_of(args, batch_size)
+            models = {"model": _loaded(path, device)}
+            if reference is not None:
+                models["dense"] = _loaded(reference, device)
+            timed = time_forward(models, batch, repeats=latency_repeats, warmup=warmup, threads=threads)
+            lat, dense = timed["model"], timed.get("dense")
+
     return Metrics(
         flops=int(flops),
         flops_sparse=max(flops_sparse, 0.0),
         params=params,
         params_nonzero=params_nonzero,
-        size_bytes=serialized_size(model),
-        latency_ms=float(latency),
+        size_bytes=None if size is None else int(size),
+        latency_ms=None if lat is None else float(lat.median_ms),
+        latency_iqr_ms=None if lat is None else float(lat.iqr_ms),
+        dense_latency_ms=None if dense is None else float(dense.median_ms),
+        speedup=None if dense is None or lat is None or lat.median_ms <= 0 else float(dense.median_ms / lat.median_ms),
         batch_size=batch_size,
+        threads=lat.threads if lat is not None else (threads or torch.get_num_threads()),
         per_layer=tuple(per_layer),
     )

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import io
 import math
+import os
+import time
 
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from pruners.measure import Metrics, measure, serialized_size
+import pruners
+from pruners.measure import Metrics, measure
 from tests.pruners.models import MLP, ResidualCNN, cnn_batch
 
-METRIC_KEYS = {"flops", "flops_sparse", "params", "params_nonzero", "size_bytes", "latency_ms"}
+METRIC_KEYS = {"flops", "flops_sparse", "params", "params_nonzero", "size_bytes", "latency_ms",
+               "latency_iqr_ms", "dense_latency_ms", "speedup"}
 
 
 def _tiny() -> nn.Sequential:
@@ -81,19 +84,22 @@ def test_ops_reading_no_weight_are_not_scaled():
     assert m.flops_sparse == pytest.approx(linear / 4 + bmm)
 
 
-def test_dense_size_is_exactly_the_saved_state_dict():
+def test_size_is_the_saved_files_size(tmp_path):
     model = ResidualCNN()
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    assert serialized_size(model) == buf.getbuffer().nbytes
-    m = measure(model, cnn_batch(2)[0], latency_repeats=2, warmup=0)
-    assert m.size_bytes == buf.getbuffer().nbytes
+    x = cnn_batch(2)[0]
+    path = tmp_path / "model.pt2"
+    pruners.save(model, path, x)
+    m = measure(model, x, artifact=path, latency_repeats=2, warmup=0)
+    assert m.size_bytes == os.path.getsize(path)
     assert m.params == sum(p.numel() for p in model.parameters())
     # BatchNorm biases start at zero: nonzeros are counted, not assumed.
     assert m.params_nonzero == sum(int(p.count_nonzero()) for p in model.parameters())
+    # Without a file, measure writes one itself: a real pruners.save file of that size.
+    assert measure(model, x, latency_repeats=2, warmup=0).size_bytes == m.size_bytes
+    assert measure(model, x, files=False).size_bytes is None
 
 
-def test_masked_model_is_stored_sparse_and_smaller():
+def test_masked_model_saves_to_a_smaller_file():
     model = MLP(hidden=256)
     dense = measure(model, torch.randn(1, 64), latency_repeats=2, warmup=0)
     for layer in (model.net[1], model.net[4]):
@@ -101,9 +107,31 @@ def test_masked_model_is_stored_sparse_and_smaller():
     sparse = measure(model, torch.randn(1, 64), latency_repeats=2, warmup=0)
     assert sparse.params == dense.params
     assert sparse.params_nonzero < 0.2 * dense.params
-    # CSR with int16 column indices: ~6 bytes per kept float32 weight instead of 4 per weight.
-    assert sparse.size_bytes < 0.25 * dense.size_bytes
+    # The file's zeros are deflated away: what ships shrinks with the sparsity.
+    assert sparse.size_bytes < 0.3 * dense.size_bytes
     assert sparse.flops_sparse < 0.15 * sparse.flops
+
+
+def test_latency_is_the_saved_file_not_the_instrumented_model():
+    """Hooks on the live model (pruning masks, gates, a profiler) are not what ships: the
+    latency is the saved file, loaded back. A 20 ms hook must not show up in it."""
+    model = MLP(hidden=64)
+    torch_prune.l1_unstructured(model.net[1], "weight", amount=0.8)
+    model.net[1].register_forward_pre_hook(lambda mod, inp: time.sleep(0.02))
+    m = measure(model, torch.randn(1, 64), latency_repeats=3, warmup=1)
+    assert m.latency_ms < 10
+    assert m.latency_iqr_ms is not None and m.latency_iqr_ms >= 0
+
+
+def test_reference_is_timed_alongside(tmp_path):
+    dense = MLP(hidden=64)
+    ref = tmp_path / "dense.pt2"
+    pruners.save(dense, ref, torch.randn(1, 64))
+    pruned = MLP(hidden=64)
+    torch_prune.l1_unstructured(pruned.net[1], "weight", amount=0.8)
+    m = measure(pruned, torch.randn(1, 64), reference=ref, latency_repeats=5, warmup=1)
+    assert m.dense_latency_ms > 0 and m.speedup == pytest.approx(m.dense_latency_ms / m.latency_ms)
+    assert measure(pruned, torch.randn(1, 64), latency_repeats=2).speedup is None
 
 
 def test_measure_leaves_the_model_as_it_was():
