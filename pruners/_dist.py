@@ -165,3 +165,23 @@ def check_identical_across_ranks(module: nn.Module) -> None:
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     if not torch.equal(lo, hi):
         raise RuntimeError("ranks diverged after pruning: their masks or shapes differ")
+
+
+def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of ``t`` (first dimension may differ by rank), in rank order.
+
+    One ``all_gather`` of zero-padded float64 blocks; a single process returns ``t``.
+    """
+    if not is_distributed():
+        return t
+    device = _comm_device()
+    world = dist.get_world_size()
+    n = torch.tensor([float(t.shape[0])], dtype=torch.float64, device=device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    rows = int(max(float(s) for s in sizes))
+    padded = torch.zeros((rows, *t.shape[1:]), dtype=torch.float64, device=device)
+    padded[: t.shape[0]] = t.to(device, torch.float64)
+    blocks = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(blocks, padded)
+    return torch.cat([b[: int(float(k))] for b, k in zip(blocks, sizes)]).cpu().to(t.dtype)

@@ -7,7 +7,7 @@ random                 unstructured, structured      uniform random (seed shared
 magnitude              unstructured, structured      ``|w|``; channel ``||w||_p`` (p=1, 2)
 layer_norm             unstructured, structured      the layer's mean ``|w|`` (whole layers)
 gradient               unstructured, structured      mean ``|dL/dw|`` over calibration
-taylor                 unstructured, structured      mean ``|w * dL/dw|`` over calibration
+taylor                 unstructured, structured      ``(sum_unit w * dL/dw)^2`` over batches (Molchanov)
 sensitivity            unstructured, structured      ``|dL/dw| / sum |dL/dw|`` (network-wide)
 attention              structured                    learned sigmoid gate per channel/head
 adaptive_attention     structured                    gates keep training in fine-tuning
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pruners.criteria import attention, baseline, gradient, magnitude, penalty  # noqa: F401  (registers)
+from pruners.criteria import attention, baseline, gradient, magnitude, penalty, taylor  # noqa: F401  (registers)
 from pruners.criteria.base import Criterion
 from pruners.criteria.registry import CRITERIA, register
 

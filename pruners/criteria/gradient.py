@@ -1,6 +1,6 @@
-"""Data-driven criteria: ``gradient``, ``taylor`` and ``sensitivity``.
+"""Data-driven criteria: ``gradient`` and ``sensitivity`` (``taylor`` lives in ``taylor.py``).
 
-All three run the model over a few calibration batches (cross-entropy loss, eval mode so
+All of them run the model over a few calibration batches (cross-entropy loss, eval mode so
 BatchNorm statistics are not touched) and keep per-entry gradient statistics for every
 Conv / Linear / norm weight. Gradients are taken with ``torch.autograd.grad`` with respect
 to the *effective* weight (for a masked layer, the tensor ``weight_orig * weight_mask`` the
@@ -13,7 +13,7 @@ scoring, so every rank computes the same scores and removes the same units.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,53 @@ from pruners.criteria.base import Batch, Criterion, eval_mode
 from pruners.criteria.registry import register
 
 _SCORED = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+def batch_gradients(
+    model: nn.Module, calibration: Iterable[Batch], criterion_name: str, modules: list[nn.Module] | None = None
+) -> Iterator[dict[nn.Module, dict[str, torch.Tensor]]]:
+    """For each calibration batch, ``{module: {"weight": dL/dw, "bias": dL/db}}`` (float32, CPU).
+
+    The loss is the batch's mean cross-entropy in eval mode (BatchNorm statistics untouched,
+    no dropout noise); the weight gradient is taken with respect to the tensor the forward
+    actually used (the masked weight, recomputed by torch's prune pre-hook), so masked
+    weights get a dense gradient. Training ``.grad`` buffers are never touched.
+    """
+    if modules is None:
+        modules = [m for m in model.modules() if isinstance(m, _SCORED) and getattr(m, "weight", None) is not None]
+    used: dict[nn.Module, torch.Tensor] = {}
+
+    def capture(module, inputs, output):
+        used[module] = module.weight
+
+    hooks = [m.register_forward_hook(capture) for m in modules]
+    device = device_of(model)
+    try:
+        with eval_mode(model):
+            for batch in calibration:
+                if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+                    raise ValueError(f"criterion {criterion_name!r}: calibration must yield (inputs, targets) batches")
+                x, y = move_to(batch[0], device), move_to(batch[1], device)
+                used.clear()
+                with torch.enable_grad():
+                    out = model(x)
+                    loss = F.cross_entropy(out, y)
+                    wrt: list[tuple[nn.Module, str, torch.Tensor]] = []
+                    for m in modules:
+                        if m in used and used[m].requires_grad:
+                            wrt.append((m, "weight", used[m]))
+                            bias = getattr(m, "bias", None)
+                            if isinstance(bias, torch.Tensor) and bias.requires_grad:
+                                wrt.append((m, "bias", bias))
+                    grads = torch.autograd.grad(loss, [t for _, _, t in wrt], allow_unused=True)
+                out_grads: dict[nn.Module, dict[str, torch.Tensor]] = {}
+                for (m, name, _), g in zip(wrt, grads):
+                    if g is not None:
+                        out_grads.setdefault(m, {})[name] = g.detach().to("cpu", torch.float32)
+                yield out_grads
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def gradient_statistics(
@@ -42,38 +89,12 @@ def gradient_statistics(
     # float32 like the weights: float64 copies of a VGG would cost gigabytes.
     abs_sum = {m: torch.zeros(m.weight.shape, dtype=torch.float32) for m in modules}
     sum_ = {m: torch.zeros(m.weight.shape, dtype=torch.float32) for m in modules}
-    used: dict[nn.Module, torch.Tensor] = {}
-
-    def capture(module, inputs, output):
-        # The tensor this forward actually used (recomputed by torch's prune pre-hook).
-        used[module] = module.weight
-
-    hooks = [m.register_forward_hook(capture) for m in modules]
-    device = device_of(model)
     batches = 0
-    try:
-        # Eval mode: BatchNorm statistics untouched, no dropout noise in the scores.
-        with eval_mode(model):
-            for batch in calibration:
-                if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
-                    raise ValueError(f"criterion {criterion_name!r}: calibration must yield (inputs, targets) batches")
-                x, y = move_to(batch[0], device), move_to(batch[1], device)
-                used.clear()
-                with torch.enable_grad():
-                    out = model(x)
-                    loss = F.cross_entropy(out, y)
-                    active = [m for m in modules if m in used and used[m].requires_grad]
-                    grads = torch.autograd.grad(loss, [used[m] for m in active], allow_unused=True)
-                for m, g in zip(active, grads):
-                    if g is None:
-                        continue
-                    g = g.detach().to("cpu", torch.float32)
-                    abs_sum[m] += g.abs()
-                    sum_[m] += g
-                batches += 1
-    finally:
-        for h in hooks:
-            h.remove()
+    for grads in batch_gradients(model, calibration, criterion_name, modules):
+        for m, g in grads.items():
+            abs_sum[m] += g["weight"].abs()
+            sum_[m] += g["weight"]
+        batches += 1
     # Ranks may see different numbers of batches: reduce the count with the sums so every
     # rank divides by the same number (the mean over all ranks' batches), and only raise
     # after the collective, when no rank has a batch, so no rank is left waiting.
@@ -134,32 +155,6 @@ class GradientCriterion(_GradientCriterion):
 
     def elementwise(self, module: nn.Module, name: str) -> torch.Tensor | None:
         return self._stat(module, self._abs) if name == "weight" else None
-
-
-@register
-class TaylorCriterion(_GradientCriterion):
-    """First-order Taylor estimate of the loss change ``mean_b |w * dL_b/dw|``.
-
-    Molchanov et al., "Importance Estimation for Neural Network Pruning", CVPR 2019 (and
-    "Pruning Convolutional Neural Networks for Resource Efficient Inference", ICLR 2017).
-    For re-derived masks the dense weight is used, so a masked weight scores what it would
-    cost to keep it removed.
-
-    Params:
-        normalizer: ``mean`` (default) or ``none`` for channel scores.
-    """
-
-    name = "taylor"
-
-    def elementwise(self, module: nn.Module, name: str) -> torch.Tensor | None:
-        if name != "weight":
-            return None
-        g = self._stat(module, self._abs)
-        return None if g is None else g * module.weight.detach().to("cpu", torch.float32).abs()
-
-    def _elementwise_for(self, module: nn.Module, weight: torch.Tensor) -> torch.Tensor | None:
-        g = self._stat(module, self._abs)
-        return None if g is None else g * weight.detach().to("cpu", torch.float32).abs()
 
 
 @register

@@ -259,6 +259,72 @@ def test_taylor_is_weight_times_gradient():
     assert torch.allclose(s["net.1"], (g * m.net[1].weight).abs().flatten().detach(), atol=1e-7)
 
 
+def test_taylor_structured_is_the_squared_sum_over_each_units_parameters():
+    """Molchanov et al. 2019: a channel scores mean_b (sum of theta * dL_b/dtheta over every
+    parameter that goes with it: its filter and bias, its BatchNorm scale and shift, the next
+    layers' input columns)^2. Checked against a brute-force sum over the group's slices."""
+    from pruners.prune import _build_graph
+
+    torch.manual_seed(0)
+    model = ResidualCNN(width=6).eval()
+    batches = [cnn_batch(8, seed=i) for i in range(2)]
+    crit = make_criterion("taylor", normalizer="none")
+    crit.prepare(model, batches)
+    products = []
+    for x, y in batches:
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        products.append({m: {k: (p.detach() * p.grad) for k, p in m.named_parameters(recurse=False)}
+                         for m in model.modules()})
+    dg = _build_graph(model, batches[0][0][:1])
+    checked = 0
+    for group in dg.get_all_groups(root_module_types=[nn.Conv2d, nn.Linear]):
+        n = len(group[0].idxs)
+        brute = torch.zeros(n, dtype=torch.float64)
+        for prod in products:
+            unit = torch.zeros(n, dtype=torch.float64)
+            for item in group:
+                layer = item.dep.target.module
+                if not isinstance(layer, nn.Module) or not prod.get(layer):
+                    continue
+                out = dg.is_out_channel_pruning_fn(item.dep.handler)
+                for i, r in zip(item.idxs, item.root_idxs):
+                    w = prod[layer]["weight"]
+                    unit[r] += float(w[i].sum() if out or w.dim() == 1 else w[:, i].sum())
+                    if out and "bias" in prod[layer]:
+                        unit[r] += float(prod[layer]["bias"][i])
+            brute += unit ** 2
+        torch.testing.assert_close(crit.group_scores(group), brute / len(products), rtol=1e-4, atol=1e-12)
+        checked += 1
+    assert checked >= 3
+
+
+def test_taylor_sums_a_units_contributions_before_squaring():
+    """Two hidden units: unit 0's weights pull against each other (x = [1, 1], w = [a, -a]),
+    so removing the whole unit costs nothing to first order although each weight alone
+    matters; unit 1's small weights pull together. Molchanov's (sum w g)^2 prunes unit 0;
+    a sum of |w g| (the former score) would prune unit 1."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Tanh(), nn.Linear(2, 3))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[2.0, -2.0], [0.1, 0.1]]))
+        model[2].weight.copy_(torch.tensor([[1.0, 1.0], [-1.0, -1.0], [0.5, 0.5]]))  # same pull on both
+    x = torch.ones(6, 2)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    taylor = pruners.score(model, criterion=make_criterion("taylor", normalizer="none"), granularity="structured",
+                           example_inputs=x[:1], calibration=[(x, y)])["0"]
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    wg = model[0].weight.detach() * model[0].weight.grad
+    abs_form = wg.abs().sum(1)  # the old per-channel score
+    assert abs_form[0] > abs_form[1]
+    assert taylor[0] < 1e-12 < taylor[1]
+    report = pruners.prune(model, criterion="taylor", granularity="structured", amount=0.5,
+                           example_inputs=x[:1], calibration=[(x, y)])
+    assert report.units_after == 1
+    assert torch.allclose(model[0].weight, torch.tensor([[0.1, 0.1]]))
+
+
 def test_sensitivity_scores_sum_to_one_over_the_network():
     m = MLP()
     x, y = mlp_batch()
