@@ -10,11 +10,19 @@ from pruners.prune import GRANULARITIES, SCOPES, LayerReport, PruneReport, prune
 from pruners.schedules import Dynamic, Gradual, Iterative, OneShot, Schedule, list_schedules, make_schedule
 from pruners.thresholds import list_threshold_rules
 from pruners._attention import PrunableMultiheadAttention, convert_attention
-from pruners.finetune import OptimizerConfig, PruneSpec, finetune
-from pruners.measure import Metrics, measure
+from pruners.spec import OptimizerConfig, PruneSpec
+from pruners.calibration import CalibrationBatches
+from pruners.pruner import Pruner
+from pruners.finetune import evaluate, finetune
+from pruners.measure import Latency, Metrics, measure, time_forward
 from pruners.io import load, load_metadata, save
 
 __all__ = [
+    "CalibrationBatches",
+    "Latency",
+    "Pruner",
+    "evaluate",
+    "time_forward",
     "Metrics",
     "OptimizerConfig",
     "PruneSpec",

@@ -72,6 +72,10 @@ class PruneReport:
     units_before: int
     units_after: int
     layers: list[LayerReport] = field(default_factory=list)
+    #: Structural removals in the order applied, ``{"module", "kind", "idxs"}`` with kind
+    #: ``out`` / ``in`` (a dependency group rooted at that module's output / input
+    #: channels) or ``heads``: what :func:`replay_structural` needs to rebuild the structure.
+    structural_ops: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -237,11 +241,12 @@ def prune(
     check_choice("scope", scope, SCOPES)
     value = get_threshold_rule(threshold_rule).validate(amount)
     with _prepared(model, crit, owned, example_inputs, calibration, ignore, fold=True) as (net, ignored):
+        ops: list[dict[str, Any]] = []
         if granularity == "unstructured":
             layers, requested_units = _prune_unstructured(net, crit, value, threshold_rule, scope, ignored)
         else:
             layers, requested_units = _prune_structured(
-                net, crit, value, threshold_rule, scope, ignored, example_inputs
+                net, crit, value, threshold_rule, scope, ignored, example_inputs, ops
             )
     before = sum(r.units_before for r in layers)
     after = sum(r.units_after for r in layers)
@@ -256,6 +261,7 @@ def prune(
         units_before=before,
         units_after=after,
         layers=layers,
+        structural_ops=tuple(ops),
     )
 
 
@@ -457,6 +463,7 @@ def _prune_structured(
     scope: str,
     ignored: set[nn.Module],
     example_inputs: Any,
+    ops: list[dict[str, Any]] | None = None,
 ) -> tuple[list[LayerReport], int]:
     masked = [n for n, m in model.named_modules() if hasattr(m, "weight_mask")]
     if masked:
@@ -465,6 +472,7 @@ def _prune_structured(
             "supported; make the masks permanent with torch.nn.utils.prune.remove first"
         )
     dg, units = _collect_units(model, crit, ignored, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
 
     # Channels and heads are ranked separately (a head is not comparable with a channel).
     selections: list[torch.Tensor] = [None] * len(units)  # type: ignore[list-item]
@@ -497,20 +505,57 @@ def _prune_structured(
             u.module.remove_heads(idxs)
             removed[u.module] = idxs
             done = len(idxs)
+            if ops is not None:
+                ops.append({"module": names[u.module], "kind": "heads", "idxs": list(idxs)})
         elif idxs:
             # Grouped layers: remove the same position from every interleaved group.
             full = [i + g * n for g in range(u.ch_groups) for i in idxs]
             pg = dg.get_pruning_group(u.module, u.handler, full)
             if dg.check_pruning_group(pg):
-                for item in pg:
-                    mod = item.dep.target.module
-                    if isinstance(mod, nn.Module) and dg.is_out_channel_pruning_fn(item.dep.handler):
-                        removed[mod] = sorted(set(removed.get(mod, [])) | set(int(i) for i in item.idxs))
+                _collect_removed(dg, pg, removed)
                 pg.prune()
                 done = len(idxs)
+                if ops is not None:
+                    kind = "out" if dg.is_out_channel_pruning_fn(u.handler) else "in"
+                    ops.append({"module": names[u.module], "kind": kind, "idxs": [int(i) for i in full]})
         layers.append(LayerReport(u.name, n, n - done, done / n))
     crit.after_prune(model, removed)
     return layers, requested
+
+
+def _collect_removed(dg: Any, pg: Any, removed: dict[nn.Module, list[int]]) -> None:
+    """Add the output channels ``pg`` removes, per module, to ``removed`` (for gates)."""
+    for item in pg:
+        mod = item.dep.target.module
+        if isinstance(mod, nn.Module) and dg.is_out_channel_pruning_fn(item.dep.handler):
+            removed[mod] = sorted(set(removed.get(mod, [])) | set(int(i) for i in item.idxs))
+
+
+def replay_structural(
+    model: nn.Module, ops: list[dict[str, Any]], example_inputs: Any, criterion: Criterion | None = None
+) -> None:
+    """Apply the structural removals of one ``prune`` call (``PruneReport.structural_ops``)
+    to ``model``, which must have the structure that call started from.
+
+    Channels go through the same dependency groups, so every coupled layer changes with
+    them; ``criterion.after_prune`` is told, as ``prune`` would tell it (gates follow).
+    """
+    modules = dict(model.named_modules())
+    dg = _build_graph(model, example_inputs) if any(op["kind"] != "heads" for op in ops) else None
+    removed: dict[nn.Module, list[int]] = {}
+    for op in ops:
+        module = modules[op["module"]]
+        if op["kind"] == "heads":
+            module.remove_heads(list(op["idxs"]))
+            removed[module] = list(op["idxs"])
+            continue
+        pruner = dg.get_pruner_of_module(module)
+        fn = pruner.prune_out_channels if op["kind"] == "out" else pruner.prune_in_channels
+        pg = dg.get_pruning_group(module, fn, list(op["idxs"]))
+        _collect_removed(dg, pg, removed)
+        pg.prune()
+    if criterion is not None and ops:
+        criterion.after_prune(model, removed)
 
 
 # --------------------------------------------------------------------------- inspection

@@ -32,6 +32,7 @@ import contextlib
 import itertools
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -292,6 +293,28 @@ class _GateCriterion(Criterion):
             self._frozen = True
             for g in self._all_gates():
                 g.requires_grad_(False)
+
+    def state_dict(self, model: nn.Module) -> dict[str, Any]:
+        names = {m: n for n, m in model.named_modules()}
+        return {
+            "frozen": self._frozen,
+            **{f"{kind}.{names[m]}": g.detach().cpu().clone()
+               for kind, family in (("channel", self.channel_gates), ("layer", self.layer_gates),
+                                    ("head", self.head_gates))
+               for m, g in family.items()},
+        }
+
+    def load_state_dict(self, model: nn.Module, state: Mapping[str, Any]) -> None:
+        if not self.attached:
+            raise ValueError(f"criterion {self.name!r}: attach before load_state_dict")
+        names = {m: n for n, m in model.named_modules()}
+        for kind, family in (("channel", self.channel_gates), ("layer", self.layer_gates), ("head", self.head_gates)):
+            for m in list(family):
+                value = state[f"{kind}.{names[m]}"]
+                family[m] = nn.Parameter(value.to(family[m].device).clone())
+        self._frozen = bool(state.get("frozen", False))
+        for g in self._all_gates():
+            g.requires_grad_(not self._frozen)
 
     @torch.no_grad()
     def fold(self) -> None:

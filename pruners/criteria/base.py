@@ -216,6 +216,17 @@ class Criterion:
                 the change. Gates use it to follow their channels.
         """
 
+    def state_dict(self, model: nn.Module) -> dict[str, Any]:
+        """What this criterion carries between pruning steps (gates, counters), keyed by
+        module names of ``model``: :class:`pruners.Pruner` saves it mid-schedule. Statistics
+        recomputed at every scoring are not state."""
+        return {}
+
+    def load_state_dict(self, model: nn.Module, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` on an attached criterion whose model has the same structure."""
+        if state:
+            raise ValueError(f"criterion {self.name!r} has no state, got keys {sorted(state)}")
+
     def detach(self, model: nn.Module, fold: bool = True) -> None:
         """Fold gates into the weights and remove every hook: no gate survives export.
 

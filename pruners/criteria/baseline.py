@@ -40,6 +40,12 @@ class RandomCriterion(Criterion):
         self._round += 1
         self._names = {m: n for n, m in model.named_modules()}
 
+    def state_dict(self, model: nn.Module) -> dict[str, Any]:
+        return {"round": self._round}
+
+    def load_state_dict(self, model: nn.Module, state: Any) -> None:
+        self._round = int(state.get("round", -1))
+
     def _uniform(self, module: nn.Module, what: str, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
         name = self._names.get(module, type(module).__name__)
         key = f"{self.params['seed']}:{max(self._round, 0)}:{name}.{what}"
