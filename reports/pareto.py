@@ -137,19 +137,7 @@ def hypervolume_2d(
         The hypervolume (0.0 when no point is strictly better than the reference).
     """
     f, ref, inside = _front_2d(points, reference, directions)
-    f = f[inside]
-    if len(f) == 0:
-        return 0.0
-    f = f[np.lexsort((f[:, 1], f[:, 0]))]
-    # Sweep along objective 0: each point that improves objective 1 adds a slab
-    # from its objective-0 value to the reference.
-    area = 0.0
-    best_1 = ref[1]
-    for x0, x1 in f:
-        if x1 < best_1:
-            area += (ref[0] - x0) * (best_1 - x1)
-            best_1 = x1
-    return float(area)
+    return _hv_min(f[inside], ref)
 
 
 def hv_contributions(
@@ -159,9 +147,11 @@ def hv_contributions(
 ) -> np.ndarray:
     """Exclusive 2-D hypervolume contribution of every point.
 
-    ``contribution[i] = HV(points) - HV(points without i)``, computed in closed
-    form: on the front sorted by objective 0, a point owns the rectangle between
-    its neighbours (the reference bounds the two ends).
+    ``contribution[i] = HV(points) - HV(points without i)``, computed exactly that way for
+    every member of the front (removing a member can uncover points it dominated, so no
+    closed form over the front alone is right). Dominated points contribute 0 (removing
+    one changes nothing), and so does every copy of a duplicated point (the other copy
+    still covers its area).
 
     Args:
         points: ``(n_points, 2)`` array-like of finite numbers.
@@ -169,27 +159,43 @@ def hv_contributions(
         directions: Direction of each of the two objectives.
 
     Returns:
-        Float array of length ``n_points``; 0.0 for dominated points, points
-        outside the reference box, and every copy of a duplicated point.
+        Float array of length ``n_points``; 0.0 for dominated points, points outside the
+        reference box, and copies of a duplicated point.
     """
     f, ref, inside = _front_2d(points, reference, directions)
     out = np.zeros(len(f), dtype=float)
-    idx = np.flatnonzero(inside)
-    if len(idx) == 0:
+    if not inside.any():
         return out
-    sub = f[idx]
-    front = nondominated_sort(sub, ("min", "min")) == 1
-    idx, sub = idx[front], sub[front]
-    uniq, inverse, counts = np.unique(sub, axis=0, return_inverse=True, return_counts=True)
-    # np.unique sorts rows lexicographically: objective 0 ascending, and on a 2-D
-    # front objective 1 is then strictly descending.
-    for k, (x0, x1) in enumerate(uniq):
-        if counts[k] > 1:
-            continue
-        right = uniq[k + 1, 0] if k + 1 < len(uniq) else ref[0]
-        upper = uniq[k - 1, 1] if k > 0 else ref[1]
-        out[idx[inverse.ravel() == k]] = (right - x0) * (upper - x1)
+    total = _hv_min(f[inside], ref)
+    members = np.flatnonzero(inside)[nondominated_sort(f[inside], ("min", "min")) == 1]
+    for i in members:
+        if ((f == f[i]).all(axis=1)).sum() > 1:
+            continue  # a duplicate: the other copy covers the same area
+        keep = inside.copy()
+        keep[i] = False
+        out[i] = total - _hv_min(f[keep], ref)
     return out
+
+
+def _hv_min(f: np.ndarray, ref: np.ndarray) -> float:
+    """Hypervolume of minimisation-form points that are all inside the reference box."""
+    if len(f) == 0:
+        return 0.0
+    f = f[np.lexsort((f[:, 1], f[:, 0]))]
+    area = 0.0
+    best_1 = ref[1]
+    for x0, x1 in f:
+        if x1 < best_1:
+            area += (ref[0] - x0) * (best_1 - x1)
+            best_1 = x1
+    return float(area)
+
+
+def dominates(point: object, points: object, directions: Sequence[str]) -> np.ndarray:
+    """Whether ``point`` dominates each of ``points`` (no worse everywhere, better once)."""
+    f = _as_minimisation(points, directions)
+    p = _as_minimisation(np.asarray(point, dtype=float)[None, :], directions)[0]
+    return (p <= f).all(axis=1) & (p < f).any(axis=1)
 
 
 def knee_point(points: object, directions: Sequence[str] = ("max", "min")) -> int | None:

@@ -85,6 +85,39 @@ def test_contributions_exact():
         assert hv_contributions(FIVE, REF)[i] == hypervolume_2d(FIVE, REF) - hypervolume_2d(rest, REF)
 
 
+def test_contribution_counts_the_points_a_removed_member_uncovers():
+    """(0.5, 1) dominates (0.25, 1); removing it uncovers the second, so it adds only
+    (0.5 - 0.25) x (8 - 1) = 1.75, not its whole rectangle (3.5)."""
+    assert hv_contributions([[0.5, 1.0], [0.25, 1.0]], (0.0, 8.0)).tolist() == [1.75, 0.0]
+
+
+def _brute_hv(points: np.ndarray, ref: tuple[int, int]) -> int:
+    """Area dominated inside the box, by counting unit cells (integer coordinates)."""
+    area = 0
+    for acc in range(ref[0], 10):
+        for cost in range(0, ref[1]):
+            # Cell [acc, acc+1] x [cost, cost+1] is covered if a point has accuracy >= acc+1
+            # and cost <= cost.
+            if any(p[0] >= acc + 1 and p[1] <= cost for p in points):
+                area += 1
+    return area
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_contributions_equal_brute_force_on_random_sets_with_ties_and_duplicates(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 9))
+    pts = rng.integers(0, 6, size=(n, 2)).astype(float)  # a coarse grid: many ties
+    if n > 2:
+        pts[1] = pts[0]  # and a duplicate
+    ref = (0, 7)
+    contrib = hv_contributions(pts, ref)
+    total = _brute_hv(pts, ref)
+    assert hypervolume_2d(pts, ref) == total
+    for i in range(n):
+        assert contrib[i] == total - _brute_hv(np.delete(pts, i, axis=0), ref), (pts.tolist(), i)
+
+
 def test_contributions_without_duplicate():
     pts = FIVE[[0, 1, 3, 4]]  # A, B, D, E
     # B now owns (0.75-0.5) x (4-2).
