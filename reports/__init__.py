@@ -1,53 +1,59 @@
 """Prunefront reports: Pareto fronts of a pruning search, as Parquet, plots and text.
 
 Pure functions over DataFrames (``reports.pareto``, ``reports.tables``) with
-Parquet / plot I/O around them. Nothing here needs Ray; only
-``reports.callback`` imports it, and only when first used::
+Parquet / plot I/O around them, and ``reports.contract``, the result contract the
+orchestrator writes by. Nothing here needs Ray (only ``reports.callback`` imports it)
+or the orchestrator::
 
     import reports
     reports.build_report("prunefront-results/digits")      # -> {file name: path}
-    frames = reports.load("prunefront-results/digits")     # trials / final / fronts
+    frames = reports.load("prunefront-results/digits")     # trials / final / fronts / methods
     meta = reports.read_metadata("prunefront-results/digits")
     from reports import ReportCallback                      # imports ray here
+
+Attributes are imported on first use (PEP 562), so ``import reports.contract`` in a Train
+worker costs no pandas, pyarrow or matplotlib import.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from reports.build import build_report, open_report, write_report
-from reports.compare import compare_fronts
-from reports.io import load, read_metadata
-from reports.ledger import METRIC_COLUMNS, Experiment, read_experiment
-from reports.pareto import hv_contributions, hypervolume_2d, knee_point, nondominated_sort, pareto_mask
-from reports.tables import FRONTS, ReportTables, build_tables
+# public name -> module that defines it
+_EXPORTS = {
+    "build_report": "reports.build",
+    "open_report": "reports.build",
+    "write_report": "reports.build",
+    "compare_fronts": "reports.compare",
+    "load": "reports.io",
+    "read_metadata": "reports.io",
+    "METRIC_KEYS": "reports.contract",
+    "Experiment": "reports.ledger",
+    "read_experiment": "reports.ledger",
+    "hv_contributions": "reports.pareto",
+    "hypervolume_2d": "reports.pareto",
+    "knee_point": "reports.pareto",
+    "nondominated_sort": "reports.pareto",
+    "pareto_mask": "reports.pareto",
+    "DEFAULT_FRONTS": "reports.tables",
+    "ReportTables": "reports.tables",
+    "build_tables": "reports.tables",
+    "pick": "reports.pick",
+    "ReportCallback": "reports.callback",
+}
 
-__all__ = [
-    "FRONTS",
-    "METRIC_COLUMNS",
-    "Experiment",
-    "ReportCallback",
-    "ReportTables",
-    "build_report",
-    "build_tables",
-    "compare_fronts",
-    "hv_contributions",
-    "hypervolume_2d",
-    "knee_point",
-    "load",
-    "nondominated_sort",
-    "open_report",
-    "pareto_mask",
-    "read_experiment",
-    "read_metadata",
-    "write_report",
-]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    # PEP 562: only touching reports.ReportCallback imports Ray.
-    if name == "ReportCallback":
-        from reports.callback import ReportCallback
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reports' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return ReportCallback
-    raise AttributeError(f"module 'reports' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,4 +1,4 @@
-"""Command line: ``python -m reports {build,show,plot,compare} ...``.
+"""Command line: ``python -m reports {build,show,plot,compare,pick} ...``.
 
 DIR is an experiment directory (read from its ledger and computed in memory, so
 ``show`` is current even while a search runs) or a report directory (its
@@ -18,6 +18,8 @@ EPILOG = """examples:
   python -m reports show prunefront-results/digits
   python -m reports plot prunefront-results/digits/report --out /tmp/plots
   python -m reports compare prunefront-results/run_a prunefront-results/run_b
+  python -m reports pick prunefront-results/digits --max-drop 0.5
+  python -m reports pick prunefront-results/digits --max-size 20KiB
 """
 
 
@@ -48,7 +50,37 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare two experiments' fronts")
     c.add_argument("dir_a", metavar="DIR_A", help="experiment or report directory A")
     c.add_argument("dir_b", metavar="DIR_B", help="experiment or report directory B")
+    k = sub.add_parser("pick", help="the best trial under a budget: its config, file and how to load it")
+    k.add_argument("dir", metavar="DIR", help="experiment directory (or its report/)")
+    k.add_argument("--max-drop", type=float, metavar="POINTS",
+                   help="largest drop of validation accuracy below the dense model, in points (0.5 = 0.5 %%)")
+    k.add_argument("--max-flops", metavar="N", help="FLOPs budget, e.g. 2.5M")
+    k.add_argument("--max-flops-sparse", metavar="N", help="sparsity-aware FLOPs budget")
+    k.add_argument("--max-size", metavar="BYTES", help="file size budget, e.g. 50KiB or 2MB")
+    k.add_argument("--max-latency", metavar="MS", help="latency budget in ms (as measured in the trials)")
+    k.add_argument("--by", default="flops", choices=["flops", "flops_sparse", "size_bytes", "latency_ms", "params"],
+                   help="with only --max-drop: the cost to minimise (default flops)")
     return p
+
+
+def _pick(args: argparse.Namespace) -> str:
+    from reports.build import open_report
+    from reports.pick import format_choice, pick
+    from reports.units import parse_quantity
+
+    if args.max_drop is not None and not args.max_drop >= 0:
+        raise ValueError(f"--max-drop: {args.max_drop:g} must be >= 0 (points of validation accuracy)")
+    limits = {"flops": args.max_flops, "flops_sparse": args.max_flops_sparse, "size_bytes": args.max_size,
+              "latency_ms": args.max_latency}
+    flags = {"flops": "--max-flops", "flops_sparse": "--max-flops-sparse", "size_bytes": "--max-size",
+             "latency_ms": "--max-latency"}
+    max_costs = {c: parse_quantity(v, flags[c]) for c, v in limits.items() if v is not None}
+    path = Path(args.dir)
+    experiment = path.parent if path.name == "report" and not (path / "experiment.json").exists() else path
+    frames, meta, _ = open_report(path)
+    choice = pick(frames["final"], experiment, max_drop=args.max_drop, max_costs=max_costs, by=args.by)
+    costs = list(dict.fromkeys([args.by, *max_costs, "flops", "size_bytes"]))
+    return format_choice(choice, costs)
 
 
 def _default_report_dir(path: Path) -> Path:
@@ -80,9 +112,11 @@ def main(argv: list[str] | None = None) -> int:
 
             frames, meta, title = open_report(args.dir)
             out = Path(args.out) if args.out else _default_report_dir(Path(args.dir))
-            png = plots.png_bytes(frames["fronts"], title)
+            costs = meta.get("report", {}).get("front_costs") or None
+            png = plots.png_bytes(frames["fronts"], title, costs=costs)
             page = plots.html_page(
-                frames["fronts"], meta.get("report", {}).get("fronts", {}), meta, title
+                frames["fronts"], meta.get("report", {}).get("fronts", {}), meta, title,
+                methods=frames.get("methods"),
             ).encode()
             for name, data in (("fronts.png", png), ("fronts.html", page)):
                 print(write_atomic(out / name, lambda f, data=data: f.write(data)))
@@ -100,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                 meta_b.get("report", {}).get("fronts", {}),
             )
             print(format_compare(comparisons, args.dir_a, args.dir_b))
+        elif args.command == "pick":
+            print(_pick(args))
     except BrokenPipeError:
         # Output piped into `head` and closed early: stop quietly, like other tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

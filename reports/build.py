@@ -8,11 +8,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from reports.io import FORMAT_VERSION, AtomicFiles, remove_stale_temporaries, write_parquet
+from reports.io import FORMAT_VERSION, TABLES, AtomicFiles, remove_stale_temporaries, write_parquet
 from reports.ledger import read_experiment
 from reports.tables import ReportTables, build_tables
 
-REPORT_FILES = ("trials.parquet", "final.parquet", "fronts.parquet", "fronts.png", "fronts.html")
+REPORT_FILES = ("trials.parquet", "final.parquet", "fronts.parquet", "methods.parquet", "fronts.png", "fronts.html")
 
 
 def _package_versions() -> dict[str, str]:
@@ -39,6 +39,7 @@ def report_metadata(tables: ReportTables, table: str, build_id: str, built_at: s
             "table": table,
             "packages": _package_versions(),
             "fronts": {k: s.to_dict() for k, s in tables.summaries.items()},
+            "front_costs": dict(tables.front_costs),
         },
     }
 
@@ -48,6 +49,7 @@ def write_report(
     report_dir: str | Path,
     plots: bool = True,
     title: str | None = None,
+    experiment_dir: str | Path | None = None,
 ) -> dict[str, Path]:
     """Write ``tables`` (and the plots) to ``report_dir``, all or nothing.
 
@@ -64,7 +66,7 @@ def write_report(
     built_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     written: dict[str, Path] = {}
     with AtomicFiles() as files:
-        for name in ("trials", "final", "fronts"):
+        for name in TABLES:
             df = getattr(tables, name)
             meta = report_metadata(tables, name, build_id, built_at)
             written[f"{name}.parquet"] = write_parquet(df, report_dir / f"{name}.parquet", meta, files)
@@ -73,10 +75,11 @@ def write_report(
 
             meta = report_metadata(tables, "fronts", build_id, built_at)
             page_title = title or "Prunefront report"
-            png = _plots.png_bytes(tables.fronts, page_title)
+            png = _plots.png_bytes(tables.fronts, page_title, costs=tables.front_costs)
             written["fronts.png"] = files.write(report_dir / "fronts.png", lambda f: f.write(png))
             page = _plots.html_page(
-                tables.fronts, meta["report"]["fronts"], meta, title=page_title
+                tables.fronts, meta["report"]["fronts"], meta, title=page_title, methods=tables.methods,
+                experiment_dir=None if experiment_dir is None else str(Path(experiment_dir).absolute()),
             ).encode()
             written["fronts.html"] = files.write(report_dir / "fronts.html", lambda f: f.write(page))
     return written
@@ -115,7 +118,8 @@ def build_report(
     exp = read_experiment(experiment_dir)
     tables = build_tables(exp, reference=reference, reference_accuracy=reference_accuracy)
     out = Path(report_dir) if report_dir is not None else Path(experiment_dir) / "report"
-    return write_report(tables, out, plots=plots, title=experiment_title(tables, experiment_dir))
+    return write_report(tables, out, plots=plots, title=experiment_title(tables, experiment_dir),
+                        experiment_dir=experiment_dir)
 
 
 def open_report(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], str]:
@@ -125,8 +129,8 @@ def open_report(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], str]:
     (always current, nothing written); a report directory is read from Parquet.
 
     Returns:
-        ``(frames, metadata, title)`` where ``frames`` has ``trials``, ``final``,
-        ``fronts`` DataFrames and ``metadata`` the keys of the Parquet metadata.
+        ``(frames, metadata, title)`` where ``frames`` has the ``trials``, ``final``,
+        ``fronts`` and ``methods`` DataFrames and ``metadata`` the keys of the Parquet metadata.
     """
     from reports.io import load, read_metadata
     from reports.ledger import is_experiment_dir
@@ -134,7 +138,7 @@ def open_report(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], str]:
     p = Path(path)
     if p.is_dir() and is_experiment_dir(p):
         tables = build_tables(read_experiment(p))
-        frames = {"trials": tables.trials, "final": tables.final, "fronts": tables.fronts}
+        frames = {name: getattr(tables, name) for name in TABLES}
         meta = report_metadata(tables, "fronts", build_id="in-memory", built_at="")
         return frames, meta, experiment_title(tables, p)
     frames = load(p)

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from reports import pareto
-from reports.ledger import FINISHED_STATUSES
-from reports.tables import DIRECTIONS, FRONTS, OBJECTIVE
+from reports.contract import FINISHED_STATUSES
+from reports.tables import DIRECTIONS, OBJECTIVE
 
 # Cost budgets, as fractions of the common reference cost, at which the best
 # attainable accuracy of each experiment is compared.
@@ -94,10 +94,20 @@ def compare_fronts(
             Parquet metadata), which hold each experiment's reference point.
 
     Returns:
-        One :class:`FrontComparison` per front, in the order of ``FRONTS``.
+        One :class:`FrontComparison` per front both reports have, in A's order.
     """
     out = []
-    for front, cost in FRONTS.items():
+    costs = {f: s.get("cost") for f, s in summaries_a.items() if isinstance(s, dict) and s.get("cost")}
+    if not costs:
+        raise ValueError("report A has no front summaries in its metadata; rebuild it with: "
+                         "python -m reports build EXPERIMENT_DIR")
+    shared = {f: c for f, c in costs.items() if f in summaries_b}
+    if not summaries_b:
+        raise ValueError(f"report B has no summary of front {next(iter(costs))!r} in its metadata; "
+                         "rebuild it with: python -m reports build EXPERIMENT_DIR")
+    if not shared:
+        raise ValueError(f"the reports share no front (A: {', '.join(costs)}; B: {', '.join(summaries_b)})")
+    for front, cost in shared.items():
         for side, summaries in (("A", summaries_a), ("B", summaries_b)):
             if "reference" not in summaries.get(front, {}):
                 raise ValueError(

@@ -38,8 +38,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TABLES = ("trials", "final", "fronts")
-FORMAT_VERSION = 1
+TABLES = ("trials", "final", "fronts", "methods")
+#: Tables every report has (``methods`` came with format 2).
+CORE_TABLES = ("trials", "final", "fronts")
+FORMAT_VERSION = 2
 META_PREFIX = "prunefront."
 META_KEYS = ("config", "versions", "dense", "experiment", "report")
 
@@ -211,7 +213,7 @@ def resolve_report_dir(path: str | Path) -> Path:
     """
     p = Path(path)
     for candidate in (p, p / "report"):
-        if all((candidate / f"{t}.parquet").is_file() for t in TABLES):
+        if all((candidate / f"{t}.parquet").is_file() for t in CORE_TABLES):
             return candidate
     if not p.exists():
         raise ValueError(f"{p}: no such directory")
@@ -228,12 +230,13 @@ def load(path: str | Path) -> dict[str, pd.DataFrame]:
         path: A report directory, or an experiment directory with ``report/``.
 
     Returns:
-        The three tables, each with the dense reference row (``status ==
-        "reference"``) first when the experiment has a dense baseline.
+        The tables (``methods`` only in reports of format 2 and later), each with the
+        dense reference row (``status == "reference"``) first when the experiment has one.
     """
     report_dir = resolve_report_dir(path)
-    frames = {t: pd.read_parquet(report_dir / f"{t}.parquet") for t in TABLES}
-    builds = {parquet_metadata(report_dir / f"{t}.parquet").get("report", {}).get("build_id") for t in TABLES}
+    present = [t for t in TABLES if (report_dir / f"{t}.parquet").is_file()]
+    frames = {t: pd.read_parquet(report_dir / f"{t}.parquet") for t in present}
+    builds = {parquet_metadata(report_dir / f"{t}.parquet").get("report", {}).get("build_id") for t in present}
     if len(builds) > 1:
         # Each file is replaced atomically, but a reader can land between two renames.
         warnings.warn(

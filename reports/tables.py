@@ -1,23 +1,28 @@
-"""Ledger -> the three report tables, as pure functions over DataFrames.
+"""Ledger -> the report tables, as pure functions over DataFrames.
 
 * :func:`trials_table`: one row per trial x epoch (running trials included, with
   status ``running``, so progress can be watched).
 * :func:`final_table`: one row per finished trial (a status line, and at least one
-  result). The row holds the trial's *best-accuracy epoch among the trailing run
-  of epochs at its final sparsity* (ties: the earliest such epoch), which is the
-  epoch whose model the orchestrator saves. ``epoch`` is that epoch,
-  ``last_epoch`` the epoch the trial ended on.
-* :func:`fronts_table`: for each objective pair of :data:`FRONTS`, every finished
-  trial with its Pareto rank, exclusive hypervolume contribution and knee flag.
+  result), holding its kept epoch (``reports.contract.kept_epoch``: the best validation
+  accuracy among the trailing run of epochs at its final sparsity), which is the epoch
+  whose model the orchestrator saved. ``epoch`` is that epoch, ``last_epoch`` the epoch the
+  trial ended on.
+* :func:`fronts_table`: for each front (validation accuracy against one cost), every
+  finished trial *and the dense model* with its Pareto rank: the dense model competes,
+  so a trial it dominates is not on the front. ``rank_among_trials`` is the rank without
+  the dense point; ``hv_contribution`` (exclusive) and ``is_knee`` are the trials'.
+* ``reports.methods.methods_table``: the best trial of each method at each compression level.
 
 Every table starts with the dense baseline's reference row (``trial_id`` "dense",
-``status`` "reference") when the experiment has one.
+``status`` "reference") when the experiment has one. Selection (ranks, knee, fronts) uses
+``val_accuracy`` only; ``test_accuracy`` rides along to be reported.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,31 +30,52 @@ import numpy as np
 import pandas as pd
 
 from reports import pareto
-from reports.ledger import (
+from reports.contract import (
     CONFIG_ORDER,
     FINISHED_STATUSES,
-    METRIC_COLUMNS,
+    INTEGER_METRICS,
+    METRIC_KEYS,
     REFERENCE_ID,
     REFERENCE_STATUS,
-    RUNNING,
-    Experiment,
-    is_missing,
-    records_frame,
+    kept_epoch,
 )
+from reports.ledger import Experiment, is_missing, records_frame
 
-# Front name -> the cost column minimised against accuracy (maximised).
-FRONTS: dict[str, str] = {
+#: The fronts a report builds when the config names none (``report.fronts``): front name
+#: -> the cost column minimised against validation accuracy (maximised).
+DEFAULT_FRONTS: dict[str, str] = {
     "accuracy_flops": "flops",
     "accuracy_flops_sparse": "flops_sparse",
     "accuracy_size": "size_bytes",
 }
-INTEGER_METRICS = frozenset({"params", "params_nonzero", "size_bytes"})
-OBJECTIVE = "accuracy"
+#: Metrics a front can use as its cost (all minimised).
+COST_METRICS: tuple[str, ...] = (
+    "flops", "flops_sparse", "params", "params_nonzero", "size_bytes", "latency_ms",
+)
+_FRONT_NAMES = {"size_bytes": "accuracy_size", "latency_ms": "accuracy_latency"}
+OBJECTIVE = "val_accuracy"
 DIRECTIONS = ("max", "min")
-# Epochs whose achieved sparsity is within this of the last epoch's count as "at
-# the final sparsity" (achieved sparsity is a ratio of integer counts, so real
-# changes between pruning steps are far larger).
-SPARSITY_ATOL = 1e-6
+
+
+def front_name(cost: str) -> str:
+    """The front of validation accuracy against ``cost`` (``accuracy_flops``, ...)."""
+    return _FRONT_NAMES.get(cost, f"accuracy_{cost}")
+
+
+def fronts_for(config: Mapping[str, Any] | None) -> dict[str, str]:
+    """Which fronts a report builds: ``report.fronts`` when the config lists costs, else
+    the three defaults plus every cost objective of ``scheduler.objectives``."""
+    config = config or {}
+    listed = (config.get("report") or {}).get("fronts") if isinstance(config.get("report"), Mapping) else None
+    if listed:
+        costs = [c for c in listed if c in COST_METRICS]
+        return {front_name(c): c for c in costs}
+    fronts = dict(DEFAULT_FRONTS)
+    sched = config.get("scheduler") if isinstance(config.get("scheduler"), Mapping) else {}
+    for metric, mode in (sched.get("objectives") or {}).items():
+        if metric in COST_METRICS and mode == "min" and metric not in fronts.values():
+            fronts[front_name(metric)] = metric
+    return fronts
 
 
 @dataclass(frozen=True)
@@ -57,15 +83,17 @@ class FrontSummary:
     """Per-front figures that belong with the table (written to Parquet metadata).
 
     Attributes:
-        front: Front name (a key of :data:`FRONTS`).
+        front: Front name.
         cost: The cost column.
-        reference: ``(accuracy, cost)`` reference point of the hypervolume.
-        hypervolume: Area dominated by the finished trials inside the reference box.
+        reference: ``(accuracy, cost)`` reference point of the hypervolume: accuracy 0 and
+            the dense model's cost.
+        hypervolume: Area the finished trials dominate inside the reference box.
         hypervolume_normalized: ``hypervolume`` divided by the area of the box from
             the ideal point (accuracy 1, cost 0) to the reference, in [0, 1].
         n_trials: Finished trials with finite accuracy and cost.
-        n_front: Trials of Pareto rank 1.
-        knee: ``trial_id`` of the knee, or None when the front is empty.
+        n_front: Trials of Pareto rank 1 (the dense model competing).
+        n_dominated_by_dense: Trials the dense model dominates.
+        knee: ``trial_id`` of the knee of the trials on the front, or None.
     """
 
     front: str
@@ -75,6 +103,7 @@ class FrontSummary:
     hypervolume_normalized: float
     n_trials: int
     n_front: int
+    n_dominated_by_dense: int
     knee: str | None
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,6 +115,7 @@ class FrontSummary:
             "hypervolume_normalized": self.hypervolume_normalized,
             "n_trials": self.n_trials,
             "n_front": self.n_front,
+            "n_dominated_by_dense": self.n_dominated_by_dense,
             "knee": self.knee,
         }
 
@@ -98,6 +128,8 @@ class ReportTables:
     final: pd.DataFrame
     fronts: pd.DataFrame
     summaries: dict[str, FrontSummary]
+    methods: pd.DataFrame = field(default_factory=pd.DataFrame)
+    front_costs: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_FRONTS))
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, Any] = field(default_factory=dict)
     dense: dict[str, Any] | None = None
@@ -148,7 +180,7 @@ def normalize_column(values: pd.Series) -> pd.Series:
 def _order_columns(
     df: pd.DataFrame, head: list[str], config_columns: list[str], tail: list[str]
 ) -> pd.DataFrame:
-    metric = [c for c in METRIC_COLUMNS if c in df.columns]
+    metric = [c for c in METRIC_KEYS if c in df.columns]
     fixed = set(head) | set(config_columns) | set(metric) | set(tail) | {"time_total_s", "_seq"}
     extras = sorted(c for c in df.columns if c not in fixed)
     time_col = ["time_total_s"] if "time_total_s" in df.columns else []
@@ -197,12 +229,12 @@ def _is_number(value: Any) -> bool:
 def _finalize(records: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(
         {
-            c: _metric_dtype(c, records[c]) if c in METRIC_COLUMNS else normalize_column(records[c])
+            c: _metric_dtype(c, records[c]) if c in METRIC_KEYS else normalize_column(records[c])
             for c in records.columns
         },
         index=records.index,
     )
-    for c in METRIC_COLUMNS:
+    for c in METRIC_KEYS:
         # Every reader can count on the metric columns, even before any result.
         if c not in out.columns:
             out[c] = pd.array([pd.NA] * len(out), dtype="Int64") if c in INTEGER_METRICS else np.nan
@@ -215,22 +247,8 @@ def _finalize(records: pd.DataFrame) -> pd.DataFrame:
 
 
 def trial_statuses(exp: Experiment) -> pd.DataFrame:
-    """Status of every trial that reported a result: ``trial_id, status, reason``.
-
-    The last status line wins unless a result line follows it (a retried trial),
-    in which case, as for a trial with no status line, the trial is running.
-    """
-    res = exp.results
-    if res.empty:
-        return pd.DataFrame(columns=["trial_id", "status", "reason"])
-    last_result = res.groupby("trial_id", sort=True)["_seq"].max()
-    st = exp.statuses.set_index("trial_id")
-    rows = []
-    for trial_id, seq in last_result.items():
-        if trial_id in st.index and st.at[trial_id, "_seq"] > seq:
-            rows.append((trial_id, st.at[trial_id, "status"], st.at[trial_id, "reason"]))
-        else:
-            rows.append((trial_id, RUNNING, None))
+    """Status of every trial that reported a result: ``trial_id, status, reason``."""
+    rows = [(t, st.status, st.reason) for t, st in sorted(exp.trials.items()) if st.results]
     return pd.DataFrame(rows, columns=["trial_id", "status", "reason"])
 
 
@@ -243,7 +261,7 @@ def trials_table(exp: Experiment) -> pd.DataFrame:
     config_cols = _config_order(exp.config_columns)
     res = exp.results.drop(columns=["_seq"])
     if not res.empty:
-        status = trial_statuses(exp).set_index("trial_id")["status"]
+        status = {t: st.status for t, st in exp.trials.items()}
         res = res.assign(status=res["trial_id"].map(status))
         res = res.sort_values(["trial_id", "epoch"], kind="stable")
     ref = _reference_row(exp.dense)
@@ -255,51 +273,28 @@ def trials_table(exp: Experiment) -> pd.DataFrame:
     return _order_columns(out, ["trial_id", "status", "epoch"], config_cols, [])
 
 
-def _chosen_epoch(rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    """(row of the best-accuracy epoch at the final sparsity, last row) of one trial."""
-    rows = rows.sort_values("epoch")
-    last = rows.iloc[-1]
-    sparsity = rows["sparsity"].to_numpy(dtype=float) if "sparsity" in rows else None
-    start = len(rows) - 1
-    if sparsity is not None:
-        final = sparsity[-1]
-        # Walk back over the trailing run at the final sparsity: an earlier epoch at
-        # a lower sparsity is a different (less pruned) model, never the result.
-        while start > 0 and (
-            (math.isnan(final) and math.isnan(sparsity[start - 1]))
-            or abs(sparsity[start - 1] - final) <= SPARSITY_ATOL
-        ):
-            start -= 1
-    run = rows.iloc[start:]
-    acc = run["accuracy"].to_numpy(dtype=float) if "accuracy" in run else np.full(len(run), np.nan)
-    if np.isnan(acc).all():
-        return last, last
-    # np.nanargmax returns the first maximum: ties go to the earliest epoch.
-    return run.iloc[int(np.nanargmax(acc))], last
-
-
 def final_table(exp: Experiment, trials: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per finished trial: its result epoch, why it ended, where its model is.
+    """One row per finished trial: its kept epoch, why it ended, where its model is.
 
-    Columns: ``trial_id, status, reason, epoch`` (the result epoch), ``last_epoch``,
-    the config columns, the metrics of the result epoch, ``time_total_s`` of that
-    epoch, ``trial_time_s`` (wall time of the whole trial), ``model_dir``
-    (relative to the experiment directory, when saved). Reference row first.
+    Columns: ``trial_id, status, reason, method, epoch`` (the kept epoch),
+    ``last_epoch``, the config columns, the metrics of the kept epoch, ``time_total_s`` of
+    that epoch, ``trial_time_s`` (wall time of the whole trial), ``model_dir`` (relative to
+    the experiment directory, when saved). Reference row first.
     """
     if trials is None:
         trials = trials_table(exp)
     config_cols = _config_order(exp.config_columns)
-    st = trial_statuses(exp)
-    reasons = dict(zip(st["trial_id"], st["reason"], strict=True))
     records = []
     ref = trials[trials["status"] == REFERENCE_STATUS]
     for _, r in ref.iterrows():
         records.append({**r.to_dict(), "reason": None, "last_epoch": None})
     done = trials[trials["status"].isin(FINISHED_STATUSES)]
     for trial_id, rows in done.groupby("trial_id", sort=True):
-        chosen, last = _chosen_epoch(rows)
-        rec = chosen.to_dict()
-        rec["reason"] = reasons.get(trial_id)
+        rows = rows.sort_values("epoch")
+        kept = kept_epoch(r for _, r in rows.iterrows())
+        rec = dict(kept) if kept is not None else rows.iloc[-1].to_dict()
+        last = rows.iloc[-1]
+        rec["reason"] = exp.trials[str(trial_id)].reason
         rec["last_epoch"] = int(last["epoch"])
         if "time_total_s" in last.index:
             rec["trial_time_s"] = last["time_total_s"]
@@ -308,16 +303,29 @@ def final_table(exp: Experiment, trials: pd.DataFrame | None = None) -> pd.DataF
     columns = list(dict.fromkeys([*trials.columns, "reason", "last_epoch", "trial_time_s", "model_dir"]))
     df = _finalize(records_frame(records, columns))
     df["last_epoch"] = df["last_epoch"].astype("Int64")
-    if "model_dir" in df.columns:
-        df["model_dir"] = df["model_dir"].astype("string")
-    if "reason" in df.columns:
-        df["reason"] = df["reason"].astype("string")
+    for c in ("model_dir", "reason"):
+        if c in df.columns:
+            df[c] = df[c].astype("string")
+    df.insert(3, "method", method_labels(df))
     return _order_columns(
         df,
-        ["trial_id", "status", "reason", "epoch", "last_epoch"],
+        ["trial_id", "status", "reason", "method", "epoch", "last_epoch"],
         config_cols,
         ["trial_time_s", "model_dir"],
     )
+
+
+def method_labels(df: pd.DataFrame) -> pd.Series:
+    """``criterion+granularity+schedule`` of every row ("dense" for the reference)."""
+    parts = [c for c in ("criterion", "granularity", "schedule") if c in df.columns]
+
+    def label(r: pd.Series) -> Any:
+        if r.get("status") == REFERENCE_STATUS:
+            return REFERENCE_ID
+        vals = [r.get(c) for c in parts]
+        return None if not vals or any(is_missing(v) for v in vals) else "+".join(str(v) for v in vals)
+
+    return pd.Series([label(r) for _, r in df.iterrows()], index=df.index, dtype="string")
 
 
 def default_reference(dense: dict[str, Any] | None, cost: str) -> tuple[float, float]:
@@ -336,96 +344,120 @@ def default_reference(dense: dict[str, Any] | None, cost: str) -> tuple[float, f
     return (0.0, float(value))
 
 
+def _points(df: pd.DataFrame, cost: str) -> tuple[np.ndarray, np.ndarray]:
+    acc = df[OBJECTIVE].to_numpy(dtype=float, na_value=np.nan) if OBJECTIVE in df else np.full(len(df), np.nan)
+    cst = df[cost].to_numpy(dtype=float, na_value=np.nan) if cost in df else np.full(len(df), np.nan)
+    ok = np.isfinite(acc) & np.isfinite(cst)
+    return np.column_stack([acc, cst]), ok
+
+
+def _one_front(
+    front: str, cost: str, trials: pd.DataFrame, ref_rows: pd.DataFrame, ref_point: tuple[float, float]
+) -> tuple[pd.DataFrame, pd.DataFrame, FrontSummary]:
+    """The rows of one front (reference row, trials) and its summary."""
+    n = len(trials)
+    pts, ok = _points(trials, cost)
+    dense_pts, dense_ok = _points(ref_rows, cost)
+    dense = dense_pts[dense_ok][:1]  # the reference competes when its figures are known
+    rank = np.full(n, np.nan)
+    rank_trials = np.full(n, np.nan)
+    dominated = np.zeros(n, dtype=bool)
+    contrib = np.full(n, np.nan)
+    knee = np.zeros(n, dtype=bool)
+    dense_rank = np.nan
+    hv, knee_id = 0.0, None
+    idx = np.flatnonzero(ok)
+    if len(idx):
+        sub = pts[idx]
+        rank_trials[idx] = pareto.nondominated_sort(sub, DIRECTIONS)
+        with_dense = pareto.nondominated_sort(np.vstack([sub, dense]), DIRECTIONS)
+        rank[idx] = with_dense[: len(sub)]
+        if len(dense):
+            dense_rank = float(with_dense[-1])
+            dominated[idx] = pareto.dominates(dense[0], sub, DIRECTIONS)
+        contrib[idx] = pareto.hv_contributions(sub, ref_point, DIRECTIONS)
+        hv = pareto.hypervolume_2d(sub, ref_point, DIRECTIONS)
+        members = idx[rank[idx] == 1]
+        if len(members):
+            k = pareto.knee_point(pts[members], DIRECTIONS)
+            knee[members[k]] = True
+            knee_id = str(trials.iloc[members[k]]["trial_id"])
+    part = trials.assign(
+        front=front,
+        pareto_rank=pd.array([pd.NA if math.isnan(r) else int(r) for r in rank], dtype="Int64"),
+        rank_among_trials=pd.array([pd.NA if math.isnan(r) else int(r) for r in rank_trials], dtype="Int64"),
+        dominated_by_dense=dominated,
+        hv_contribution=contrib,
+        is_knee=knee,
+    )
+    part = part.sort_values(["pareto_rank", cost, "trial_id"], kind="stable", na_position="last")
+    ref_part = ref_rows.assign(
+        front=front,
+        pareto_rank=pd.array([pd.NA if math.isnan(dense_rank) else int(dense_rank)] * len(ref_rows), dtype="Int64"),
+        rank_among_trials=pd.array([pd.NA] * len(ref_rows), dtype="Int64"),
+        dominated_by_dense=False,
+        hv_contribution=np.nan,
+        is_knee=False,
+    )
+    box = (1.0 - ref_point[0]) * ref_point[1]
+    summary = FrontSummary(
+        front=front, cost=cost, reference=ref_point, hypervolume=hv,
+        hypervolume_normalized=hv / box if box > 0 else float("nan"),
+        n_trials=int(ok.sum()), n_front=int(np.nansum(rank == 1)),
+        n_dominated_by_dense=int(dominated.sum()), knee=knee_id,
+    )
+    return ref_part, part, summary
+
+
 def fronts_table(
     final: pd.DataFrame,
     dense: dict[str, Any] | None,
     reference: dict[str, float] | None = None,
     reference_accuracy: float = 0.0,
+    fronts: Mapping[str, str] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, FrontSummary]]:
-    """Pareto ranks, hypervolume contributions and knees for each front.
+    """Pareto ranks (the dense model competing), contributions and knees for each front.
 
     Args:
-        final: The :func:`final_table` (its reference row, if any, is re-used as
-            each front's reference row).
+        final: The :func:`final_table` (its reference row, if any, is each front's
+            reference row and competes as a point).
         dense: Dense baseline metrics; supplies the default reference costs.
         reference: Optional ``{cost_column: reference_cost}`` overriding the dense
             model's cost for some fronts.
-        reference_accuracy: Accuracy of the reference point (0 by default).
+        reference_accuracy: Accuracy of the hypervolume reference point (0 by default).
+        fronts: ``{front name: cost column}`` (default :data:`DEFAULT_FRONTS`).
 
     Returns:
-        ``(fronts, summaries)``: the long table (column ``front`` names the pair;
-        ``pareto_rank`` is null for trials with a non-finite accuracy or cost and
-        for reference rows) and a :class:`FrontSummary` per front.
+        ``(fronts, summaries)``: the long table (column ``front`` names the front;
+        ``pareto_rank`` is null for trials with a non-finite accuracy or cost) and a
+        :class:`FrontSummary` per front.
     """
+    fronts = dict(DEFAULT_FRONTS if fronts is None else fronts)
     reference = dict(reference or {})
-    unknown = set(reference) - set(FRONTS.values())
+    unknown = set(reference) - set(fronts.values())
     if unknown:
         raise ValueError(
-            f"unknown reference cost {sorted(unknown)[0]!r}; valid choices: "
-            + ", ".join(FRONTS.values())
+            f"unknown reference cost {sorted(unknown)[0]!r}; valid choices: " + ", ".join(fronts.values())
         )
     ref_rows = final[final["status"] == REFERENCE_STATUS]
     trials = final[final["status"].isin(FINISHED_STATUSES)].reset_index(drop=True)
     parts = []
     summaries: dict[str, FrontSummary] = {}
-    for front, cost in FRONTS.items():
-        if cost in reference:
-            ref_point = (float(reference_accuracy), float(reference[cost]))
-        else:
-            ref_point = (float(reference_accuracy), default_reference(dense, cost)[1])
-        acc = trials[OBJECTIVE].to_numpy(dtype=float, na_value=np.nan)
-        cst = trials[cost].to_numpy(dtype=float, na_value=np.nan)
-        ok = np.isfinite(acc) & np.isfinite(cst)
-        pts = np.column_stack([acc[ok], cst[ok]])
-        rank = np.full(len(trials), np.nan)
-        contrib = np.full(len(trials), np.nan)
-        knee = np.zeros(len(trials), dtype=bool)
-        hv = 0.0
-        knee_id = None
-        if ok.any():
-            idx = np.flatnonzero(ok)
-            rank[idx] = pareto.nondominated_sort(pts, DIRECTIONS)
-            contrib[idx] = pareto.hv_contributions(pts, ref_point, DIRECTIONS)
-            k = pareto.knee_point(pts, DIRECTIONS)
-            knee[idx[k]] = True
-            knee_id = str(trials.loc[idx[k], "trial_id"])
-            hv = pareto.hypervolume_2d(pts, ref_point, DIRECTIONS)
-        part = trials.assign(
-            front=front,
-            pareto_rank=pd.array(
-                [pd.NA if math.isnan(r) else int(r) for r in rank], dtype="Int64"
-            ),
-            hv_contribution=contrib,
-            is_knee=knee,
-        )
-        part = part.sort_values(
-            ["pareto_rank", cost, "trial_id"], kind="stable", na_position="last"
-        )
-        ref_part = ref_rows.assign(
-            front=front,
-            pareto_rank=pd.array([pd.NA] * len(ref_rows), dtype="Int64"),
-            hv_contribution=np.nan,
-            is_knee=False,
-        )
+    for front, cost in fronts.items():
+        ref_cost = reference[cost] if cost in reference else default_reference(dense, cost)[1]
+        ref_part, part, summary = _one_front(front, cost, trials, ref_rows, (float(reference_accuracy), float(ref_cost)))
         parts.extend([ref_part, part])
-        box = (1.0 - ref_point[0]) * ref_point[1]
-        summaries[front] = FrontSummary(
-            front=front,
-            cost=cost,
-            reference=ref_point,
-            hypervolume=hv,
-            hypervolume_normalized=hv / box if box > 0 else float("nan"),
-            n_trials=int(ok.sum()),
-            n_front=int(np.nansum(rank == 1)),
-            knee=knee_id,
-        )
-    fronts = pd.concat(parts, ignore_index=True) if parts else final.iloc[0:0]
-    fronts["front"] = fronts["front"].astype("string")
-    fronts["is_knee"] = fronts["is_knee"].astype(bool)
-    fronts["pareto_rank"] = fronts["pareto_rank"].astype("Int64")
-    head = ["front", "trial_id", "status", "pareto_rank", "hv_contribution", "is_knee"]
-    rest = [c for c in fronts.columns if c not in head]
-    return fronts[head + rest].reset_index(drop=True), summaries
+        summaries[front] = summary
+    table = pd.concat(parts, ignore_index=True) if parts else final.iloc[0:0]
+    table["front"] = table["front"].astype("string")
+    for c in ("is_knee", "dominated_by_dense"):
+        table[c] = table[c].astype(bool)
+    for c in ("pareto_rank", "rank_among_trials"):
+        table[c] = table[c].astype("Int64")
+    head = ["front", "trial_id", "status", "pareto_rank", "rank_among_trials", "dominated_by_dense",
+            "hv_contribution", "is_knee"]
+    rest = [c for c in table.columns if c not in head]
+    return table[head + rest].reset_index(drop=True), summaries
 
 
 def build_tables(
@@ -433,15 +465,20 @@ def build_tables(
     reference: dict[str, float] | None = None,
     reference_accuracy: float = 0.0,
 ) -> ReportTables:
-    """All three tables of an experiment (nothing is written)."""
+    """All the tables of an experiment (nothing is written)."""
+    from reports.methods import methods_table
+
     trials = trials_table(exp)
     final = final_table(exp, trials)
-    fronts, summaries = fronts_table(final, exp.dense, reference, reference_accuracy)
+    costs = fronts_for(exp.config)
+    fronts, summaries = fronts_table(final, exp.dense, reference, reference_accuracy, costs)
     return ReportTables(
         trials=trials,
         final=final,
         fronts=fronts,
         summaries=summaries,
+        methods=methods_table(final, costs),
+        front_costs=costs,
         config=exp.config,
         versions=exp.versions,
         dense=exp.dense,

@@ -39,7 +39,7 @@ def test_compare_fronts_exact(two_experiments):
     frames_b, meta_b, _ = open_report(two_experiments["B"])
     out = reports.compare_fronts(frames_a["fronts"], frames_b["fronts"],
                                  meta_a["report"]["fronts"], meta_b["report"]["fronts"])
-    assert [c.front for c in out] == list(reports.FRONTS)
+    assert [c.front for c in out] == list(reports.DEFAULT_FRONTS)
     for c in out:
         assert c.reference == (0.0, 16.0)
         assert c.hv_a == (0.875 * 12 + 0.75 * 2) / 16  # 0.75
@@ -67,15 +67,17 @@ def test_cli_show_prints_each_front(experiment_dir):
     assert "8 trials: 4 completed, 2 stopped, 1 errored, 1 running" in out
     lines = out.splitlines()
     assert max(len(line) for line in lines) <= 100
-    flops = lines[lines.index(next(ln for ln in lines if ln.startswith("accuracy vs dense FLOPs"))):]
-    assert "3 of 7 finished trials on the front" in flops[0]
-    # Rank-1 trials by increasing FLOPs, knee marked, dense reference last.
+    flops = lines[lines.index(next(ln for ln in lines if ln.startswith("validation accuracy vs FLOPs"))):]
+    # The dense model (0.975 at 34k FLOPs) dominates the three unstructured trials.
+    assert "3 of 7 finished trials on the front (3 dominated by dense)" in flops[0]
+    # Rank-1 trials by increasing FLOPs, knee marked, the dense model competing (rank 1).
     table = flops[3:7]
-    assert [row.split()[0] for row in table] == ["a1b2c_00004", "a1b2c_00002", "a1b2c_00005",
-                                                 "dense"]
-    assert table[1].split()[1:3] == ["taylor", "struct"] and table[1].rstrip().endswith("*")
-    assert "0.9583" in table[1] and "8.83k" in table[1]
-    assert table[3].split()[1] == "(reference)"
+    assert [row.split()[0] for row in table] == ["a1b2c_00004", "a1b2c_00002*", "a1b2c_00005",
+                                                 "dense"]  # *: the knee
+    assert table[1].split()[1:3] == ["taylor", "struct"]
+    assert "0.9583" in table[1] and "0.9543" in table[1] and "8.83k" in table[1]  # val, test
+    assert table[3].split()[1] == "reference" and table[3].split()[-1] == "1"
+    assert "which method wins" in out
 
 
 def test_cli_build_then_show_from_the_report_directory(experiment_dir, capsys):
@@ -84,7 +86,7 @@ def test_cli_build_then_show_from_the_report_directory(experiment_dir, capsys):
 
     assert main(["build", str(experiment_dir), "--no-plots"]) == 0
     assert capsys.readouterr().out.split() == [
-        str(experiment_dir / "report" / f"{t}.parquet") for t in ("trials", "final", "fronts")
+        str(experiment_dir / "report" / f"{t}.parquet") for t in ("trials", "final", "fronts", "methods")
     ]
     assert main(["show", str(experiment_dir / "report")]) == 0
     from_report = capsys.readouterr().out
@@ -100,9 +102,15 @@ def test_cli_plot_writes_png_and_self_contained_html(experiment_dir, tmp_path):
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
     page = (out / "fronts.html").read_text()
     assert page.count("<svg") == 1
-    for ref in ("src=", "<script", "<link", "@import", "url(http"):
-        assert ref not in page  # nothing is fetched
+    for ref in ("src=", "<link", "@import", "url(http", "fetch(", "XMLHttpRequest"):
+        assert ref not in page  # nothing is fetched: the hover script is inline
     assert "a1b2c_00002" in page and "knee" in page and "2.14.1" in page
+    # Every trial's marker carries an id the hover script maps to its details.
+    from reports.plots import point_id
+
+    for trial in ("a1b2c_00002", "a1b2c_00004", "dense"):
+        assert f'id="{point_id("accuracy_flops", trial)}"' in page
+    assert '"validation accuracy": "0.9583"' in page and '"test accuracy": "0.9543"' in page
 
 
 def test_cli_compare(two_experiments):
@@ -173,3 +181,57 @@ def test_compare_names_a_report_without_front_summaries(two_experiments):
     frames_b, _, _ = open_report(two_experiments["B"])
     with pytest.raises(ValueError, match="report B has no summary of front 'accuracy_flops'"):
         reports.compare_fronts(frames_a["fronts"], frames_b["fronts"], meta_a["report"]["fronts"], {})
+
+
+def test_pick_the_cheapest_trial_within_an_accuracy_drop(experiment_dir, capsys):
+    from reports.__main__ import main
+
+    assert main(["pick", str(experiment_dir), "--max-drop", "2"]) == 0
+    out = capsys.readouterr().out
+    # Saved models within 2 points of the dense 0.975 (validation): 00000, 00001 (34k FLOPs)
+    # and 00002 (8.8k FLOPs): the cheapest by FLOPs wins.
+    assert "trial     a1b2c_00002  (taylor+structured+one_shot, kept epoch 2)" in out
+    assert "validation 0.9583, test 0.9543" in out
+    path = experiment_dir / "models" / "a1b2c_00002" / "model.pt2"
+    assert f"file      {path}" in out
+    assert f"model = torch.export.load({str(path)!r}).module()" in out
+    assert '"criterion": "taylor"' in out  # the config that produced it
+
+
+def test_pick_the_most_accurate_trial_within_a_size_budget(experiment_dir, capsys):
+    from reports.__main__ import main
+
+    assert main(["pick", str(experiment_dir), "--max-size", "20KiB"]) == 0
+    out = capsys.readouterr().out
+    assert "a1b2c_00002" in out.splitlines()[1]  # 17.9 KiB at 0.9583 beats 5.1 KiB at 0.9306
+    assert main(["pick", str(experiment_dir), "--max-size", "1KiB"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no saved trial meets file size <= 1.0KiB" in err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--max-size", "big"], "--max-size: 'big' is not a number"),
+    ([], "give a budget"),
+    (["--max-drop", "-1"], "--max-drop: -1 must be >= 0"),
+])
+def test_pick_bad_budgets_are_one_line(experiment_dir, capsys, argv, message):
+    from reports.__main__ import main
+
+    assert main(["pick", str(experiment_dir), *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_method_table_keeps_each_methods_best_validation_trial_per_level(experiment_dir):
+    from reports.ledger import read_experiment
+    from reports.tables import build_tables
+
+    m = build_tables(read_experiment(experiment_dir)).methods
+    at2 = m[(m["cost"] == "flops") & (m["level"] == 2.0)].set_index("method")
+    # >= 2x fewer FLOPs than the dense 34k: 00002 and 00003 (8.8k), 00004 (2.3k); not 00005 (17.4k).
+    assert set(at2.index) == {"taylor+structured+one_shot", "random+structured+one_shot",
+                              "slimming+structured+iterative"}
+    row = at2.loc["taylor+structured+one_shot"]
+    assert (row["trial_id"], row["val_accuracy"], row["test_accuracy"]) == ("a1b2c_00002", 0.9583, 0.9543)
+    assert row["compression"] == pytest.approx(34048 / 8832)
+    assert m[(m["cost"] == "flops") & (m["level"] == 8.0)]["method"].tolist() == ["slimming+structured+iterative"]

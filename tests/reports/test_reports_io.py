@@ -23,9 +23,9 @@ from reports.tables import build_tables
 
 def test_parquet_round_trip_with_pandas_and_pyarrow_dataset(experiment_dir):
     written = reports.build_report(experiment_dir, plots=False)
-    assert sorted(written) == ["final.parquet", "fronts.parquet", "trials.parquet"]
+    assert sorted(written) == ["final.parquet", "fronts.parquet", "methods.parquet", "trials.parquet"]
     tables = build_tables(read_experiment(experiment_dir))
-    for name in ("trials", "final", "fronts"):
+    for name in ("trials", "final", "fronts", "methods"):
         path = experiment_dir / "report" / f"{name}.parquet"
         expected = getattr(tables, name)
         pd.testing.assert_frame_equal(pd.read_parquet(path), expected)
@@ -52,7 +52,7 @@ def test_column_types_readers_can_count_on(experiment_dir):
     types = {f.name: str(f.type) for f in schema}
     assert types["trial_id"] == types["status"] == types["front"] == "string"
     assert types["epoch"] == types["pareto_rank"] == "int64"
-    assert types["accuracy"] == types["flops"] == types["hv_contribution"] == "double"
+    assert types["val_accuracy"] == types["flops"] == types["hv_contribution"] == "double"
     assert types["params"] == types["size_bytes"] == "int64"
     assert types["is_knee"] == "bool"
 

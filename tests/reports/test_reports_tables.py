@@ -11,7 +11,7 @@ from reports_fixtures import DENSE, cfg, metrics
 from reports.ledger import read_experiment
 from reports.tables import build_tables
 
-REQUIRED = ["trial_id", "status", "epoch", "accuracy", "flops", "flops_sparse", "params",
+REQUIRED = ["trial_id", "status", "epoch", "val_accuracy", "flops", "flops_sparse", "params",
             "params_nonzero", "size_bytes", "latency_ms", "sparsity"]
 FINISHED = ["a1b2c_00000", "a1b2c_00001", "a1b2c_00002", "a1b2c_00003", "a1b2c_00004",
             "a1b2c_00005", "a1b2c_00006"]
@@ -25,11 +25,11 @@ def test_trials_table_keeps_last_report_per_epoch_and_marks_running(experiment_d
     t = build_tables(read_experiment(experiment_dir)).trials
     assert set(REQUIRED) <= set(t.columns)
     assert t.iloc[0]["trial_id"] == "dense" and t.iloc[0]["status"] == "reference"
-    assert t.iloc[0]["accuracy"] == DENSE["accuracy"] and pd.isna(t.iloc[0]["epoch"])
+    assert t.iloc[0]["val_accuracy"] == DENSE["val_accuracy"] and pd.isna(t.iloc[0]["epoch"])
     rows = _trials(t)
     assert len(rows) == 17  # 18 result lines, one epoch re-reported twice
     again = rows[(rows["trial_id"] == "a1b2c_00002") & (rows["epoch"] == 2)]
-    assert again["accuracy"].tolist() == [0.9583]  # the last line for that epoch
+    assert again["val_accuracy"].tolist() == [0.9583]  # the last line for that epoch
     status = rows.drop_duplicates("trial_id").set_index("trial_id")["status"].to_dict()
     assert status["a1b2c_00007"] == "running"
     assert status["a1b2c_00003"] == "stopped" and status["a1b2c_00006"] == "errored"
@@ -46,7 +46,7 @@ def test_final_table_picks_best_epoch_at_final_sparsity(experiment_dir):
     by = f.set_index("trial_id")
     # Best of epochs 1-3 at one sparsity.
     assert (by.at["a1b2c_00000", "epoch"], by.at["a1b2c_00000", "last_epoch"]) == (2, 3)
-    assert by.at["a1b2c_00000", "accuracy"] == 0.9694
+    assert by.at["a1b2c_00000", "val_accuracy"] == 0.9694
     # Gradual: epoch 1 (sparsity 0.35) scored higher, but the result is at 0.8.
     assert (by.at["a1b2c_00001", "epoch"], by.at["a1b2c_00001", "sparsity"]) == (3, 0.8)
     # Tie between epochs 2 and 3 at the final sparsity: the earliest.
@@ -66,10 +66,14 @@ def test_fronts_ranks_hypervolume_and_knee(experiment_dir):
     assert fr["front"].unique().tolist() == ["accuracy_flops", "accuracy_flops_sparse",
                                              "accuracy_size"]
     flops = fr[fr["front"] == "accuracy_flops"].set_index("trial_id")
-    assert flops.at["dense", "status"] == "reference" and pd.isna(flops.at["dense", "pareto_rank"])
+    # The dense model competes: it is on the front, and it dominates the unstructured trials
+    # (same FLOPs, lower accuracy).
+    assert flops.at["dense", "status"] == "reference" and flops.at["dense", "pareto_rank"] == 1
     ranks = flops.drop("dense")["pareto_rank"].to_dict()
     assert ranks == {"a1b2c_00004": 1, "a1b2c_00002": 1, "a1b2c_00005": 1, "a1b2c_00003": 2,
                      "a1b2c_00000": 2, "a1b2c_00001": 3, "a1b2c_00006": 4}
+    assert set(flops.index[flops["dominated_by_dense"]]) == {"a1b2c_00000", "a1b2c_00001", "a1b2c_00006"}
+    assert flops.drop("dense")["rank_among_trials"].to_dict() == ranks  # no trial here needs dense to lose
     assert flops.index[flops["is_knee"]].tolist() == ["a1b2c_00002"]
     # Vertical slabs under the staircase, reference (0, dense FLOPs 34048).
     hv = 0.9722 * (34048 - 17400) + 0.9583 * (17400 - 8832) + 0.9306 * (8832 - 2344)
@@ -77,6 +81,7 @@ def test_fronts_ranks_hypervolume_and_knee(experiment_dir):
     assert s.hypervolume == pytest.approx(hv, rel=1e-12)
     assert s.hypervolume_normalized == pytest.approx(hv / 34048, rel=1e-12)
     assert (s.reference, s.n_trials, s.n_front, s.knee) == ((0.0, 34048.0), 7, 3, "a1b2c_00002")
+    assert s.n_dominated_by_dense == 3
     # Each member owns the rectangle between its neighbours on the staircase.
     contrib = flops.drop("dense")["hv_contribution"]
     assert contrib["a1b2c_00004"] == pytest.approx(0.9306 * (8832 - 2344), rel=1e-12)
@@ -85,10 +90,31 @@ def test_fronts_ranks_hypervolume_and_knee(experiment_dir):
     assert (contrib[["a1b2c_00000", "a1b2c_00001", "a1b2c_00003", "a1b2c_00006"]] == 0).all()
     # Unstructured pruning removes no dense FLOPs but does cut sparse FLOPs.
     sparse = fr[(fr["front"] == "accuracy_flops_sparse") & (fr["pareto_rank"] == 1)]
-    assert set(sparse["trial_id"]) == {"a1b2c_00004", "a1b2c_00001", "a1b2c_00000", "a1b2c_00005"}
+    assert set(sparse["trial_id"]) == {"a1b2c_00004", "a1b2c_00001", "a1b2c_00000", "a1b2c_00005", "dense"}
     size = fr[(fr["front"] == "accuracy_size") & (fr["pareto_rank"] == 1)]
-    assert set(size["trial_id"]) == {"a1b2c_00004", "a1b2c_00002", "a1b2c_00001", "a1b2c_00005"}
+    assert set(size["trial_id"]) == {"a1b2c_00004", "a1b2c_00002", "a1b2c_00001", "a1b2c_00005", "dense"}
     assert tables.summaries["accuracy_size"].reference == (0.0, 70845.0)
+
+
+def test_a_trial_the_dense_model_dominates_is_not_on_the_front(make_experiment):
+    """An unstructured trial keeps the dense FLOPs; below the dense accuracy it is no result,
+    though among trials alone it would be on the front."""
+    w = make_experiment("dominated")
+    unstr = cfg("magnitude", "unstructured", 0.5, "one_shot")
+    struct = cfg("taylor", "structured", 0.5, "one_shot")
+    w.result("u", unstr, 1, **metrics(0.97, 0.5, 34048, 17000, 40000, 17226, 8600))
+    w.status("u", unstr, "completed", "done")
+    w.result("s", struct, 1, **metrics(0.95, 0.5, 8832, 8832, 18370, 4522, 4522))
+    w.status("s", struct, "completed", "done")
+    fr = build_tables(read_experiment(w.root)).fronts
+    flops = fr[fr["front"] == "accuracy_flops"].set_index("trial_id")
+    assert flops.at["u", "rank_among_trials"] == 1  # trials alone: on the front
+    assert flops.at["u", "pareto_rank"] == 2 and flops.at["u", "dominated_by_dense"]
+    assert flops.at["s", "pareto_rank"] == 1 and flops.at["dense", "pareto_rank"] == 1
+    assert not flops.at["u", "is_knee"]
+    # On sparse FLOPs and size the unstructured trial is cheaper than dense: on the front.
+    sparse = fr[fr["front"] == "accuracy_flops_sparse"].set_index("trial_id")
+    assert sparse.at["u", "pareto_rank"] == 1
 
 
 def test_partial_experiment_holds_exactly_its_finished_trials(make_experiment):
@@ -120,21 +146,21 @@ def test_a_retried_trial_is_running_again(make_experiment):
     row = metrics(0.9, 0.5, 8832, 8832, 18370, 4522, 4522)
     w.result("t1", c, 1, **row)
     w.status("t1", c, "errored", "worker died")
-    w.result("t1", c, 1, **{**row, "accuracy": 0.91})  # restored and re-reported
+    w.result("t1", c, 1, **{**row, "val_accuracy": 0.91})  # restored and re-reported
     exp = read_experiment(w.root)
     tables = build_tables(exp)
     assert tables.trials.set_index("trial_id").at["t1", "status"] == "running"
     assert _trials(tables.final).empty
     w.status("t1", c, "completed", "max epochs reached")
     final = _trials(build_tables(read_experiment(w.root)).final)
-    assert final[["trial_id", "status", "accuracy"]].values.tolist() == [["t1", "completed", 0.91]]
+    assert final[["trial_id", "status", "val_accuracy"]].values.tolist() == [["t1", "completed", 0.91]]
 
 
 def test_config_key_colliding_with_a_metric_is_rejected(make_experiment):
     w = make_experiment("clash")
-    w.result("t1", {"criterion": "magnitude", "accuracy": 0.5}, 1,
+    w.result("t1", {"criterion": "magnitude", "val_accuracy": 0.5}, 1,
              **metrics(0.9, 0.5, 8832, 8832, 18370, 4522, 4522))
-    with pytest.raises(ValueError, match="config key 'accuracy' collides"):
+    with pytest.raises(ValueError, match="config key 'val_accuracy' collides"):
         read_experiment(w.root)
 
 
@@ -181,7 +207,7 @@ def test_config_values_of_any_json_kind_become_typed_columns(make_experiment):
 
 def test_non_numeric_metric_is_named(make_experiment):
     w = make_experiment("badmetric")
-    row = {**metrics(0.875, 0.5, 8832, 8832, 18370, 4522, 4522), "accuracy": "high"}
+    row = {**metrics(0.875, 0.5, 8832, 8832, 18370, 4522, 4522), "val_accuracy": "high"}
     w.result("t1", cfg("taylor", "structured", 0.5, "one_shot"), 1, **row)
-    with pytest.raises(ValueError, match="metric 'accuracy' must be numeric, got 'high'"):
+    with pytest.raises(ValueError, match="metric 'val_accuracy' must be numeric, got 'high'"):
         build_tables(read_experiment(w.root))

@@ -1,0 +1,297 @@
+"""The result contract: what a result row is and how the ledger is read. One rule each.
+
+``orchestrator/`` writes ``results.jsonl`` (and decides, inside each trial, which epoch's
+model to keep); ``reports/`` reads it. Both import the rules from here, so they cannot
+drift apart; this module imports neither of them, nor pandas or Ray (a Train worker
+imports it for :class:`KeptEpoch`).
+
+* **Keys.** :data:`METRIC_KEYS` (what every epoch measures), :data:`TEST_KEYS` (the test
+  split: reported, never used for a decision), :data:`EXTRA_KEYS` (bookkeeping a row may
+  carry), :data:`CONFIG_ORDER` (the config keys a row starts with).
+* **Events.** The ledger is one JSON object per line, in the order things happened:
+  ``{"type": "result", "trial_id", "epoch", <metrics>, "config": {...}, "time_total_s"}`` and
+  ``{"type": "status", "trial_id", "status", "reason", "config": {...}}``.
+  :func:`read_events` skips a torn last line (a write in progress); any other line that
+  is not a JSON object is an error (:class:`LedgerError`), for every reader.
+* **Trial status** (:func:`trial_states`): a trial's status is its last status line,
+  unless a result line follows it (the trial was retried), or it has no status line: then
+  it is ``running``. On resume an epoch may be reported again: the last line wins.
+* **Kept epoch** (:class:`KeptEpoch`, :func:`kept_epoch`): the epoch whose model a trial
+  keeps and reports is the best *validation* accuracy among the trailing run of epochs at
+  its final achieved sparsity (ties to the earliest). The trial applies it incrementally
+  (it saves the model when :meth:`KeptEpoch.observe` says so) and the reports apply the
+  same class to the recorded rows, so the kept row and the saved model always agree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CONFIG_ORDER",
+    "DECISION_METRICS",
+    "EXTRA_KEYS",
+    "FINISHED_STATUSES",
+    "INTEGER_METRICS",
+    "LEDGER_FILE",
+    "METRIC_KEYS",
+    "REFERENCE_ID",
+    "REFERENCE_STATUS",
+    "RUNNING",
+    "SPARSITY_ATOL",
+    "TEST_KEYS",
+    "KeptEpoch",
+    "LedgerError",
+    "TrialState",
+    "flatten_config",
+    "kept_epoch",
+    "read_events",
+    "trial_states",
+]
+
+LEDGER_FILE = "results.jsonl"
+
+#: Metric keys every epoch row carries (docs/design.md section 3), in report order.
+#: ``val_*`` is the validation split carved from the training data: every decision (rungs,
+#: the kept epoch, accuracy targets, fronts, knee, ``reports pick``) uses it. ``test_*`` is the
+#: held-out test split, evaluated for the dense model and each kept model only.
+METRIC_KEYS: tuple[str, ...] = (
+    "val_accuracy",
+    "val_loss",
+    "test_accuracy",
+    "test_loss",
+    "train_loss",
+    "sparsity",
+    "requested_sparsity",
+    "flops",
+    "flops_sparse",
+    "params",
+    "params_nonzero",
+    "size_bytes",
+    "latency_ms",
+    "latency_iqr_ms",
+    "dense_latency_ms",
+    "speedup",
+)
+#: The test split: reported beside the validation figures, never a decision's input.
+TEST_KEYS: tuple[str, ...] = ("test_accuracy", "test_loss")
+#: Metrics a scheduler, an objective or a selection may use.
+DECISION_METRICS: tuple[str, ...] = tuple(k for k in METRIC_KEYS if k not in TEST_KEYS)
+#: Counts: integers in every table.
+INTEGER_METRICS = frozenset({"params", "params_nonzero", "size_bytes"})
+#: Other keys a result row may carry (kept in the ledger and the tables).
+EXTRA_KEYS: tuple[str, ...] = (
+    "step",
+    "units_pruned",
+    "pruning_stopped",
+    "startup_s",
+    "dense_wait_s",
+    "node_id",
+    "host",
+    "device",
+)
+#: The flat config keys a row starts with, in this order (others follow, sorted).
+CONFIG_ORDER: tuple[str, ...] = (
+    "criterion",
+    "granularity",
+    "scope",
+    "threshold_rule",
+    "amount",
+    "schedule",
+    "lr",
+    "epochs",
+)
+
+FINISHED_STATUSES: tuple[str, ...] = ("completed", "stopped", "errored")
+RUNNING = "running"
+REFERENCE_ID = "dense"
+REFERENCE_STATUS = "reference"
+#: Epochs whose achieved sparsity is within this of another count as the same sparsity
+#: (a ratio of integer counts: real changes between pruning steps are far larger).
+SPARSITY_ATOL = 1e-6
+
+
+class LedgerError(ValueError):
+    """The ledger (or a file beside it) is malformed; the message names file and line."""
+
+
+def read_events(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]:
+    """The ledger's events in order, as ``(line number, object)``.
+
+    A last line without its newline is a write in progress and is skipped; a missing file
+    has no events.
+
+    Raises:
+        LedgerError: a line other than the last is not a JSON object.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return []
+    text = p.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    torn = not text.endswith("\n")
+    events = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        last = i == len(lines) - 1
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            if last and torn:
+                continue
+            raise LedgerError(f"{p}:{i + 1}: not valid JSON; the ledger is damaged at this line") from None
+        if not isinstance(obj, dict):
+            if last and torn:
+                continue
+            raise LedgerError(f"{p}:{i + 1}: expected a JSON object per line")
+        events.append((i + 1, obj))
+    return events
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> dotted keys (already-flat keys pass through)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_config(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _epoch_of(where: str, obj: Mapping[str, Any]) -> int:
+    epoch = obj.get("epoch")
+    if isinstance(epoch, float) and epoch.is_integer():
+        epoch = int(epoch)
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        raise LedgerError(f"{where}: result line needs a 1-based integer 'epoch', got {epoch!r}")
+    return epoch
+
+
+@dataclass
+class TrialState:
+    """What the ledger says about one trial.
+
+    Attributes:
+        trial_id: The trial.
+        status: ``running`` or one of :data:`FINISHED_STATUSES`.
+        reason: Why it ended (None while running).
+        results: ``epoch -> result event`` (the last line for each epoch), with ``_seq``
+            (the line number) added.
+        config: The flat config of its latest event.
+    """
+
+    trial_id: str
+    status: str = RUNNING
+    reason: str | None = None
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    _status_seq: int = -1
+    _result_seq: int = -1
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Result events by epoch."""
+        return [self.results[e] for e in sorted(self.results)]
+
+    @property
+    def last_result(self) -> dict[str, Any] | None:
+        """The result line written last (what a resumed trial replays)."""
+        if not self.results:
+            return None
+        return max(self.results.values(), key=lambda r: r["_seq"])
+
+
+def trial_states(events: Iterable[tuple[int, Mapping[str, Any]]], where: str = "results.jsonl") -> dict[str, TrialState]:
+    """Every trial the events mention, with its status and results (module docstring rules).
+
+    Raises:
+        LedgerError: a result or status line without what it needs.
+    """
+    states: dict[str, TrialState] = {}
+    for seq, ev in events:
+        kind = ev.get("type")
+        if kind not in ("result", "status"):
+            continue  # other event types are for other readers
+        loc = f"{where}:{seq}"
+        if "trial_id" not in ev:
+            raise LedgerError(f"{loc}: {kind} line without 'trial_id'")
+        tid = str(ev["trial_id"])
+        st = states.setdefault(tid, TrialState(tid))
+        config = ev.get("config") or {}
+        if not isinstance(config, Mapping):
+            raise LedgerError(f"{loc}: 'config' must be a JSON object")
+        if config:
+            st.config = flatten_config(config)
+        if kind == "result":
+            epoch = _epoch_of(loc, ev)
+            st.results[epoch] = {**ev, "epoch": epoch, "_seq": seq}
+            st._result_seq = seq
+        else:
+            status = ev.get("status")
+            if status not in FINISHED_STATUSES:
+                raise LedgerError(f"{loc}: unknown status {status!r}; valid choices: {', '.join(FINISHED_STATUSES)}")
+            st._status_seq = seq
+            st.status, st.reason = status, (None if ev.get("reason") is None else str(ev["reason"]))
+    for st in states.values():
+        if st._result_seq > st._status_seq:  # no status line, or results after it: retried
+            st.status, st.reason = RUNNING, None
+    return states
+
+
+def _number(value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return v
+
+
+class KeptEpoch:
+    """Which epoch's model a trial keeps (the incremental form of the rule).
+
+    :meth:`observe` is called with each epoch's row, in order, and says whether that epoch
+    becomes the kept one: the first epoch; an epoch whose achieved ``sparsity`` differs
+    from the kept epoch's by more than :data:`SPARSITY_ATOL` (a new model: the earlier,
+    less or differently pruned ones are never the result); or one with a strictly higher
+    ``val_accuracy``. So the kept epoch is the most accurate (on validation) of the trailing
+    run at the final sparsity, ties to the earliest.
+    """
+
+    def __init__(self) -> None:
+        self.kept: Mapping[str, Any] | None = None
+
+    def would_keep(self, row: Mapping[str, Any]) -> bool:
+        if self.kept is None:
+            return True
+        s, ks = _number(row.get("sparsity")), _number(self.kept.get("sparsity"))
+        if not (math.isnan(s) and math.isnan(ks)) and not abs(s - ks) <= SPARSITY_ATOL:
+            return True
+        acc, kacc = _number(row.get("val_accuracy")), _number(self.kept.get("val_accuracy"))
+        return not math.isnan(acc) and (math.isnan(kacc) or acc > kacc)
+
+    def observe(self, row: Mapping[str, Any]) -> bool:
+        """Record ``row``; True when it is now the kept epoch (save its model)."""
+        keep = self.would_keep(row)
+        if keep:
+            self.kept = row
+        return keep
+
+
+def kept_epoch(rows: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The kept row among a trial's rows (in epoch order), by :class:`KeptEpoch`."""
+    rule = KeptEpoch()
+    for row in sorted(rows, key=lambda r: int(r["epoch"])):
+        rule.observe(row)
+    return rule.kept
