@@ -67,7 +67,7 @@ def run_floor(repeats: int, storage: str) -> list[float]:
 
 def run_prunefront(trials: int, out: Path) -> list[float]:
     from orchestrator import search
-    from orchestrator.ledger import LEDGER_FILE, read_events
+    from reports.contract import LEDGER_FILE, read_events
 
     cfg = {
         "name": "bench-overhead",
@@ -85,7 +85,7 @@ def run_prunefront(trials: int, out: Path) -> list[float]:
     if code != 0:
         raise SystemExit(f"the Prunefront search failed (exit {code})")
     started: dict[str, float] = {}  # in the order the trials first reported (one at a time)
-    for ev in read_events(out / "exp" / LEDGER_FILE):
+    for _, ev in read_events(out / "exp" / LEDGER_FILE):
         if ev.get("type") == "result":
             started.setdefault(ev["trial_id"], float(ev["startup_s"]))
     return list(started.values())

@@ -1,39 +1,29 @@
-"""Command line of the search: parse, validate, plan; never imports Ray.
+"""Command line of the search: parse, validate, plan; never imports Ray (nor the search).
 
-``orchestrator/search.py`` (the Ray side) starts with::
+``orchestrator/search.py``, the one entry module, starts with::
 
     cfg, args = cli.parse(argv)        # exits 2 with one line on stderr when anything is wrong
     if args.dry_run:
         print(cli.describe(cfg, args)); return 0
     ...                                # only now import ray
-    cli.fail("...")                    # same one-line error format for later problems
 
-``python -m orchestrator.cli --dry-run ...`` validates and prints the plan on its own; without
-``--dry-run`` it hands over to ``orchestrator.search.main``.
+Errors and exit codes live in ``orchestrator.errors``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import importlib
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from orchestrator.config import (
-    ConfigError,
-    SearchConfig,
-    apply_overrides,
-    default_output,
-    flat_space,
-    load_config,
-    read_yaml,
-)
+from orchestrator.config import SearchConfig, default_output
+from orchestrator.loading import apply_overrides, load_config, read_yaml
+from orchestrator.errors import ConfigError, ErrorExit, fail
+from orchestrator.space import flat_space
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -44,7 +34,6 @@ __all__ = [
     "cluster_for",
     "describe",
     "fail",
-    "main",
     "parse",
     "resolve_experiment",
 ]
@@ -55,26 +44,6 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.y
 EXPERIMENT_FILE = "experiment.json"
 #: Where ``--resume NAME`` looks when NAME is not a directory.
 RESULTS_DIR = "prunefront-results"
-
-
-class ErrorExit(SystemExit):
-    """Raised by :func:`fail`: a ``SystemExit(2)`` that also carries the message."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(code)
-        self.message = message
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``error: <message>`` as one line on stderr and exit with ``code`` (default 2).
-
-    Use for every user-facing error: the message should say what is wrong and what is
-    allowed (``"x: 5 is too large; must be <= 4"``). Newlines are folded so the error stays
-    one line.
-    """
-    line = " ".join(str(message).split())
-    print(f"error: {line}", file=sys.stderr, flush=True)
-    raise ErrorExit(line, code)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -128,6 +97,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="continue the experiment in this directory (or ./prunefront-results/EXPERIMENT)",
     )
     p.add_argument("--dry-run", action="store_true", help="validate, print the plan and exit without starting Ray")
+    p.add_argument("--schema", action="store_true",
+                   help="print the config's JSON Schema (configs/schema.json) and exit")
     p.add_argument(
         "--address", metavar="ADDR", default=os.environ.get("RAY_ADDRESS"),
         help="Ray cluster to connect to (default: $RAY_ADDRESS, else a local Ray)",
@@ -296,10 +267,12 @@ def parse(argv: Sequence[str] | None = None, *, prog: str | None = None) -> tupl
     Any problem: one line ``error: ...`` on stderr and ``SystemExit(2)`` (:func:`fail`).
     """
     args = build_parser(prog).parse_args(argv)
+    if args.schema:
+        return None, args  # type: ignore[return-value]  # nothing to validate
     try:
         cfg, resuming = _load(args)
         if cfg.output is None:
-            cfg = dataclasses.replace(cfg, output=default_output(cfg.name))
+            cfg = cfg.model_copy(update={"output": default_output(cfg.name)})
         args.resuming = resuming
         args.local = not args.address
         args.plan = None
@@ -346,23 +319,3 @@ def describe(cfg: SearchConfig, args: argparse.Namespace) -> str:
     if args.plan is not None:
         lines.append(args.plan.describe())
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m orchestrator.cli``: ``--dry-run`` here; otherwise run the search."""
-    try:
-        cfg, args = parse(argv, prog="python -m orchestrator.cli")
-    except ErrorExit as e:
-        return int(e.code)
-    if args.dry_run:
-        print(describe(cfg, args))
-        return 0
-    try:
-        search = importlib.import_module("orchestrator.search")
-    except ImportError as e:
-        fail(f"the search runner is unavailable ({e}); run with --dry-run to only validate")
-    return int(search.main(list(sys.argv[1:] if argv is None else argv)) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

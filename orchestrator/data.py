@@ -1,10 +1,19 @@
 """Datasets and data loaders (no Ray import).
 
+Every dataset comes as three splits (docs/evaluation.md):
+
+* **train**: what trials fine-tune on;
+* **val**: carved from the training data (stratified, ``data.val_size`` of it, a fixed seed
+  independent of the experiment seed, so every experiment validates on the same images),
+  or the dataset's own validation split where it has one (imagefolder with ``val/`` *and*
+  ``test/``). Every decision of the search uses it: rungs, the kept epoch, fronts, knee;
+* **test**: the dataset's held-out test split, evaluated for the dense model and each kept
+  model only, and reported beside the validation figures; never used to choose anything.
+
 Datasets, by ``data.dataset``:
 
 * ``digits``: scikit-learn's bundled 8x8 digits (offline), a fixed stratified 75/25
-  train/held-out split (seed 0, whatever the experiment seed, so every experiment is judged
-  on the same held-out images).
+  train/test split (seed 0, whatever the experiment seed).
 * ``mnist``, ``fashion_mnist``: the idx files (``train-images-idx3-ubyte[.gz]`` ...), found in
   ``data.root``, ``data.root/<MNIST|FashionMNIST>/raw`` (torchvision's layout), the default
   data directories, or Debian's ``dataset-fashion-mnist`` package
@@ -12,8 +21,10 @@ Datasets, by ``data.dataset``:
   ``data.download: true`` and not found.
 * ``cifar10``, ``cifar100``: the python pickle batches (``cifar-10-batches-py``,
   ``cifar-100-python``), found or downloaded likewise.
-* ``imagefolder``: ``data.root/train/<class>/*`` and ``data.root/val/<class>/*`` (or
-  ``test/``), read by ``torchvision.datasets.ImageFolder``.
+* ``imagefolder``: ``data.root/train/<class>/*`` plus ``val/`` and/or ``test/``, read by
+  ``torchvision.datasets.ImageFolder``: with both, ``val/`` validates and ``test/`` tests;
+  with one of them (ImageNet's ``val/`` is its test set in practice), that one is the test
+  split and the validation split is carved from ``train/``.
 
 Default data directories: ``$PRUNEFRONT_DATA``, ``~/.cache/prunefront/data``, ``./data``.
 Downloads go to ``data.root`` or ``~/.cache/prunefront/data``. In a search, call
@@ -23,8 +34,6 @@ download the same files.
 
 from __future__ import annotations
 
-import gzip
-import os
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,12 +44,28 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
-from orchestrator.config import ConfigError, DataConfig
+from orchestrator.config import DataConfig
+from orchestrator.datafiles import (  # noqa: F401  (re-exported: data.locate, data.read_idx, ...)
+    _CIFAR,
+    _IDX_DATASETS,
+    _IDX_FILES,
+    default_roots,
+    download_root,
+    idx_file,
+    imagefolder_split,
+    locate,
+    prepare,
+    read_cifar_batch,
+    read_digits,
+    read_idx,
+)
+from orchestrator.errors import ConfigError
 
 __all__ = [
     "DATASET_INFO",
     "DatasetInfo",
     "Datasets",
+    "carve_validation",
     "ShardSampler",
     "TensorImages",
     "build_loader",
@@ -52,11 +77,14 @@ __all__ = [
     "read_digits",
     "read_idx",
     "stratified_split",
+    "val_count",
 ]
 
-#: Fixed seed of the digits train/held-out split (independent of the experiment seed).
+#: Fixed seed of the digits train/test split (independent of the experiment seed).
 DIGITS_SPLIT_SEED = 0
 DIGITS_HELD_OUT = 0.25
+#: Fixed seed of every train/validation split (independent of the experiment seed).
+VAL_SPLIT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -81,207 +109,6 @@ DATASET_INFO: dict[str, DatasetInfo] = {
     "cifar100": DatasetInfo("cifar100", 3, 100, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagefolder": DatasetInfo("imagefolder", 3, None, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-
-_IDX_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "eval": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-# dataset -> (torchvision class name = its folder under root, Debian package directory)
-_IDX_DATASETS = {
-    "mnist": ("MNIST", None),
-    "fashion_mnist": ("FashionMNIST", "/usr/share/datasets/fashion-mnist"),
-}
-_CIFAR = {
-    # dataset -> (folder, train files, eval files, label key, torchvision class name)
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", "CIFAR10"),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", "CIFAR100"),
-}
-
-
-def default_roots() -> list[Path]:
-    """Directories searched when ``data.root`` is null, in order."""
-    roots = []
-    if os.environ.get("PRUNEFRONT_DATA"):
-        roots.append(Path(os.environ["PRUNEFRONT_DATA"]).expanduser())
-    roots += [Path("~/.cache/prunefront/data").expanduser(), Path("data").absolute()]
-    return roots
-
-
-def _download_root(cfg: DataConfig) -> Path:
-    return Path(cfg.root) if cfg.root else Path("~/.cache/prunefront/data").expanduser()
-
-
-# --------------------------------------------------------------------------------------
-# Finding files
-# --------------------------------------------------------------------------------------
-
-
-def _idx_file(directory: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
-        if (directory / name).is_file():
-            return directory / name
-    return None
-
-
-def _idx_candidates(cfg: DataConfig) -> list[Path]:
-    folder, debian = _IDX_DATASETS[cfg.dataset]
-    roots = [Path(cfg.root)] if cfg.root else default_roots()
-    dirs = []
-    for r in roots:
-        dirs += [r, r / folder / "raw", r / cfg.dataset]
-    if debian and not cfg.root:
-        dirs.append(Path(debian))
-    return dirs
-
-
-def _cifar_candidates(cfg: DataConfig) -> list[Path]:
-    folder = _CIFAR[cfg.dataset][0]
-    roots = [Path(cfg.root)] if cfg.root else default_roots()
-    dirs = []
-    for r in roots:
-        dirs += [r / folder, r]
-    return dirs
-
-
-def _find(cfg: DataConfig) -> Path | None:
-    if cfg.dataset in _IDX_DATASETS:
-        stems = [s for pair in _IDX_FILES.values() for s in pair]
-        for d in _idx_candidates(cfg):
-            if all(_idx_file(d, s) for s in stems):
-                return d
-        return None
-    if cfg.dataset in _CIFAR:
-        _, train, test, _, _ = _CIFAR[cfg.dataset]
-        for d in _cifar_candidates(cfg):
-            if all((d / f).is_file() for f in train + test):
-                return d
-        return None
-    raise AssertionError(cfg.dataset)  # pragma: no cover - only called for file datasets
-
-
-def _imagefolder_split(root: Path, split: str) -> Path | None:
-    names = ("train",) if split == "train" else ("val", "test")
-    for n in names:
-        if (root / n).is_dir():
-            return root / n
-    return None
-
-
-def locate(cfg: DataConfig) -> Path | None:
-    """Where the dataset's files are (None for ``digits``, which ships with scikit-learn).
-
-    With ``download: true`` a dataset that is not found yet is fine (returns None).
-
-    Raises:
-        ConfigError: the dataset is missing; the message lists every place searched.
-    """
-    if cfg.dataset == "digits":
-        return None
-    if cfg.dataset == "imagefolder":
-        root = Path(cfg.root or "")
-        if not root.is_dir():
-            raise ConfigError(
-                f"data.root: imagefolder directory {str(root)!r} does not exist; it must hold train/ and "
-                "val/ (or test/) with one sub-directory of images per class"
-            )
-        missing = [s for s in ("train", "eval") if _imagefolder_split(root, s) is None]
-        if missing:
-            what = "train/" if "train" in missing else "val/ (or test/)"
-            raise ConfigError(
-                f"data.root: {str(root)!r} has no {what}; imagefolder needs train/ and val/ (or test/), "
-                "one sub-directory of images per class"
-            )
-        return root
-    found = _find(cfg)
-    if found is not None or cfg.download:
-        return found
-    looked = _idx_candidates(cfg) if cfg.dataset in _IDX_DATASETS else _cifar_candidates(cfg)
-    hint = "; install Debian's dataset-fashion-mnist, " if cfg.dataset == "fashion_mnist" else "; "
-    raise ConfigError(
-        f"data.dataset: {cfg.dataset} not found; looked in {', '.join(str(p) for p in looked)}"
-        f"{hint}set data.root to where it is, or data.download: true"
-    )
-
-
-def _download(cfg: DataConfig) -> Path:
-    """Download with torchvision's downloader (checksums verified) into the download root."""
-    import torchvision.datasets as tvd
-    from torchvision.datasets.utils import download_and_extract_archive
-
-    target = _download_root(cfg)
-    target.mkdir(parents=True, exist_ok=True)
-    if cfg.dataset in _IDX_DATASETS:
-        cls = getattr(tvd, _IDX_DATASETS[cfg.dataset][0])
-        # The dataset class downloads (trying each mirror), checks MD5s and unpacks into
-        # <target>/<Class>/raw; we read the files ourselves afterwards.
-        cls(str(target), train=True, download=True)
-        return target / cls.__name__ / "raw"
-    folder, _, _, _, clsname = _CIFAR[cfg.dataset]
-    cls = getattr(tvd, clsname)
-    download_and_extract_archive(cls.url, str(target), filename=cls.filename, md5=cls.tgz_md5)
-    return target / folder
-
-
-def prepare(cfg: DataConfig) -> Path | None:
-    """Locate the dataset, downloading it first when allowed and missing.
-
-    Downloads hold an exclusive lock on ``<download root>/.prunefront-download.lock``, so DDP
-    workers of one node that all call this wait for one download instead of writing the
-    same files at once; still, calling it once in the driver before the trials is cheaper.
-    """
-    found = locate(cfg)
-    if found is None and cfg.download and cfg.dataset not in ("digits", "imagefolder"):
-        try:
-            import fcntl
-
-            target = _download_root(cfg)
-            target.mkdir(parents=True, exist_ok=True)
-            with open(target / ".prunefront-download.lock", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                try:
-                    return _find(cfg) or _download(cfg)  # another process may have finished it
-                finally:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
-        except Exception as e:  # noqa: BLE001 - network/checksum errors become one line
-            raise ConfigError(
-                f"data.download: downloading {cfg.dataset} into {_download_root(cfg)} failed "
-                f"({e.__class__.__name__}: {' '.join(str(e).split())[:200]}); place the files there "
-                "or set data.root"
-            ) from None
-    return found
-
-
-# --------------------------------------------------------------------------------------
-# Readers
-# --------------------------------------------------------------------------------------
-
-
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an idx file (LeCun's MNIST format), gzip-compressed or not."""
-    path = Path(path)
-    opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path} is not an idx file (bad magic number)")
-    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    if raw[2] not in dtypes:
-        raise ValueError(f"{path}: unknown idx data type 0x{raw[2]:02x}")
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    data = np.frombuffer(raw, dtype=dtypes[raw[2]], offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: expected {int(np.prod(shape))} values for shape {shape}, found {data.size}")
-    return data.reshape(shape)
-
-
-def read_cifar_batch(path: str | os.PathLike[str], label_key: str = "labels") -> tuple[np.ndarray, np.ndarray]:
-    """Read one CIFAR python batch: images ``[N, 32, 32, 3]`` uint8 and labels ``[N]``."""
-    with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
-    images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return images, np.asarray(entry[label_key], dtype=np.int64)
-
 
 # --------------------------------------------------------------------------------------
 # Datasets
@@ -325,56 +152,51 @@ class TensorImages(Dataset):
 
 @dataclass
 class Datasets:
-    """Train and held-out sets plus what a model needs to know about them."""
+    """Train, validation and test splits plus what a model needs to know about them."""
 
     name: str
     train: Dataset
-    eval: Dataset
+    val: Dataset
+    test: Dataset
     input_shape: tuple[int, int, int]
     num_classes: int
 
     def example_inputs(self, batch_size: int = 1) -> torch.Tensor:
-        """The first ``batch_size`` held-out images as one batch (for tracing and FLOPs)."""
-        xs = [self.eval[i][0] for i in range(min(batch_size, len(self.eval)))]
+        """The first ``batch_size`` validation images as one batch (for tracing and FLOPs)."""
+        xs = [self.val[i][0] for i in range(min(batch_size, len(self.val)))]
         return torch.stack(xs)
 
 
-def _digits_file() -> Path | None:
-    """scikit-learn's ``datasets/data/digits.csv.gz``, found without importing scikit-learn
-    (whose import, with SciPy, costs every Train worker about 2 s)."""
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec("sklearn")
-    except (ImportError, ValueError):
-        return None
-    for root in (spec.submodule_search_locations or []) if spec is not None else []:
-        path = Path(root, "datasets", "data", "digits.csv.gz")
-        if path.is_file():
-            return path
-    return None
-
-
-def read_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The 1797 digits as ``(x (n, 64) float64 in 0..16, y (n,) int64)``, the same arrays as
-    ``sklearn.datasets.load_digits(return_X_y=True)``.
+def val_count(n: int, val_size: float | int) -> int:
+    """Training examples ``val_size`` (a fraction, or a count) sets aside for validation.
 
     Raises:
-        ConfigError: scikit-learn (which ships the file) is not installed.
+        ConfigError: nothing, or everything, would be left to train on.
     """
-    path = _digits_file()
-    if path is None:
-        try:
-            from sklearn.datasets import load_digits
-        except ImportError:
-            raise ConfigError(
-                "data.dataset: digits ships with scikit-learn, which is not installed (pip install scikit-learn)"
-            ) from None
-        x, y = load_digits(return_X_y=True)
-        return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.int64)
-    with gzip.open(path, "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.float64)
-    return table[:, :-1], table[:, -1].astype(np.int64)
+    k = int(val_size) if isinstance(val_size, int) else int(round(float(val_size) * n))
+    if not 1 <= k < n:
+        raise ConfigError(
+            f"data.val_size: {val_size!r} of {n} training examples leaves {n - k} to train on and {k} to "
+            "validate; give a fraction in (0, 1) or a count between 1 and the training set's size"
+        )
+    return k
+
+
+def carve_validation(
+    make: Callable[[Callable[[torch.Tensor], torch.Tensor] | None], Dataset],
+    labels: np.ndarray,
+    val_size: float | int,
+    train_transform: Any,
+    eval_transform: Any,
+) -> tuple[Dataset, Dataset]:
+    """(train, val) from one training set: a stratified, fixed-seed split of its indices.
+
+    ``make(transform)`` builds the training set with a transform: the validation part gets
+    the evaluation transform (no augmentation), the training part the training one.
+    """
+    n = len(labels)
+    tr, va = stratified_split(labels, val_count(n, val_size) / n, VAL_SPLIT_SEED)
+    return Subset(make(train_transform), tr.tolist()), Subset(make(eval_transform), va.tolist())
 
 
 def stratified_split(y: np.ndarray, held_out: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -402,18 +224,19 @@ def stratified_split(y: np.ndarray, held_out: float, seed: int) -> tuple[np.ndar
     return train_idx, held_idx
 
 
-def _digits(cfg: DataConfig) -> tuple[Dataset, Dataset, int]:
+Splits = tuple[Dataset, Dataset, Dataset, int]
+
+
+def _digits(cfg: DataConfig) -> Splits:
     x, y = read_digits()
-    tr, ev = stratified_split(y, DIGITS_HELD_OUT, DIGITS_SPLIT_SEED)
+    tr, te = stratified_split(y, DIGITS_HELD_OUT, DIGITS_SPLIT_SEED)
     x_tr = torch.tensor(x[tr], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-    x_ev = torch.tensor(x[ev], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    x_te = torch.tensor(x[te], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
     mean, std = float(x_tr.mean()), float(x_tr.std())
     t = _resize(cfg.image_size)
-    return (
-        TensorImages(x_tr, torch.tensor(y[tr]), (mean,), (std,), t),
-        TensorImages(x_ev, torch.tensor(y[ev]), (mean,), (std,), t),
-        10,
-    )
+    train, val = carve_validation(lambda tf: TensorImages(x_tr, torch.tensor(y[tr]), (mean,), (std,), tf),
+                                  y[tr], cfg.val_size, t, t)
+    return train, val, TensorImages(x_te, torch.tensor(y[te]), (mean,), (std,), t), 10
 
 
 def _resize(size: int | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -433,36 +256,43 @@ def _compose(*ts: Callable[[torch.Tensor], torch.Tensor] | None) -> Callable[[to
     return ts[0] if len(ts) == 1 else v2.Compose(list(ts))
 
 
-def _idx_dataset(cfg: DataConfig, directory: Path) -> tuple[Dataset, Dataset, int]:
+def _idx_dataset(cfg: DataConfig, directory: Path) -> Splits:
     info = DATASET_INFO[cfg.dataset]
-    out = []
+    arrays = {}
     for split in ("train", "eval"):
         img_stem, lbl_stem = _IDX_FILES[split]
-        images = torch.from_numpy(read_idx(_idx_file(directory, img_stem)).copy()).unsqueeze(1)
-        labels = torch.from_numpy(read_idx(_idx_file(directory, lbl_stem)).astype(np.int64))
-        out.append(TensorImages(images, labels, info.mean, info.std, _resize(cfg.image_size)))
-    return out[0], out[1], 10
+        images = torch.from_numpy(read_idx(idx_file(directory, img_stem)).copy()).unsqueeze(1)
+        labels = torch.from_numpy(read_idx(idx_file(directory, lbl_stem)).astype(np.int64))
+        arrays[split] = (images, labels)
+    t = _resize(cfg.image_size)
+    images, labels = arrays["train"]
+    train, val = carve_validation(lambda tf: TensorImages(images, labels, info.mean, info.std, tf),
+                                  labels.numpy(), cfg.val_size, t, t)
+    return train, val, TensorImages(*arrays["eval"], info.mean, info.std, t), 10
 
 
-def _cifar_dataset(cfg: DataConfig, directory: Path) -> tuple[Dataset, Dataset, int]:
+def _cifar_dataset(cfg: DataConfig, directory: Path) -> Splits:
     info = DATASET_INFO[cfg.dataset]
-    _, train, test, key, _ = _CIFAR[cfg.dataset]
-    out = []
-    for split, files in (("train", train), ("eval", test)):
+    _, train_files, test_files, key, _ = _CIFAR[cfg.dataset]
+    arrays = {}
+    for split, files in (("train", train_files), ("eval", test_files)):
         parts = [read_cifar_batch(directory / f, key) for f in files]
         images = torch.from_numpy(np.concatenate([p[0] for p in parts])).permute(0, 3, 1, 2).contiguous()
-        labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
-        augment = None
-        if split == "train" and cfg.augment:
-            from torchvision.transforms import v2
+        arrays[split] = (images, torch.from_numpy(np.concatenate([p[1] for p in parts])))
+    augment = None
+    if cfg.augment:
+        from torchvision.transforms import v2
 
-            # The standard CIFAR augmentation (He et al. 2016): 4-pixel padded crops, flips.
-            augment = v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()])
-        out.append(TensorImages(images, labels, info.mean, info.std, _compose(augment, _resize(cfg.image_size))))
-    return out[0], out[1], int(info.num_classes or 0)
+        # The standard CIFAR augmentation (He et al. 2016): 4-pixel padded crops, flips.
+        augment = v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()])
+    plain = _resize(cfg.image_size)
+    images, labels = arrays["train"]
+    train, val = carve_validation(lambda tf: TensorImages(images, labels, info.mean, info.std, tf),
+                                  labels.numpy(), cfg.val_size, _compose(augment, plain), plain)
+    return train, val, TensorImages(*arrays["eval"], info.mean, info.std, plain), int(info.num_classes or 0)
 
 
-def _imagefolder(cfg: DataConfig, root: Path) -> tuple[Dataset, Dataset, int]:
+def _imagefolder(cfg: DataConfig, root: Path) -> Splits:
     from torchvision import datasets
     from torchvision.transforms import v2
 
@@ -475,13 +305,28 @@ def _imagefolder(cfg: DataConfig, root: Path) -> tuple[Dataset, Dataset, int]:
         if cfg.augment
         else eval_t
     )
-    train = datasets.ImageFolder(str(_imagefolder_split(root, "train")), transform=train_t)
-    held_out = datasets.ImageFolder(str(_imagefolder_split(root, "eval")), transform=eval_t)
-    if train.classes != held_out.classes:
+    train_dir = str(imagefolder_split(root, "train"))
+    own_val, test_dir = (root / "val", root / "test")
+    if own_val.is_dir() and test_dir.is_dir():
+        # The dataset's own validation split.
+        train = datasets.ImageFolder(train_dir, transform=train_t)
+        val = datasets.ImageFolder(str(own_val), transform=eval_t)
+        test = datasets.ImageFolder(str(test_dir), transform=eval_t)
+    else:
+        base = datasets.ImageFolder(train_dir)
+        train, val = carve_validation(lambda tf: datasets.ImageFolder(train_dir, transform=tf),
+                                      np.asarray(base.targets), cfg.val_size, train_t, eval_t)
+        test = datasets.ImageFolder(str(imagefolder_split(root, "eval")), transform=eval_t)
+        if base.classes != test.classes:
+            raise ConfigError(
+                f"data.root: train/ and val/ of {str(root)!r} have different classes; both need the same class folders"
+            )
+        return train, val, test, len(base.classes)
+    if not (train.classes == val.classes == test.classes):
         raise ConfigError(
-            f"data.root: train/ and val/ of {str(root)!r} have different classes; both need the same class folders"
+            f"data.root: train/, val/ and test/ of {str(root)!r} have different classes; all need the same class folders"
         )
-    return train, held_out, len(train.classes)
+    return train, val, test, len(train.classes)
 
 
 def _subset(ds: Dataset, n: int | None, seed: int) -> Dataset:
@@ -492,39 +337,41 @@ def _subset(ds: Dataset, n: int | None, seed: int) -> Dataset:
 
 
 def load_datasets(cfg: DataConfig, *, seed: int = 0) -> Datasets:
-    """Load train and held-out sets (downloading first if allowed and missing).
+    """Load the train, validation and test splits (downloading first if allowed and missing).
 
-    ``train_subset`` / ``eval_subset`` keep a random subset drawn with ``seed``; give every
-    trial the experiment's seed so all trials see the same images.
+    ``train_subset`` keeps a random subset of the training split (after the validation split
+    is carved out), ``eval_subset`` of the validation and test splits, drawn with ``seed``;
+    give every trial the experiment's seed so all trials see the same images.
 
     Raises:
         ConfigError: the dataset is missing (says where it looked) or malformed on disk.
     """
     if cfg.dataset == "digits":
-        train, held_out, classes = _digits(cfg)
+        train, val, test, classes = _digits(cfg)
     elif cfg.dataset == "imagefolder":
-        train, held_out, classes = _imagefolder(cfg, locate(cfg))
+        train, val, test, classes = _imagefolder(cfg, locate(cfg))
     else:
         directory = prepare(cfg)
         if directory is None:  # download allowed but the download produced nothing
             raise ConfigError(
-                f"data.dataset: {cfg.dataset} not found after downloading into {_download_root(cfg)}; "
+                f"data.dataset: {cfg.dataset} not found after downloading into {download_root(cfg)}; "
                 "place the files there or set data.root"
             )
         try:
             if cfg.dataset in _IDX_DATASETS:
-                train, held_out, classes = _idx_dataset(cfg, directory)
+                train, val, test, classes = _idx_dataset(cfg, directory)
             else:
-                train, held_out, classes = _cifar_dataset(cfg, directory)
+                train, val, test, classes = _cifar_dataset(cfg, directory)
         except (OSError, ValueError, KeyError, pickle.UnpicklingError, EOFError) as e:
             raise ConfigError(
                 f"data.root: {cfg.dataset} files in {str(directory)!r} are unreadable "
                 f"({e.__class__.__name__}: {e}); replace them or set data.download: true"
             ) from None
     train = _subset(train, cfg.train_subset, seed)
-    held_out = _subset(held_out, cfg.eval_subset, seed + 1)
-    x0 = held_out[0][0]
-    return Datasets(cfg.dataset, train, held_out, tuple(int(s) for s in x0.shape), classes)
+    val = _subset(val, cfg.eval_subset, seed + 1)
+    test = _subset(test, cfg.eval_subset, seed + 2)
+    x0 = val[0][0]
+    return Datasets(cfg.dataset, train, val, test, tuple(int(s) for s in x0.shape), classes)
 
 
 # --------------------------------------------------------------------------------------
@@ -562,29 +409,26 @@ def build_loader(
 ) -> DataLoader:
     """A DataLoader for one DDP rank (``world_size`` 1: an ordinary loader).
 
-    Training (``shuffle=True``) under DDP uses ``DistributedSampler`` with ``seed``: call
-    ``loader.sampler.set_epoch(epoch)`` each epoch so shards reshuffle. Evaluation
-    (``shuffle=False``) uses :class:`ShardSampler`, which never duplicates examples.
-    ``batch_size`` is per rank.
+    Training (``shuffle=True``) uses ``DistributedSampler`` with ``seed`` (one replica when not
+    under DDP): call ``loader.sampler.set_epoch(epoch)`` each epoch to reshuffle; the order of an
+    epoch depends on ``(seed, epoch)`` only. Evaluation (``shuffle=False``) under DDP uses
+    :class:`ShardSampler`, which never duplicates examples. ``batch_size`` is per rank.
     """
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     sampler: Sampler[int] | None = None
-    generator = None
-    if world_size > 1:
-        sampler = (
-            DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last)
-            if shuffle
-            else ShardSampler(len(dataset), rank, world_size)
-        )
-    elif shuffle:
-        generator = torch.Generator().manual_seed(seed)
+    if shuffle:
+        # A seeded permutation per epoch (set_epoch), in one process too: epoch e's order is a
+        # function of (seed, e) alone, so a trial resumed at an epoch sees what it would have.
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                     drop_last=drop_last)
+    elif world_size > 1:
+        sampler = ShardSampler(len(dataset), rank, world_size)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
+        shuffle=False,
         sampler=sampler,
-        generator=generator,
         num_workers=num_workers,
         drop_last=drop_last,
         persistent_workers=num_workers > 0,

@@ -35,29 +35,12 @@ DENSE_DIR = "dense"
 _FILES = ("model.pt2", "state_dict.pt", "metrics.json")
 
 
-def _evaluate(model: Any, loader: Any, device: Any) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy over every rank's shard (summed across ranks)."""
-    import torch
-    import torch.distributed as dist
-    import torch.nn.functional as F
-
-    model.eval()
-    stats = torch.zeros(3, dtype=torch.float64)
-    with torch.no_grad():
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            out = model(x)
-            stats[0] += (out.argmax(1) == y).sum().item()
-            stats[1] += F.cross_entropy(out, y, reduction="sum").item()
-            stats[2] += y.numel()
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(stats)
-    n = max(stats[2].item(), 1.0)
-    return stats[0].item() / n, stats[1].item() / n
-
-
 def dense_loop(config: dict[str, Any]) -> None:
-    """Train worker: train the dense model (DDP), evaluate, measure, save on rank 0."""
+    """Train worker: train the dense model (DDP), evaluate, measure, save on rank 0.
+
+    Selection never sees the test split: the dense model is trained for its epochs and
+    evaluated on validation (the reference every trial competes with) and on test (reported).
+    """
     import ray
     import ray.train
     import torch
@@ -80,11 +63,8 @@ def dense_loop(config: dict[str, Any]) -> None:
     total_steps = epochs * len(setup.train_loader)
     step = 0
     train_loss = math.nan
-    accuracy = loss = math.nan
     for epoch in range(1, epochs + 1):
-        sampler = getattr(setup.train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        setup.train_loader.sampler.set_epoch(epoch)
         model.train()
         total = torch.zeros(2, dtype=torch.float64)
         for x, y in setup.train_loader:
@@ -100,10 +80,8 @@ def dense_loop(config: dict[str, Any]) -> None:
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(total)
         train_loss = total[0].item() / max(total[1].item(), 1.0)
-        accuracy, loss = _evaluate(model, setup.eval_loader, device)
-        ray.train.report({"epoch": epoch, "accuracy": accuracy, "loss": loss, "train_loss": train_loss})
-    if epochs == 0:
-        accuracy, loss = _evaluate(model, setup.eval_loader, device)
+        val_accuracy, val_loss = pruners.evaluate(model, setup.val_loader, device=device)
+        ray.train.report({"epoch": epoch, "val_accuracy": val_accuracy, "val_loss": val_loss, "train_loss": train_loss})
     net = unwrap(model)
     state_blob = b""
     if setup.rank == 0:
@@ -111,30 +89,36 @@ def dense_loop(config: dict[str, Any]) -> None:
         if relay is not None:
             # The waiting trials start fine-tuning now, not after measuring and saving.
             ray.get(relay.publish.remote(state_blob))
-
-    m = pruners.measure(model, setup.example_inputs, latency_repeats=cfg.metrics.latency_repeats,
-                        batch_size=cfg.metrics.latency_batch_size)
-    metrics = {
+    val_accuracy, val_loss = pruners.evaluate(model, setup.val_loader, device=device)
+    test_accuracy, test_loss = pruners.evaluate(model, setup.test_loader, device=device)
+    row = {
         "epoch": epochs,
-        "accuracy": accuracy,
-        "loss": loss,
+        "val_accuracy": val_accuracy,
+        "val_loss": val_loss,
+        "test_accuracy": test_accuracy,
+        "test_loss": test_loss,
         "train_loss": None if math.isnan(train_loss) else train_loss,
         "sparsity": 0.0,
         "requested_sparsity": 0.0,
-        **m.to_dict(),
         **setup.placement,
     }
     if setup.rank == 0:
         with tempfile.TemporaryDirectory(prefix="prunefront-dense-") as tmp:
             Path(tmp, "state_dict.pt").write_bytes(state_blob)
-            pruners.save(net, os.path.join(tmp, "model.pt2"), setup.example_inputs)
+            path = os.path.join(tmp, "model.pt2")
+            pruners.save(net, path, setup.example_inputs)
+            # The dense row measures its own file: the reference of every trial's speedup.
+            m = pruners.measure(net, setup.example_inputs, artifact=path,
+                                latency_repeats=cfg.metrics.latency_repeats,
+                                batch_size=cfg.metrics.latency_batch_size, threads=cfg.metrics.latency_threads)
+            metrics = {**row, **m.to_dict(), "dense_latency_ms": m.latency_ms, "speedup": 1.0}
             Path(tmp, "metrics.json").write_text(json.dumps(metrics, indent=2))
             ray.train.report({**metrics, "final": True}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
-        ray.train.report({**metrics, "final": True})
+        ray.train.report({**row, "final": True})
 
 
-def load_checkpoint_state(path: str, search: dict[str, Any]) -> bytes:
+def load_checkpoint_state(path: str, search: Any) -> bytes:
     """``torch.save`` bytes of a state dict from ``dense.checkpoint`` (.pt state dict or
     ``pruners.save`` file), checked against the configured model.
 
@@ -144,10 +128,9 @@ def load_checkpoint_state(path: str, search: dict[str, Any]) -> bytes:
     import torch
 
     from orchestrator import data, models
-    from orchestrator.config import SearchConfig
     from orchestrator.trial import state_dict_bytes
 
-    cfg = SearchConfig.from_dict(search)
+    cfg = search  # a validated SearchConfig
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
         state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
@@ -173,7 +156,7 @@ def load_checkpoint_state(path: str, search: dict[str, Any]) -> bytes:
 
 
 def _dense_job(
-    search: dict[str, Any],
+    search: Any,
     train_storage: str,
     workers: int,
     worker_resources: dict[str, float],
@@ -311,7 +294,7 @@ class DenseJob:
 
 
 def start_dense(
-    search: dict[str, Any],
+    search: Any,
     *,
     train_storage: str,
     workers: int,
@@ -330,7 +313,7 @@ def start_dense(
     dense job wait for its resources like any Ray task.
 
     Args:
-        search: ``SearchConfig.to_dict()``.
+        search: The validated ``SearchConfig``.
         train_storage: Train storage path / URI (the checkpoint is read back from there).
         workers: DDP workers.
         worker_resources: ``resources_per_worker``.

@@ -29,7 +29,8 @@ from typing import Any
 
 from ray.tune import Callback
 
-from orchestrator.config import METRIC_KEYS, decode_trial
+from orchestrator.space import decode_trial
+from reports.contract import EXTRA_KEYS, FINISHED_STATUSES, LEDGER_FILE, METRIC_KEYS, read_events, trial_states
 
 __all__ = [
     "copy_from_storage",
@@ -41,7 +42,6 @@ __all__ = [
     "LedgerWriter",
     "finished_trials",
     "package_versions",
-    "read_events",
     "row_metrics",
     "trial_record",
     "write_json",
@@ -49,11 +49,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LEDGER_FILE = "results.jsonl"
-#: Keys of a ``pruners.finetune`` row besides ``epoch`` and the metric keys that are
-#: worth keeping in the ledger.
-EXTRA_ROW_KEYS = ("step", "units_pruned", "startup_s", "dense_wait_s", "node_id", "host", "device")
-FINISHED = ("completed", "stopped", "errored")
+#: Keys of a row besides ``epoch`` and the metric keys that are kept in the ledger.
+EXTRA_ROW_KEYS = EXTRA_KEYS
+FINISHED = FINISHED_STATUSES
 # The result key TuneReportCallback adds when a Train report carried a checkpoint.
 CHECKPOINT_PATH_KEY = "checkpoint_path"
 
@@ -148,40 +146,19 @@ class LedgerWriter:
         self.__init__(state["path"])
 
 
-def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The ledger's events in order (a torn last line is skipped, as readers must)."""
-    p = Path(path)
-    if not p.is_file():
-        return []
-    events = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            events.append(obj)
-    return events
-
-
 def finished_trials(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """Trials the ledger records as finished: ``trial_id -> {"status", "result"}``.
 
-    ``result`` is the trial's last result line (None if it has none). A status line
-    followed by more results (a retried trial) does not count, as in ``reports``.
+    ``result`` is the trial's last result line (None if it has none); the rules are
+    ``reports.contract.trial_states``' (a retried trial is running again).
     """
-    status: dict[str, str] = {}
-    last: dict[str, dict[str, Any]] = {}
-    for ev in read_events(path):
-        tid = ev.get("trial_id")
-        if tid is None:
-            continue
-        if ev.get("type") == "result":
-            last[tid] = ev
-            status.pop(tid, None)
-        elif ev.get("type") == "status" and ev.get("status") in FINISHED:
-            status[tid] = ev["status"]
-    return {tid: {"status": s, "result": last.get(tid)} for tid, s in status.items()}
+    states = trial_states(read_events(path), where=str(path))
+    out = {}
+    for tid, st in states.items():
+        if st.finished:
+            last = st.last_result
+            out[tid] = {"status": st.status, "result": None if last is None else {k: v for k, v in last.items() if k != "_seq"}}
+    return out
 
 
 def trial_record(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -344,8 +321,8 @@ def _progress_line(trial_id: str, status: str, reason: str, record: Mapping[str,
     method = "/".join(str(record.get(k, "?")) for k in ("criterion", "granularity", "schedule"))
     knobs = ", ".join(f"{k} {record[k]:.3g}" for k in ("amount", "lr") if isinstance(record.get(k), (int, float)))
     parts = []
-    for key, fmt in (("epoch", "epoch {}"), ("accuracy", "accuracy {:.4f}"), ("sparsity", "sparsity {:.3f}"),
-                     ("flops", "{:.3g} FLOPs")):
+    for key, fmt in (("epoch", "epoch {}"), ("val_accuracy", "val accuracy {:.4f}"), ("sparsity", "sparsity {:.3f}"),
+                     ("flops", "{:.3g} FLOPs"), ("size_bytes", "{:.0f} B file")):
         if isinstance(last.get(key), (int, float)):
             parts.append(fmt.format(last[key]))
     got = f" -> {', '.join(parts)}" if parts and status != "errored" else ""
@@ -378,11 +355,12 @@ def now_iso() -> str:
 
 def status_summary(path: str | os.PathLike[str]) -> dict[str, int]:
     """How many trials the ledger records per final status (plus ``running``)."""
-    fin = finished_trials(path)
-    seen = {ev.get("trial_id") for ev in read_events(path) if ev.get("type") == "result"}
     out = {s: 0 for s in FINISHED}
-    for v in fin.values():
-        out[v["status"]] += 1
-    out["running"] = len(seen - set(fin))
+    out["running"] = 0
+    for st in trial_states(read_events(path), where=str(path)).values():
+        if st.finished:
+            out[st.status] += 1
+        elif st.results:
+            out["running"] += 1
     return out
 

@@ -9,19 +9,21 @@ the metric" with an order over objective vectors. We use the NSGA-II order (Deb 
 
 1. Pareto rank first (rank 1 = not dominated by any result at the rung);
 2. within a rank, larger crowding distance first, so the kept trials spread along the
-   front rather than cluster at one end (the diversity rule);
-3. remaining ties (e.g. every member of a front of one or two points has an infinite
-   distance) go to the result recorded at the rung first, so decisions are deterministic
-   and a trial never displaces an equally good one that arrived earlier.
+   front rather than cluster at one end (the diversity rule).
 
-Asynchronous like Ray's ``AsyncHyperBandScheduler``: a trial reaching a rung is judged
-at once against the results recorded there so far (its own included) and continues iff
-it is among the first ``ceil(n / eta)`` of the ``n`` recorded results in that order.
-With one objective this is ASHA's promotion rule (Li et al.: the top ``1/eta`` of the
-rung). Ray's stopping variant instead compares a trial with the median of the *earlier*
-results only; for ``eta = 2`` that stops a superset of the trials this rule stops.
+Both keys are functions of the objective values alone, never of arrival: equal points
+get equal crowding distances (duplicates share one), and points tied on one objective
+are ordered by the others, not by when they were recorded.
 
-The ordering is a pure function (:func:`rung_order`) over a points array; the scheduler
+Asynchronous like Ray's ``AsyncHyperBandScheduler``: a trial reaching a rung is judged at
+once against the ``n`` results recorded there so far (its own included). The cut is the
+key of the ``ceil(n / eta)``-th result in that order; the trial continues iff its key is
+not worse than the cut, so a trial *tied* with a kept one continues, as Ray's ASHA
+continues a trial whose metric equals its cutoff (it stops only results strictly below
+the ``1 - 1/eta`` quantile of the earlier results at the rung). With one objective the
+rank alone decides: the top ``ceil(n / eta)`` of the rung and everything tied with them.
+
+The decision is a pure function (:func:`rung_decision`) over a points array; the scheduler
 only does bookkeeping, so it is tested by driving ``on_trial_result`` with fake trials.
 """
 
@@ -43,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ray.tune.execution.tune_controller import TuneController
     from ray.tune.experiment import Trial
 
-__all__ = ["MultiObjectiveASHA", "RungDecision", "crowding_distance", "rung_order"]
+__all__ = ["MultiObjectiveASHA", "RungDecision", "crowding_distance", "rung_decision", "rung_keys", "rung_order"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +53,13 @@ _DIRECTIONS = ("max", "min")
 
 
 def crowding_distance(points: object, directions: Sequence[str]) -> np.ndarray:
-    """NSGA-II crowding distance of each point within one front.
+    """NSGA-II crowding distance of each point within one front, order-independent.
 
-    For every objective the points are sorted by it; the two extremes get an infinite
-    distance and each other point adds the gap between its two neighbours divided by the
-    objective's range over the front. An objective with no range adds nothing.
+    For every objective the distinct points are sorted by it (ties by the other
+    objectives, so by value, never by position); the two extremes get an infinite distance
+    and each other point adds the gap between its two neighbours divided by the
+    objective's range over the front. Copies of one point share its distance; with at most
+    two distinct points every distance is infinite.
 
     Args:
         points: ``(n_points, n_objectives)`` array-like (the members of one front).
@@ -68,36 +72,28 @@ def crowding_distance(points: object, directions: Sequence[str]) -> np.ndarray:
     f = np.asarray(points, dtype=float)
     if f.ndim != 2 or f.shape[1] != len(directions):
         raise ValueError(f"points must be (n, {len(directions)}), got shape {f.shape}")
-    n = f.shape[0]
-    dist = np.zeros(n, dtype=float)
-    if n <= 2:
-        dist[:] = np.inf
-        return dist
+    if len(f) == 0:
+        return np.zeros(0)
+    uniq, inverse = np.unique(f, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    m = len(uniq)
+    dist = np.zeros(m, dtype=float)
+    if m <= 2:
+        return np.full(len(f), np.inf)
     for j in range(f.shape[1]):
-        # Stable sort, so equal values keep their arrival order at the boundaries.
-        order = np.argsort(f[:, j], kind="stable")
-        col = f[order, j]
+        others = [uniq[:, k] for k in range(f.shape[1]) if k != j]
+        order = np.lexsort((*reversed(others), uniq[:, j]))  # primary: objective j
+        col = uniq[order, j]
         dist[order[0]] = dist[order[-1]] = np.inf
         span = col[-1] - col[0]
         if span <= 0:
             continue
         dist[order[1:-1]] += (col[2:] - col[:-2]) / span
-    return dist
+    return dist[inverse]
 
 
-def rung_order(points: object, directions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Order the results recorded at a rung, best first (the MO-ASHA promotion order).
-
-    Args:
-        points: ``(n_points, n_objectives)`` array-like of finite numbers, rows in the
-            order the results were recorded at the rung.
-        directions: ``"max"`` / ``"min"`` per objective.
-
-    Returns:
-        ``(order, ranks)``: indices of ``points`` best first (Pareto rank ascending, then
-        crowding distance within the rank descending, then recording order), and the
-        1-based Pareto rank of every point.
-    """
+def rung_keys(points: object, directions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(Pareto rank, crowding distance within the rank) of every result at a rung."""
     f = np.asarray(points, dtype=float)
     if f.ndim != 2:
         raise ValueError(f"points must be 2-D (points x objectives), got {f.ndim}-D")
@@ -106,10 +102,43 @@ def rung_order(points: object, directions: Sequence[str]) -> tuple[np.ndarray, n
     for r in np.unique(ranks):
         members = np.flatnonzero(ranks == r)
         crowd[members] = crowding_distance(f[members], directions)
-    arrival = np.arange(len(f))
-    # lexsort: last key is primary.
-    order = np.lexsort((arrival, -crowd, ranks))
-    return order, ranks
+    return ranks, crowd
+
+
+def _better(a: tuple[int, float], b: tuple[int, float]) -> bool:
+    """Key ``a`` strictly ahead of ``b``: lower rank, or the same rank and more crowding."""
+    return a[0] < b[0] or (a[0] == b[0] and a[1] > b[1])
+
+
+def rung_decision(points: object, directions: Sequence[str], me: int, eta: float) -> tuple[bool, int, int, int]:
+    """Does result ``me`` continue? The top ``ceil(n / eta)`` by (rank, crowding) and ties.
+
+    Args:
+        points: ``(n, n_objectives)`` results recorded at the rung (``me``'s included).
+        directions: ``"max"`` / ``"min"`` per objective.
+        me: Index of the result being judged.
+        eta: Reduction factor (> 1).
+
+    Returns:
+        ``(continues, position, kept, rank)``: ``position`` is 1 + the number of results
+        strictly ahead of ``me``; ``kept`` is ``ceil(n / eta)``; ``rank`` its Pareto rank.
+    """
+    ranks, crowd = rung_keys(points, directions)
+    n = len(ranks)
+    keys = [(int(r), float(c)) for r, c in zip(ranks, crowd)]
+    kept = max(1, math.ceil(n / eta))
+    ordered = sorted(keys, key=lambda k: (k[0], -k[1]))
+    cut = ordered[kept - 1]
+    mine = keys[me]
+    position = 1 + sum(_better(k, mine) for k in keys)
+    return not _better(cut, mine), position, kept, int(ranks[me])
+
+
+def rung_order(points: object, directions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Results at a rung, best first (rank, then crowding; equal keys keep their indices'
+    order only for display), and every result's Pareto rank."""
+    ranks, crowd = rung_keys(points, directions)
+    return np.lexsort((np.arange(len(ranks)), -crowd, ranks)), ranks
 
 
 @dataclass(frozen=True)
@@ -140,7 +169,8 @@ class MultiObjectiveASHA(FIFOScheduler):
     ``max_t``. When a trial first reports a ``time_attr`` at or past a rung it has not
     been judged at, its objective vector is recorded there and the trial continues iff it
     is among the first ``ceil(n / reduction_factor)`` of the ``n`` results recorded at
-    that rung, in :func:`rung_order` (Pareto rank, then crowding distance, then arrival).
+    that rung by (Pareto rank, crowding distance), or tied with the last of them
+    (:func:`rung_decision`): the order depends on the values, never on arrival.
     A trial reaching ``max_t`` is stopped (it is done). Results without ``time_attr`` or
     one of the objectives, or with a non-finite objective, are not judged.
 
@@ -248,15 +278,10 @@ class MultiObjectiveASHA(FIFOScheduler):
             if t < rung or any(tid == trial_id for tid, _ in recorded):
                 continue
             recorded.append((trial_id, vec))
-            order, ranks = rung_order([v for _, v in recorded], self._directions)
             n = len(recorded)
-            kept = max(1, math.ceil(n / self._eta))
-            me = n - 1
-            position = int(np.flatnonzero(order == me)[0]) + 1
-            action = TrialScheduler.CONTINUE if position <= kept else TrialScheduler.STOP
-            self.decisions.append(
-                RungDecision(trial_id, rung, t, action, int(ranks[me]), position, kept, n)
-            )
+            go, position, kept, rank = rung_decision([v for _, v in recorded], self._directions, n - 1, self._eta)
+            action = TrialScheduler.CONTINUE if go else TrialScheduler.STOP
+            self.decisions.append(RungDecision(trial_id, rung, t, action, rank, position, kept, n))
             return action
         return None
 

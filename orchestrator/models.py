@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from orchestrator.config import ConfigError
+from orchestrator.errors import ConfigError
 from pruners.registry import Registry
 
 __all__ = [

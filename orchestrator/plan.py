@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from orchestrator.config import ConfigError, SearchConfig, grid_size
+from orchestrator.config import SearchConfig
+from orchestrator.errors import ConfigError
+from orchestrator.space import grid_size
 
 __all__ = ["Cluster", "NodeResources", "Plan", "available_cpus", "detect_gpus", "make_plan", "trial_count"]
 

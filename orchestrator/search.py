@@ -68,6 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg, args = cli.parse(argv, prog="python orchestrator/search.py")
     except cli.ErrorExit as e:
         return int(e.code)
+    if args.schema:
+        import json
+
+        from orchestrator.loading import json_schema
+
+        print(json.dumps(json_schema(), indent=2))
+        return 0
     if args.dry_run:
         print(cli.describe(cfg, args))
         return 0
@@ -164,20 +171,20 @@ def run(cfg: Any, args: Any) -> int:
         initial = None
         if cfg.dense.checkpoint is not None:
             try:
-                initial = ray.put(dense.load_checkpoint_state(cfg.dense.checkpoint, cfg.to_dict()))
+                initial = ray.put(dense.load_checkpoint_state(cfg.dense.checkpoint, cfg))
             except ValueError as e:
                 cli.fail(str(e))
         what = "evaluating dense.checkpoint" if initial is not None else f"training the dense model ({cfg.dense.epochs} epochs)"
         _say(f"{what} as a Ray Train job; the trials start beside it and wait for its weights ...")
         job = dense.start_dense(
-            cfg.to_dict(), train_storage=train_storage, workers=plan.dense["workers"],
+            cfg, train_storage=train_storage, workers=plan.dense["workers"],
             worker_resources=plan.dense["worker"], use_gpu=cfg.resources.use_gpu, initial_state=initial,
         )
         dense_state, dense_gate = job.state, job.gate
 
         def dense_done(metrics: dict[str, Any], seconds: float) -> None:
-            _say(f"dense baseline: accuracy {metrics['accuracy']:.4f}, {metrics['flops']:.3g} FLOPs, "
-                 f"{metrics['params']} params ({seconds:.1f} s)")
+            _say(f"dense baseline: validation accuracy {metrics['val_accuracy']:.4f} (test {metrics['test_accuracy']:.4f}), "
+                 f"{metrics['flops']:.3g} FLOPs, {metrics['size_bytes'] / 1024:.1f} KiB file ({seconds:.1f} s)")
 
         watch = tune_space.DenseWatch(job, out, dense_done)
         if args.resuming:
@@ -192,7 +199,7 @@ def run(cfg: Any, args: Any) -> int:
     ledger_path = out / LEDGER_FILE
     finished = {tid: v["result"] for tid, v in finished_trials(ledger_path).items() if v["result"] is not None}
     ctx = TrialContext(
-        search=cfg.to_dict(), dense_state=dense_state, train_storage=train_storage,
+        search=cfg, dense_state=dense_state, train_storage=train_storage,
         workers=plan.workers, worker_resources=dict(plan.worker), use_gpu=cfg.resources.use_gpu,
         finished=finished, dense_gate=dense_gate,
     )

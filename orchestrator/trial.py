@@ -4,13 +4,15 @@
 configured number of DDP workers, whose results reach Tune through ``TuneReportCallback``.
 Each worker (:func:`worker_loop`) loads the data (``DistributedSampler`` shards), builds the
 model from the dense baseline's weights (fetched from Ray's object store, so it works on
-any node without shared disks), and hands it to ``pruners.finetune``. Every epoch all
-ranks call ``ray.train.report`` with the row ``finetune`` produced (evaluation metrics are
-all-reduced inside ``finetune``, so rank 0's row, the one Tune sees, is the global one)
-plus the trial's flat config. Rank 0 attaches a checkpoint holding the model saved with
-``pruners.save`` when the epoch becomes the trial's best (docs/design.md section 4: first
-epoch, a new achieved sparsity, or strictly higher accuracy); the driver's ledger copies
-it to ``<output>/models/<trial_id>/``.
+any node without shared disks), and hands it to ``pruners.finetune``, which evaluates every
+epoch on the validation split and measures the file it saves. Every epoch all ranks call
+``ray.train.report`` with that row (validation metrics are all-reduced inside ``finetune``,
+so rank 0's row, the one Tune sees, is the global one) plus the trial's flat config. When
+the epoch becomes the trial's kept one (``reports.contract.KeptEpoch``: first epoch, a new
+achieved sparsity, or strictly higher validation accuracy) the model is also evaluated on
+the test split (reported, never used to choose) and rank 0 attaches a checkpoint holding
+the very file the row was measured on; the driver's ledger copies it to
+``<output>/models/<trial_id>/``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -25,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "BestModelRule", "TrialContext", "TrialOutcome", "load_state_dict_bytes", "make_trainer", "run_trial",
-    "state_dict_bytes",
+    "TrialContext", "TrialOutcome", "load_state_dict_bytes", "make_trainer", "run_trial", "state_dict_bytes",
     "train_trial", "worker_loop", "worker_setup",
 ]
 
@@ -39,7 +41,8 @@ class TrialContext:
     """What every trial shares, handed to :func:`run_trial` via ``tune.with_parameters``.
 
     Attributes:
-        search: The validated search config (``SearchConfig.to_dict()``).
+        search: The validated search config (a ``SearchConfig``: workers use it as it is,
+            without validating it again).
         dense_state: Object-store reference to the dense model's ``state_dict`` (bytes of
             ``torch.save``), the starting point of every trial; the dense job may still be
             producing it when the first trials start (their workers wait for it).
@@ -53,7 +56,7 @@ class TrialContext:
             when the dense baseline was stored before the search).
     """
 
-    search: dict[str, Any]
+    search: Any
     dense_state: Any
     train_storage: str
     workers: int
@@ -148,7 +151,8 @@ class WorkerSetup:
     cfg: Any
     model: Any
     train_loader: Any
-    eval_loader: Any
+    val_loader: Any
+    test_loader: Any
     example_inputs: Any
     device: Any
     rank: int
@@ -159,11 +163,11 @@ class WorkerSetup:
     placement: dict[str, str] = field(default_factory=dict)
 
 
-def worker_setup(search: dict[str, Any], initial_state: Any) -> WorkerSetup:
+def worker_setup(cfg: Any, initial_state: Any) -> WorkerSetup:
     """Data loaders for this rank and the model (prepared for DDP) inside a Train worker.
 
     Args:
-        search: ``SearchConfig.to_dict()``.
+        cfg: The validated ``SearchConfig``.
         initial_state: Object ref (or bytes) of a ``state_dict`` to start from, or None
             for the model as built (seeded, so every rank builds the same weights).
     """
@@ -173,9 +177,7 @@ def worker_setup(search: dict[str, Any], initial_state: Any) -> WorkerSetup:
     import torch
 
     from orchestrator import data, models
-    from orchestrator.config import SearchConfig
 
-    cfg = SearchConfig.from_dict(search)
     tctx = ray.train.get_context()
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
     ds = data.load_datasets(cfg.data, seed=cfg.seed)
@@ -183,9 +185,10 @@ def worker_setup(search: dict[str, Any], initial_state: Any) -> WorkerSetup:
         ds.train, cfg.data.batch_size, shuffle=True, rank=rank, world_size=world, seed=cfg.seed,
         num_workers=cfg.data.num_workers,
     )
-    eval_loader = data.build_loader(
-        ds.eval, cfg.data.eval_batch_size, shuffle=False, rank=rank, world_size=world,
-        num_workers=cfg.data.num_workers,
+    val_loader, test_loader = (
+        data.build_loader(split, cfg.data.eval_batch_size, shuffle=False, rank=rank, world_size=world,
+                          num_workers=cfg.data.num_workers)
+        for split in (ds.val, ds.test)
     )
     torch.manual_seed(cfg.seed)
     model = models.build_model(cfg.model.name, ds.num_classes, ds.input_shape[0], **cfg.model.kwargs)
@@ -198,7 +201,7 @@ def worker_setup(search: dict[str, Any], initial_state: Any) -> WorkerSetup:
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     example = ds.example_inputs(1).to(device)
-    return WorkerSetup(cfg, model, train_loader, eval_loader, example, device, rank, world, waited,
+    return WorkerSetup(cfg, model, train_loader, val_loader, test_loader, example, device, rank, world, waited,
                        placement(device))
 
 
@@ -214,29 +217,6 @@ def placement(device: Any) -> dict[str, str]:
         name = f"{name} ({torch.cuda.get_device_name(device)})"
     return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
             "device": name}
-
-
-class BestModelRule:
-    """Which epoch's model a trial keeps (docs/design.md section 4).
-
-    After each epoch the model is saved if nothing is saved yet, or the achieved
-    ``sparsity`` differs from the saved epoch's (by more than 1e-6), or ``accuracy`` is
-    strictly higher. So the kept model is the most accurate epoch of the trailing run at
-    the final sparsity, ties to the earliest.
-    """
-
-    def __init__(self) -> None:
-        self.saved: dict[str, Any] | None = None
-
-    def should_save(self, row: dict[str, Any]) -> bool:
-        if self.saved is None:
-            return True
-        if abs(float(row["sparsity"]) - float(self.saved["sparsity"])) > 1e-6:
-            return True
-        return float(row["accuracy"]) > float(self.saved["accuracy"])
-
-    def mark(self, row: dict[str, Any]) -> None:
-        self.saved = dict(row)
 
 
 def _plain(value: Any) -> Any:
@@ -270,66 +250,65 @@ def train_trial(config: dict[str, Any]) -> TrialOutcome:
     """Prune and fine-tune with ``pruners.finetune`` on this worker, reporting every epoch.
 
     Args:
-        config: ``{"search": SearchConfig.to_dict(), "trial": sampled flat Tune config,
+        config: ``{"search": SearchConfig, "trial": sampled flat Tune config,
             "dense_state": ref or bytes of the start weights (None: as built),
             "trainable_started": time.time() of the trainable}``.
     """
     import ray.train
 
     import pruners
-    from orchestrator.config import decode_trial, schedule_kwargs
+    from orchestrator.space import decode_trial
+    from orchestrator.steps import build_schedule
+    from reports.contract import KeptEpoch
 
     setup = worker_setup(config["search"], config["dense_state"])
     cfg = setup.cfg
     trial = decode_trial(config["trial"])
-    steps_per_epoch = len(setup.train_loader)
     # The fraction rule ramps to `amount`; the other rules apply `amount` itself at each
     # update step, and the schedule only times the updates (its target is unused).
     target = trial.amount if trial.threshold_rule == "fraction" else 0.0
-    schedule = pruners.make_schedule(
-        trial.schedule,
-        **schedule_kwargs(trial.schedule, trial.schedule_params, target=target,
-                          steps_per_epoch=steps_per_epoch, epochs=trial.epochs),
-    )
+    schedule = build_schedule(trial.schedule, trial.schedule_params, target=target,
+                              steps_per_epoch=len(setup.train_loader), epochs=trial.epochs)
     spec = pruners.PruneSpec(
         criterion=trial.criterion, granularity=trial.granularity, amount=trial.amount,
         threshold_rule=trial.threshold_rule, scope=trial.scope, params=dict(trial.criterion_params),
     )
     optimizer = cfg.search.optimizer.build(trial.lr)  # a pruners.OptimizerConfig
     record = trial.record()
-    rule = BestModelRule()
+    kept = KeptEpoch()
     rows: list[dict[str, Any]] = []
     # Seconds from the trainable's start to training: Train run launch, worker process,
     # imports, data, model (the per-trial overhead the search pays before any work), not
     # counting the wait for a dense job still training beside the first trials.
     startup_s = time.time() - float(config.get("trainable_started", time.time())) - setup.dense_wait_s
 
-    def report(model: Any, row: dict[str, Any]) -> None:
-        # `finetune` calls `report(row)` then `checkpoint(model, row)` each epoch; the Train
-        # report is sent from here so it can carry the checkpoint of that same epoch.
+    def on_epoch(model: Any, row: dict[str, Any], artifact: str | None) -> None:
+        # `finetune` calls this after each epoch's row with the file that row was measured
+        # on; the Train report is sent from here so it can carry that very file.
         row = {k: _plain(v) for k, v in row.items()}
+        keep = kept.observe(row)  # validation metrics: the same decision on every rank
+        if keep:
+            row["test_accuracy"], row["test_loss"] = pruners.evaluate(model, setup.test_loader, device=setup.device)
         rows.append(row)
-        metrics = {**row, **record, "startup_s": startup_s, "dense_wait_s": setup.dense_wait_s,
-                   **setup.placement}
-        save = rule.should_save(row)
-        if save and setup.rank == 0:
+        metrics = {**row, **record, "startup_s": startup_s, "dense_wait_s": setup.dense_wait_s, **setup.placement}
+        if keep and setup.rank == 0:
             with tempfile.TemporaryDirectory(prefix="prunefront-ckpt-") as tmp:
-                pruners.save(model, os.path.join(tmp, "model.pt2"), setup.example_inputs,
-                             metadata={"row": row, "config": record})
+                shutil.copyfile(artifact, os.path.join(tmp, "model.pt2"))
                 Path(tmp, "row.json").write_text(json.dumps({**row, "config": record}, default=str))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
-        if save:
-            rule.mark(row)
 
     model = pruners.finetune(
-        setup.model, setup.train_loader, setup.eval_loader,
+        setup.model, setup.train_loader, setup.val_loader,
         spec=spec, schedule=schedule, epochs=trial.epochs, optimizer=optimizer,
-        report=lambda row: None, checkpoint=report,
+        report=lambda row: None, checkpoint=on_epoch,
         example_inputs=setup.example_inputs, device=setup.device,
         calibration_batches=cfg.data.calibration_batches,
         latency_batch_size=cfg.metrics.latency_batch_size,
         latency_repeats=cfg.metrics.latency_repeats,
+        latency_threads=cfg.metrics.latency_threads,
+        artifact_metadata={"config": record},
+        seed=cfg.seed,
     )
     return TrialOutcome(model=model, rows=rows, rank=setup.rank)

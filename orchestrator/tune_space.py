@@ -21,7 +21,9 @@ from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.stopper import Stopper
 
-from orchestrator.config import Choice, Fixed, Param, Range, SearchConfig, flat_space
+from orchestrator.config import SearchConfig
+from orchestrator.params import Choice, Fixed, Param, Range
+from orchestrator.space import flat_space
 from orchestrator.moasha import MultiObjectiveASHA
 
 __all__ = ["DenseWatch", "RecordingASHA", "make_scheduler", "make_search_alg", "param_space", "to_domain"]

@@ -87,12 +87,13 @@ def finetune(
     calibration: Iterable[Any] | None = None,
     calibration_batches: int = 4,
     latency_batch_size: int = 1,
-    latency_repeats: int = 10,
+    latency_repeats: int = 20,
     latency_threads: int | None = 1,
     loss_fn: LossFn = F.cross_entropy,
     checkpoint: Checkpoint | None = None,
     accuracy_target: float | None = None,
     seed: int = 0,
+    artifact_metadata: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Prune ``model`` on ``schedule`` while fine-tuning it; report metrics once per epoch.
 
@@ -135,6 +136,8 @@ def finetune(
         accuracy_target: Keep only pruning rounds the model survives on ``eval_loader``
             (see :class:`pruners.Pruner`); rows then carry ``pruning_stopped``.
         seed: Seed of the calibration draws.
+        artifact_metadata: JSON-serialisable information stored in every epoch's saved file
+            (``pruners.load_metadata`` reads it; e.g. the config that produced the model).
 
     Returns:
         The pruned, fine-tuned model in eval mode (a ``DistributedDataParallel`` again if
@@ -207,7 +210,7 @@ def finetune(
             loss_sum, batches_all = _dist.all_reduce_sum([loss_sum, float(batches)])
             artifact = os.path.join(tmp, f"epoch-{epoch}.pt2")
             if main_rank:
-                save(pruner.module, artifact, example)
+                save(pruner.module, artifact, example, metadata=artifact_metadata)
             metrics = measure(
                 pruner.module, example, artifact=artifact if main_rank else None, files=main_rank,
                 reference=reference if main_rank else None, latency_repeats=latency_repeats,

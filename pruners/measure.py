@@ -15,7 +15,8 @@ and must mean the same thing for dense, unstructured (masked) and structured (sm
   (``pruners.load``: masks folded, no hooks, what a user deploys), on a fixed number of
   threads, after warm-up; ``latency_iqr_ms`` is the spread (interquartile range). With a
   ``reference`` (the dense model's file) both are timed alternately, so ``speedup`` =
-  ``dense_latency_ms / latency_ms`` compares them under the same load.
+  the median over back-to-back pairs of dense time / model time, compares them under the
+  same load.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from torch.utils._pytree import tree_flatten
 
 from pruners._devices import as_tuple, device_of, unwrap
 
-__all__ = ["Latency", "Metrics", "LayerMetrics", "measure", "time_forward", "unwrap", "effective_state_dict"]
+__all__ = ["Latency", "Metrics", "LayerMetrics", "measure", "paired_speedup", "time_forward", "unwrap", "effective_state_dict"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ class Metrics:
         latency_iqr_ms: Interquartile range of those times.
         dense_latency_ms: Median time of the reference (dense) file, timed alternately with
             this one; None without a reference.
-        speedup: ``dense_latency_ms / latency_ms``; None without a reference.
+        speedup: Median over back-to-back pairs of (dense time / this time); None without a
+            reference. Paired, so load that comes and goes cancels out.
         batch_size: Batch size the latency was measured at.
         threads: Intra-op threads the latency was measured with (CPU).
         per_layer: One ``LayerMetrics`` per module whose weights some counted op reads.
@@ -243,6 +245,8 @@ class Latency:
     repeats: int
     batch_size: int
     threads: int
+    #: Every timed pass, in order (passes of models timed together alternate).
+    samples: tuple[float, ...] = ()
 
 
 def _sync(device: torch.device) -> Callable[[], None]:
@@ -290,8 +294,15 @@ def time_forward(
     out = {}
     for name, ts in times.items():
         q = statistics.quantiles(ts, n=4, method="inclusive") if len(ts) > 1 else [ts[0]] * 3
-        out[name] = Latency(statistics.median(ts), q[2] - q[0], repeats, int(_batch(args)), used)
+        out[name] = Latency(statistics.median(ts), q[2] - q[0], repeats, int(_batch(args)), used, tuple(ts))
     return out
+
+
+def paired_speedup(reference: Latency, model: Latency) -> float:
+    """Median of ``reference / model`` over passes timed back to back: load drift on a
+    shared machine hits both sides of each pair alike, so it cancels in the ratio."""
+    ratios = [r / m for r, m in zip(reference.samples, model.samples) if m > 0]
+    return statistics.median(ratios) if ratios else float("nan")
 
 
 def _batch(args: tuple[Any, ...]) -> int:
@@ -424,7 +435,7 @@ def measure(
         latency_ms=None if lat is None else float(lat.median_ms),
         latency_iqr_ms=None if lat is None else float(lat.iqr_ms),
         dense_latency_ms=None if dense is None else float(dense.median_ms),
-        speedup=None if dense is None or lat is None or lat.median_ms <= 0 else float(dense.median_ms / lat.median_ms),
+        speedup=None if dense is None or lat is None else float(paired_speedup(dense, lat)),
         batch_size=batch_size,
         threads=lat.threads if lat is not None else (threads or torch.get_num_threads()),
         per_layer=tuple(per_layer),

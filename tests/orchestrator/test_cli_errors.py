@@ -68,8 +68,8 @@ CASES = [
     Case("wrong-type", BASE + "data: {batch_size: big}\n", (), "data.batch_size: got a string 'big'; expected an integer"),
     Case("bad-set-syntax", BASE, ("--set", "search.num_samples"), "--set 'search.num_samples': not KEY=VALUE; write a dotted key"),
     Case("unknown-scheduler", BASE + "scheduler: {name: pbt}\n", (), "scheduler.name: unknown value 'pbt'; valid choices: asha, moasha, fifo"),
-    Case("objective-not-a-metric", BASE + "scheduler: {name: moasha, objectives: {accuracy: max, top5: max}}\n", (),
-         "scheduler.objectives: unknown value 'top5'; valid choices: accuracy, loss"),
+    Case("objective-not-a-metric", BASE + "scheduler: {name: moasha, objectives: {val_accuracy: max, top5: max}}\n", (),
+         "scheduler.objectives: unknown value 'top5'; valid choices: val_accuracy, val_loss"),
     Case("empty-choice-list", BASE, ("--set", "search.space.scope=[]"), "search.space.scope: the choice list is empty"),
     Case("low-above-high", BASE, ("--set", "search.space.lr={low: 0.1, high: 0.01}"), "search.space.lr: low 0.1 must be < high 0.01"),
     Case("schedule-ends-after-fine-tuning", BASE,
@@ -86,8 +86,14 @@ CASES = [
          "model.name: cannot import 'no_such_pkg.models'"),
     Case("resume-without-experiment", None, ("--resume", "{tmp}"), "--resume: no experiment at '{tmp}'"),
     Case("unknown-flag", BASE, ("--trials", "4"), "unrecognized arguments: --trials 4; see --help"),
-    Case("moasha-single-objective", BASE + "scheduler: {name: moasha, objectives: {accuracy: max}}\n", (),
+    Case("moasha-single-objective", BASE + "scheduler: {name: moasha, objectives: {val_accuracy: max}}\n", (),
          "moasha needs at least two objectives; use asha for one metric"),
+    Case("test-split-decides-nothing", BASE + "scheduler: {name: asha, metric: test_accuracy}\n", (),
+         "scheduler.metric: test_accuracy is measured on the test split, which no decision may use"),
+    Case("rung-before-schedule-target", BASE, ("--set", "search.space.schedule=[gradual]",
+                                               "--set", "search.schedule_params.gradual.end_epoch=1.5"),
+         "scheduler.grace_period: the first rung judges trials after epoch 1, but schedule gradual reaches its "
+         "target only then or later"),
 ]
 
 

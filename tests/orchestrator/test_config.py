@@ -22,15 +22,12 @@ from orchestrator.config import (  # noqa: E402
     Fixed,
     Range,
     SearchConfig,
-    apply_overrides,
-    decode_trial,
-    flat_space,
-    grid_size,
-    load_config,
     parse_param,
-    schedule_kwargs,
-    valid_methods,
 )
+from orchestrator.loading import apply_overrides, json_schema, load_config, read_yaml  # noqa: E402
+from orchestrator.space import decode_trial, flat_space, grid_size, parse_method, valid_methods  # noqa: E402
+from orchestrator.steps import build_schedule  # noqa: E402
+from reports.contract import METRIC_KEYS  # noqa: E402
 
 CONFIGS = sorted((Path(ROOT) / "configs").glob("*.yaml"))
 
@@ -66,12 +63,22 @@ def test_default_config_file_equals_the_dataclass_defaults_where_the_schema_says
 
 
 def test_every_key_in_default_yaml_is_a_real_field():
-    raw = C.read_yaml(Path(ROOT) / "configs" / "default.yaml")
+    raw = read_yaml(Path(ROOT) / "configs" / "default.yaml")
     # from_dict refuses unknown keys, so loading proves it; and the file lists every field.
-    assert set(raw) == {f for f in SearchConfig.__dataclass_fields__}
-    for section in ("data", "model", "dense", "search", "scheduler", "resources", "metrics"):
-        fields = set(C._SECTIONS[section].__dataclass_fields__)
-        assert set(raw[section]) == fields, section
+    assert set(raw) == set(SearchConfig.model_fields)
+    for section in ("data", "model", "dense", "search", "scheduler", "resources", "metrics", "report"):
+        model = SearchConfig.model_fields[section].annotation
+        assert set(raw[section]) == set(model.model_fields), section
+
+
+def test_shipped_json_schema_is_the_generated_one_and_describes_every_key():
+    shipped = json.loads((Path(ROOT) / "configs" / "schema.json").read_text())
+    assert shipped == json_schema(), "regenerate: python orchestrator/search.py --schema > configs/schema.json"
+    assert set(shipped["properties"]) == set(SearchConfig.model_fields)
+    assert shipped["$defs"]["DataConfig"]["additionalProperties"] is False
+    schedules = shipped["$defs"]["SearchSettings"]["properties"]["schedule_params"]["properties"]
+    assert set(schedules) == set(pruners.list_schedules())
+    assert set(schedules["gradual"]["properties"]) == {"start_epoch", "end_epoch", "interval_epochs", "initial"}
 
 
 def test_round_trip_keeps_searched_values_of_every_kind():
@@ -101,14 +108,16 @@ def test_paths_are_made_absolute_because_ray_workers_run_elsewhere(tmp_path, mon
     assert make(name="exp").output_dir == tmp_path / "prunefront-results" / "exp"
 
 
-def test_mirrored_vocabularies_match_pruners():
-    import importlib
+def test_optimizer_choices_are_pruners_own():
+    from typing import get_args
 
-    finetune = importlib.import_module("pruners.finetune")  # `pruners.finetune` is the function
+    from pruners.spec import LR_SCHEDULES, OPTIMIZERS
 
-    assert set(C.OPTIMIZERS) == set(finetune.OPTIMIZERS)
-    assert set(C.LR_SCHEDULES) == set(finetune.LR_SCHEDULES)
-    assert set(C.SCHEDULE_PARAMS) == set(pruners.list_schedules())
+    fields = C.OptimizerSettings.model_fields
+    assert set(get_args(fields["name"].annotation)) == set(OPTIMIZERS)
+    assert set(get_args(fields["lr_schedule"].annotation)) == set(LR_SCHEDULES)
+    # Schedule parameters come from each schedule's registry entry: nothing to mirror.
+    assert set(SearchConfig().search.schedule_params) == set(pruners.list_schedules())
 
 
 def test_optimizer_settings_build_the_pruners_optimizer():
@@ -172,10 +181,10 @@ def test_bad_overrides(item, fragment):
 
 
 def test_parse_param_kinds():
-    assert parse_param("k", [1, 2]) == Choice((1, 2))
-    assert parse_param("k", {"low": 1, "high": 2}) == Range(1.0, 2.0)
-    assert parse_param("k", {"low": 1, "high": 8, "int": True, "log": True}) == Range(1, 8, log=True, integer=True)
-    assert parse_param("k", 0.5) == Fixed(0.5)
+    assert parse_param([1, 2]) == Choice((1, 2))
+    assert parse_param({"low": 1, "high": 2}) == Range(1.0, 2.0)
+    assert parse_param({"low": 1, "high": 8, "int": True, "log": True}) == Range(1, 8, log=True, integer=True)
+    assert parse_param(0.5) == Fixed(0.5)
 
 
 @pytest.mark.parametrize(
@@ -188,13 +197,17 @@ def test_parse_param_kinds():
         ({"low": 0, "high": 1, "log": True}, "a log range starts at 0; it needs low > 0"),
         ({"low": 0.5, "high": 2, "int": True}, "give integer low and high"),
         ({"low": 1}, r"a range is \{low, high, log\?, int\?\}"),
-        ({"low": "a", "high": 2}, "k.low: got a string 'a'; expected a number"),
+        ({"low": "a", "high": 2}, "low: got a string 'a'; expected a number"),
         (None, "missing value"),
     ],
 )
 def test_parse_param_errors(raw, fragment):
-    with pytest.raises(ConfigError, match=fragment):
-        parse_param("k", raw)
+    with pytest.raises(ValueError, match=fragment):
+        parse_param(raw)
+    # Inside a config the message names the key.
+    if raw is not None:
+        with pytest.raises(ConfigError, match="^search.space.lr: .*" + fragment):
+            make(search={"space": {"lr": raw}})
 
 
 # --------------------------------------------------------------------------------------
@@ -227,6 +240,10 @@ def test_parse_param_errors(raw, fragment):
         ({"search": {"schedule_params": {"gradual": {"end_epoch": 5}}}}, "search.schedule_params.gradual: its ramp ends at end_epoch 5.0, not before fine-tuning ends (search.epochs 3); the target must be reached before the last epoch ends"),
         # Exactly at the end is too late as well: the target must be trained on.
         ({"search": {"schedule_params": {"gradual": {"end_epoch": 3}}}}, "search.schedule_params.gradual: its ramp ends at end_epoch 3.0, not before fine-tuning ends (search.epochs 3)"),
+        # No rung may judge a model whose schedule has not reached its target.
+        ({"search": {"schedule_params": {"gradual": {"end_epoch": 1.5}}}}, "scheduler.grace_period: the first rung judges trials after epoch 1, but schedule gradual reaches its target only then or later (its ramp ends at end_epoch 1.5)"),
+        ({"scheduler": {"name": "asha"}, "search": {"space": {"schedule": ["iterative"]}, "schedule_params": {"iterative": {"rounds": 3, "interval_epochs": 0.5}}}},
+         "scheduler.grace_period: the first rung judges trials after epoch 1, but schedule iterative reaches its target only then or later"),
         # Against the shortest searched epochs and the latest searched end.
         ({"search": {"epochs": [1, 3], "schedule_params": {"gradual": {"end_epoch": [0.5, 1.5]}}}}, "search.schedule_params.gradual: its ramp ends at end_epoch 1.5, not before fine-tuning ends (search.epochs 1)"),
         ({"search": {"space": {"schedule": ["iterative"]}, "schedule_params": {"iterative": {"rounds": 7, "interval_epochs": 0.5}}}},
@@ -240,10 +257,15 @@ def test_parse_param_errors(raw, fragment):
         ({"search": {"criterion_params": {"slimming": {"penalty": [1e-4, -1]}}}}, "search.criterion_params.slimming.penalty: -1 is invalid; criterion 'slimming': penalty must be a number >= 0, got -1"),
         ({"search": {"criterion_params": {"slimming": {"warmup_steps": {"low": 0.5, "high": 3}}}}}, "search.criterion_params.slimming.warmup_steps: 0.5 is invalid; criterion 'slimming': warmup_steps must be an integer >= 0"),
         ({"scheduler": {"name": "hyperband"}}, "scheduler.name: unknown value 'hyperband'; valid choices: asha, moasha, fifo"),
-        ({"scheduler": {"metric": "acc"}}, "scheduler.metric: unknown value 'acc'; valid choices: accuracy, loss,"),
-        ({"scheduler": {"objectives": {"top5": "max"}}}, "scheduler.objectives: unknown value 'top5'; valid choices: accuracy,"),
-        ({"scheduler": {"objectives": {"accuracy": "up"}}}, "scheduler.objectives.accuracy: unknown value 'up'; valid choices: max, min"),
-        ({"scheduler": {"name": "moasha", "objectives": {"accuracy": "max"}}}, "moasha needs at least two objectives"),
+        ({"scheduler": {"metric": "acc"}}, "scheduler.metric: unknown value 'acc'; valid choices: val_accuracy, val_loss,"),
+        ({"scheduler": {"objectives": {"top5": "max"}}}, "scheduler.objectives: unknown value 'top5'; valid choices: val_accuracy,"),
+        ({"scheduler": {"objectives": {"val_accuracy": "up"}}}, "scheduler.objectives.val_accuracy: unknown value 'up'; valid choices: max, min"),
+        ({"scheduler": {"name": "moasha", "objectives": {"val_accuracy": "max"}}}, "moasha needs at least two objectives"),
+        # The test split decides nothing; the old names say where they went.
+        ({"scheduler": {"metric": "test_accuracy"}}, "scheduler.metric: test_accuracy is measured on the test split, which no decision may use; use val_accuracy"),
+        ({"scheduler": {"objectives": {"accuracy": "max", "flops": "min"}}}, "scheduler.objectives: unknown value 'accuracy' (renamed: decisions use the validation split); use val_accuracy"),
+        ({"data": {"val_size": 0}}, "data.val_size: 0 is out of range; give a fraction in (0, 1) or a count >= 1"),
+        ({"report": {"fronts": ["speed"]}}, "report.fronts.0: unknown value 'speed'; valid choices: flops, flops_sparse"),
         ({"scheduler": {"grace_period": 4}}, "scheduler.grace_period: 4 exceeds search.epochs (3)"),
         ({"scheduler": {"reduction_factor": 1}}, "scheduler.reduction_factor: 1 is out of range; must be > 1"),
         ({"resources": {"workers": 0}}, "resources.workers: 0 is too small"),
@@ -366,14 +388,14 @@ def test_flat_space_keys_and_decoding_cover_every_method():
                   for k, p in space.items()}
         sample["method"] = method
         t = decode_trial(sample)
-        crit, gran, sched = C.parse_method(method)
+        crit, gran, sched = parse_method(method)
         assert (t.criterion, t.granularity, t.schedule) == (crit, gran, sched)
-        assert set(t.schedule_params) == set(C.SCHEDULE_PARAMS[sched])
+        assert set(t.schedule_params) == set(pruners.schedules.SCHEDULES.get(sched).epoch_params)
         assert t.criterion_params == ({"penalty": 1e-3} if crit == "slimming" else {})
         row = t.record()
         for key in ("criterion", "granularity", "scope", "threshold_rule", "amount", "schedule", "lr", "epochs"):
             assert key in row
-        assert not set(row) & set(C.METRIC_KEYS)  # config keys never collide with metrics
+        assert not set(row) & set(METRIC_KEYS)  # config keys never collide with metrics
 
 
 def test_grid_size_counts_every_searched_choice():
@@ -394,20 +416,19 @@ def test_grid_size_counts_every_searched_choice():
     assert grid_size(cfg.search) == 48
 
 
-@pytest.mark.parametrize("name", sorted(C.SCHEDULE_PARAMS))
-def test_schedule_kwargs_build_the_pruners_schedule(name):
+@pytest.mark.parametrize("name", pruners.list_schedules())
+def test_epoch_parameters_build_the_pruners_schedule(name):
     cfg = make()
     params = {p: v.value for p, v in cfg.search.schedule_params[name].items()}
-    kw = schedule_kwargs(name, params, target=0.6, steps_per_epoch=10, epochs=3)
-    sched = pruners.make_schedule(name, **kw)
+    sched = build_schedule(name, params, target=0.6, steps_per_epoch=10, epochs=3)
     assert sched.sparsity_at(29) == pytest.approx(0.6)
     expected = {
-        "one_shot": {"target": 0.6},
-        "iterative": {"target": 0.6, "rounds": 3, "interval": 5},
-        "gradual": {"target": 0.6, "start_step": 0, "end_step": 8, "interval": 2, "initial": 0.0},
-        "dynamic": {"target": 0.6, "interval": 2, "regrow_fraction": 0.1, "end_step": 30},
+        "one_shot": pruners.make_schedule("one_shot", target=0.6),
+        "iterative": pruners.make_schedule("iterative", target=0.6, rounds=3, interval=3),
+        "gradual": pruners.make_schedule("gradual", target=0.6, start_step=0, end_step=8, interval=2, initial=0.0),
+        "dynamic": pruners.make_schedule("dynamic", target=0.6, interval=2, regrow_fraction=0.1, end_step=30),
     }[name]
-    assert kw == expected
+    assert sched == expected
 
 
 @pytest.mark.parametrize(
@@ -420,10 +441,10 @@ def test_schedule_kwargs_build_the_pruners_schedule(name):
     ],
 )
 def test_a_schedule_the_config_accepts_reaches_its_target_before_training_ends(name, params, steps_per_epoch):
-    cfg = make(search={"epochs": 1, "space": {"schedule": [name]}, "schedule_params": {name: params}})
+    cfg = make(search={"epochs": 1, "space": {"schedule": [name]}, "schedule_params": {name: params}},
+               scheduler={"name": "fifo"})
     fixed = {p: v.value for p, v in cfg.search.schedule_params[name].items()}
-    kw = schedule_kwargs(name, fixed, target=0.6, steps_per_epoch=steps_per_epoch, epochs=1)
-    sched = pruners.make_schedule(name, **kw)
+    sched = build_schedule(name, fixed, target=0.6, steps_per_epoch=steps_per_epoch, epochs=1)
     # The target is scheduled by the last step, so the last pruning step is not after it.
     assert sched.sparsity_at(steps_per_epoch - 1) == pytest.approx(0.6)
 
@@ -445,14 +466,13 @@ def test_learning_rate_zero_means_prune_without_fine_tuning():
     assert cfg.search.optimizer.build(0).lr == 0.0
 
 
-def test_schedule_kwargs_keep_intervals_at_least_one_step():
-    kw = schedule_kwargs(
+def test_epoch_conversion_keeps_intervals_at_least_one_step():
+    sched = build_schedule(
         "gradual",
         {"start_epoch": 0.0, "end_epoch": 0.01, "interval_epochs": 0.001, "initial": 0.0},
         target=0.5, steps_per_epoch=3, epochs=1,
     )
-    assert kw["interval"] == 1 and kw["end_step"] == 1
-    pruners.make_schedule("gradual", **kw)
+    assert sched.interval == 1 and sched.end_step == 1
 
 
 def test_every_criterion_and_schedule_pair_has_a_method_for_the_full_space():

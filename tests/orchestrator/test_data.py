@@ -112,19 +112,22 @@ def http_mirror(tmp_path):
 
 def test_digits_fixed_stratified_split_and_standardised_inputs():
     ds = data.load_datasets(DataConfig(dataset="digits"), seed=123)
-    assert (len(ds.train), len(ds.eval)) == (1347, 450)
+    assert (len(ds.train) + len(ds.val), len(ds.test)) == (1347, 450)
     assert ds.input_shape == (1, 8, 8) and ds.num_classes == 10
-    x = torch.stack([ds.train[i][0] for i in range(len(ds.train))])
+    # Standardised with the statistics of the training data (validation split included).
+    x = torch.stack([ds.train[i][0] for i in range(len(ds.train))] + [ds.val[i][0] for i in range(len(ds.val))])
     assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1.0) < 1e-3
+    assert len(ds.val) == 135  # data.val_size 0.1 of the 1347 training images
     from sklearn.datasets import load_digits
 
-    eval_labels = np.array([ds.eval[i][1] for i in range(len(ds.eval))])
+    eval_labels = np.array([ds.test[i][1] for i in range(len(ds.test))])
     per_class = np.bincount(load_digits().target)
     # Stratified: each class is held out in proportion (a quarter of it, up to rounding).
     assert np.all(np.abs(np.bincount(eval_labels) - per_class * 0.25) <= 1)
-    # The held-out set does not depend on the experiment seed.
+    # Neither the test set nor the validation split depends on the experiment seed.
     other = data.load_datasets(DataConfig(dataset="digits"), seed=7)
-    assert torch.equal(ds.eval[0][0], other.eval[0][0]) and ds.eval[5][1] == other.eval[5][1]
+    assert torch.equal(ds.test[0][0], other.test[0][0]) and ds.test[5][1] == other.test[5][1]
+    assert ds.val.indices == other.val.indices
 
 
 def test_digits_are_sklearns_arrays_read_without_importing_sklearn():
@@ -141,7 +144,7 @@ def test_digits_are_sklearns_arrays_read_without_importing_sklearn():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(Path(data.__file__).resolve().parents[1]))
-    assert out.stdout.split() == ["1347", "False", "False"]
+    assert out.stdout.split() == ["1212", "False", "False"]
 
 
 def test_stratified_split_exact_total_per_class_quota_and_seeded():
@@ -158,8 +161,22 @@ def test_subsets_are_seeded_and_capped():
     a = data.load_datasets(DataConfig(dataset="digits", train_subset=100, eval_subset=50), seed=1)
     b = data.load_datasets(DataConfig(dataset="digits", train_subset=100, eval_subset=50), seed=1)
     c = data.load_datasets(DataConfig(dataset="digits", train_subset=100), seed=2)
-    assert (len(a.train), len(a.eval)) == (100, 50)
+    assert (len(a.train), len(a.val), len(a.test)) == (100, 50, 50)
     assert a.train.indices == b.train.indices and a.train.indices != c.train.indices
+
+
+def test_validation_split_is_stratified_disjoint_and_sized_by_val_size():
+    ds = data.load_datasets(DataConfig(dataset="digits", val_size=0.2))
+    train, val = set(ds.train.indices), set(ds.val.indices)
+    assert train.isdisjoint(val) and len(train) + len(val) == 1347 and len(val) == round(0.2 * 1347)
+    labels = np.array([ds.val[i][1] for i in range(len(ds.val))])
+    train_labels = np.array([ds.train[i][1] for i in range(len(ds.train))])
+    # Each class is in the validation split in proportion (up to rounding).
+    share = np.bincount(labels) / (np.bincount(labels) + np.bincount(train_labels))
+    assert np.all(np.abs(share - 0.2) < 0.02)
+    assert len(data.load_datasets(DataConfig(dataset="digits", val_size=300)).val) == 300
+    with pytest.raises(ConfigError, match="data.val_size: 5000 of 1347 training examples leaves"):
+        data.load_datasets(DataConfig(dataset="digits", val_size=5000))
 
 
 def test_image_size_resizes():
@@ -179,9 +196,9 @@ def test_mnist_from_idx_files(tmp_path, layout):
     else:
         arrays = write_idx_set(tmp_path / "MNIST" / "raw", gz=False)
     ds = data.load_datasets(DataConfig(dataset="mnist", root=str(tmp_path)))
-    assert (len(ds.train), len(ds.eval)) == (30, 12)
+    assert (len(ds.train) + len(ds.val), len(ds.test)) == (30, 12)
     assert ds.input_shape == (1, 28, 28) and ds.num_classes == 10
-    x, y = ds.eval[3]
+    x, y = ds.test[3]
     raw = arrays["t10k-images-idx3-ubyte"][3].astype(np.float32) / 255.0
     expected = (raw - 0.1307) / 0.3081
     assert np.allclose(x[0].numpy(), expected, atol=1e-6)
@@ -205,7 +222,9 @@ def test_missing_dataset_says_where_it_looked(tmp_path):
 
 def test_missing_default_places_include_debian_for_fashion_mnist(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEFRONT_DATA", str(tmp_path))
-    monkeypatch.setattr(data, "_IDX_DATASETS", {**data._IDX_DATASETS, "fashion_mnist": ("FashionMNIST", str(tmp_path / "debian"))})
+    from orchestrator import datafiles
+
+    monkeypatch.setattr(datafiles, "_IDX_DATASETS", {**datafiles._IDX_DATASETS, "fashion_mnist": ("FashionMNIST", str(tmp_path / "debian"))})
     with pytest.raises(ConfigError) as e:
         data.locate(DataConfig(dataset="fashion_mnist"))
     assert str(tmp_path / "FashionMNIST" / "raw") in str(e.value)
@@ -218,7 +237,7 @@ def test_fashion_mnist_found_in_debian_package(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEFRONT_DATA", str(tmp_path))  # nothing there: falls through to Debian
     assert data.locate(DataConfig(dataset="fashion_mnist")) == DEBIAN_FASHION
     ds = data.load_datasets(DataConfig(dataset="fashion_mnist", train_subset=64, eval_subset=64))
-    assert (len(ds.train), len(ds.eval), ds.num_classes, ds.input_shape) == (64, 64, 10, (1, 28, 28))
+    assert (len(ds.train), len(ds.test), ds.num_classes, ds.input_shape) == (64, 64, 10, (1, 28, 28))
     # Fashion-MNIST's full training set has 6000 images of each of its 10 classes.
     labels = data.read_idx(DEBIAN_FASHION / "train-labels-idx1-ubyte.gz")
     assert labels.shape == (60000,) and np.bincount(labels).tolist() == [6000] * 10
@@ -237,8 +256,9 @@ def test_fashion_mnist_download_with_torchvision(tmp_path, monkeypatch, http_mir
     ds = data.load_datasets(cfg)
     raw = tmp_path / "data" / "FashionMNIST" / "raw"
     assert (raw / "train-images-idx3-ubyte").is_file()  # torchvision's layout, unpacked
-    assert (len(ds.train), len(ds.eval)) == (30, 12)
-    assert ds.train[0][1] == int(arrays["train-labels-idx1-ubyte"][0])
+    assert (len(ds.train) + len(ds.val), len(ds.test)) == (30, 12)
+    first_train = ds.train.indices[0]  # the validation split took some images out
+    assert ds.train[0][1] == int(arrays["train-labels-idx1-ubyte"][first_train])
     # Found locally from now on, without downloading again.
     assert data.locate(DataConfig(dataset="fashion_mnist", root=str(tmp_path / "data"))) == raw
 
@@ -293,9 +313,9 @@ def test_failed_download_is_one_clear_error(tmp_path, monkeypatch, http_mirror):
 def test_cifar10_from_pickle_batches(tmp_path):
     _, written = write_cifar(tmp_path, "cifar10")
     ds = data.load_datasets(DataConfig(dataset="cifar10", root=str(tmp_path)))
-    assert (len(ds.train), len(ds.eval)) == (20, 4)
+    assert (len(ds.train) + len(ds.val), len(ds.test)) == (20, 4)
     assert ds.input_shape == (3, 32, 32) and ds.num_classes == 10
-    x, y = ds.eval[1]
+    x, y = ds.test[1]
     images, labels = written["test_batch"]
     chw = images[1].reshape(3, 32, 32).astype(np.float32) / 255.0
     mean = np.array([0.4914, 0.4822, 0.4465], np.float32).reshape(3, 1, 1)
@@ -312,7 +332,7 @@ def test_cifar10_from_pickle_batches(tmp_path):
 def test_cifar100_uses_fine_labels(tmp_path):
     write_cifar(tmp_path, "cifar100", per_file=6)
     ds = data.load_datasets(DataConfig(dataset="cifar100", root=str(tmp_path), augment=False))
-    assert (len(ds.train), len(ds.eval), ds.num_classes) == (6, 6, 100)
+    assert (len(ds.train) + len(ds.val), len(ds.test), ds.num_classes) == (6, 6, 100)
     assert torch.equal(ds.train[0][0], ds.train[0][0])  # no augmentation
 
 
@@ -329,7 +349,7 @@ def test_cifar10_download_with_torchvision(tmp_path, monkeypatch, http_mirror):
     monkeypatch.setattr(tvd.CIFAR10, "tgz_md5", md5(archive))
     ds = data.load_datasets(DataConfig(dataset="cifar10", root=str(tmp_path / "dl"), download=True))
     assert (tmp_path / "dl" / "cifar-10-batches-py" / "data_batch_5").is_file()
-    assert (len(ds.train), len(ds.eval)) == (20, 4)
+    assert (len(ds.train) + len(ds.val), len(ds.test)) == (20, 4)
 
 
 def test_corrupt_cifar_files_are_a_clear_error(tmp_path):
@@ -359,10 +379,25 @@ def write_imagefolder(root: Path, splits=("train", "val"), classes=("cat", "dog"
 def test_imagefolder_of_pngs(tmp_path):
     write_imagefolder(tmp_path)
     ds = data.load_datasets(DataConfig(dataset="imagefolder", root=str(tmp_path), image_size=16))
-    assert (len(ds.train), len(ds.eval), ds.num_classes) == (6, 6, 2)
+    assert (len(ds.train) + len(ds.val), len(ds.test), ds.num_classes) == (6, 6, 2)
     assert ds.input_shape == (3, 16, 16)
     assert ds.train[0][0].shape == (3, 16, 16)
-    assert sorted({ds.eval[i][1] for i in range(6)}) == [0, 1]
+    assert sorted({ds.test[i][1] for i in range(6)}) == [0, 1]
+
+
+def test_imagefolder_with_val_and_test_validates_on_its_own_val(tmp_path):
+    write_imagefolder(tmp_path, splits=("train", "val", "test"))
+    ds = data.load_datasets(DataConfig(dataset="imagefolder", root=str(tmp_path), image_size=16))
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (6, 6, 6)
+    assert ds.val.root == str(tmp_path / "val") and ds.test.root == str(tmp_path / "test")
+
+
+def test_validation_images_are_not_augmented(tmp_path):
+    write_cifar(tmp_path, "cifar10", per_file=20)
+    ds = data.load_datasets(DataConfig(dataset="cifar10", root=str(tmp_path), augment=True))
+    # Random crops and flips on training images only: the validation split is deterministic.
+    assert torch.equal(ds.val[0][0], ds.val[0][0])
+    assert any(not torch.equal(ds.train[0][0], ds.train[0][0]) for _ in range(10))
 
 
 def test_imagefolder_accepts_test_instead_of_val(tmp_path):

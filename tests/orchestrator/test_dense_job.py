@@ -64,9 +64,9 @@ def test_a_gate_and_weights_never_posted_are_released_when_the_job_ends(ray_sess
 def test_store_writes_the_dense_directory_last_file_metrics(ray_session, tmp_path):
     ray = ray_session
     files = {"model.pt2": b"program", "state_dict.pt": b"weights", "metrics.json": b"{}"}
-    output = ray.put({"metrics": {"accuracy": 0.9, "flops": 10.0, "params": 3}, "files": files})
+    output = ray.put({"metrics": {"val_accuracy": 0.9, "flops": 10.0, "params": 3}, "files": files})
     metrics = dense.DenseJob(state=ray.put(b"weights"), output=output).store(tmp_path)
-    assert metrics["accuracy"] == 0.9
+    assert metrics["val_accuracy"] == 0.9
     assert (tmp_path / "dense" / "state_dict.pt").read_bytes() == b"weights"
     assert json.loads((tmp_path / "dense" / "metrics.json").read_text())["params"] == 3
     assert dense.load_dense(tmp_path) == (metrics, b"weights")
@@ -110,11 +110,11 @@ def test_dense_watch_reports_the_metrics_when_the_job_succeeds(ray_session, tmp_
 
     ray = ray_session
     files = {"model.pt2": b"p", "state_dict.pt": b"w", "metrics.json": b"{}"}
-    output = ray.put({"metrics": {"accuracy": 0.5}, "files": files})
+    output = ray.put({"metrics": {"val_accuracy": 0.5}, "files": files})
     done = []
     watch = DenseWatch(dense.DenseJob(state=ray.put(b"w"), output=output), tmp_path, lambda m, s: done.append(m))
     assert watch.wait(timeout=60) and watch.error is None and not watch.stop_all()
-    assert done == [{"accuracy": 0.5}] and (tmp_path / "dense" / "metrics.json").is_file()
+    assert done == [{"val_accuracy": 0.5}] and (tmp_path / "dense" / "metrics.json").is_file()
 
 
 @pytest.mark.slow
@@ -133,10 +133,11 @@ def test_real_dense_job_stores_its_files_and_leaves_no_train_actors(ray_session,
     before = train_actors()  # other tests' Train runs, if any, are not this job's
     cfg = SearchConfig.from_dict({"data": {"train_subset": 256, "eval_subset": 128}, "dense": {"epochs": 1},
                                   "metrics": {"latency_repeats": 2}})
-    job = dense.start_dense(cfg.to_dict(), train_storage=str(tmp_path / "train"), workers=1,
+    job = dense.start_dense(cfg, train_storage=str(tmp_path / "train"), workers=1,
                             worker_resources={"CPU": 0.9}, use_gpu=False)
     metrics = job.store(tmp_path)
-    assert metrics["epoch"] == 1 and 0.0 <= metrics["accuracy"] <= 1.0 and metrics["params"] > 0
+    assert metrics["epoch"] == 1 and 0.0 <= metrics["val_accuracy"] <= 1.0 and metrics["params"] > 0
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["speedup"] == 1.0
     stored = dense.load_dense(tmp_path)
     assert stored is not None and stored[1] == ray_session.get(job.state)
     deadline = time.time() + 30

@@ -9,8 +9,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator.ledger import LedgerCallback, LedgerWriter, finished_trials, read_events
+from orchestrator.ledger import LedgerCallback, LedgerWriter, finished_trials
+from reports import contract
 from reports.ledger import read_experiment
+
+
+def read_events(path: Path) -> list[dict]:
+    """The ledger's events (the contract's reader, line numbers dropped)."""
+    return [event for _, event in contract.read_events(path)]
 
 CONFIG = {  # a sampled flat Tune config (keys of config.flat_space)
     "method": "taylor+structured+gradual", "scope": "global", "threshold_rule": "fraction",
@@ -26,7 +32,7 @@ def trial(tid: str, error_file: str | None = None) -> SimpleNamespace:
 
 
 def result(epoch: int, **extra) -> dict:
-    row = {"epoch": epoch, "accuracy": 0.9, "loss": 0.3, "train_loss": 0.4, "sparsity": 0.5,
+    row = {"epoch": epoch, "val_accuracy": 0.9, "val_loss": 0.3, "train_loss": 0.4, "sparsity": 0.5,
            "requested_sparsity": 0.5, "flops": 100, "flops_sparse": 50.0, "params": 10, "params_nonzero": 5,
            "size_bytes": 40, "latency_ms": 0.1, "step": 10 * epoch, "units_pruned": 0.5, "startup_s": 12.0,
            "dense_wait_s": 3.0, "node_id": "ab12", "host": "w1", "device": "cpu"}
@@ -66,7 +72,7 @@ def test_result_and_status_lines(tmp_path: Path) -> None:
     assert events[5]["status"] == "stopped" and events[5]["reason"] == "asha: below the cutoff"
     # The reports read it as it is.
     exp = read_experiment(tmp_path)
-    assert len(exp.results) == 4 and dict(zip(exp.statuses["trial_id"], exp.statuses["status"])) == {
+    assert len(exp.results) == 4 and {t: st.status for t, st in exp.trials.items()} == {
         "a": "completed", "b": "stopped"}
 
 
@@ -112,7 +118,7 @@ def test_resume_skips_finished_trials_only(tmp_path: Path) -> None:
     assert sum(e["trial_id"] == "done" for e in events) == 4  # 3 results + 1 status, as before
     assert [e["epoch"] for e in events if e["trial_id"] == "cut" and e["type"] == "result"] == [1, 1, 2, 3]
     exp = read_experiment(tmp_path)
-    assert dict(zip(exp.statuses["trial_id"], exp.statuses["status"]))["cut"] == "completed"
+    assert exp.trials["cut"].status == "completed"
 
 
 def test_reported_checkpoint_is_copied_to_models(tmp_path: Path) -> None:
@@ -148,6 +154,6 @@ def test_callback_survives_pickling_without_its_open_file(tmp_path: Path) -> Non
 def test_non_finite_metrics_become_null(tmp_path: Path, value: float) -> None:
     cb = LedgerCallback(tmp_path)
     cb.setup()
-    cb.on_trial_result(0, [], trial("n"), result(1, loss=value))
+    cb.on_trial_result(0, [], trial("n"), result(1, val_loss=value))
     (event,) = read_events(tmp_path / "results.jsonl")
-    assert event["loss"] is None
+    assert event["val_loss"] is None

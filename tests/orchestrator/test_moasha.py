@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from orchestrator.moasha import MultiObjectiveASHA, crowding_distance, rung_order
+from orchestrator.moasha import MultiObjectiveASHA, crowding_distance, rung_decision, rung_order
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
-OBJ = {"accuracy": "max", "flops": "min"}
+OBJ = {"accuracy": "max", "flops": "min"}  # any result keys: the scheduler is generic
 
 
 def trial(tid: str) -> SimpleNamespace:
@@ -54,7 +54,7 @@ def test_pareto_rank_decides_then_crowding_distance_at_the_cut() -> None:
     # Dominated by t1 (less accurate, more FLOPs): rank 2 of 2, top 1 continues.
     assert report(s, "t2", 1, 0.80, 200) == STOP
     # Trades accuracy for FLOPs with t1: both rank 1, three recorded, top 2 continue;
-    # the front has two members, both boundary points, so arrival decides: t1, t3.
+    # the front has two members, both boundary points (infinite crowding): t1 and t3 tie.
     assert report(s, "t3", 1, 0.70, 50) == CONTINUE
     # Also on the front (rank 1 of {t1, t3, t4}), but it is the interior point: crowding
     # distance 2 < inf of the two extremes, so it is third of four and only 2 continue.
@@ -68,7 +68,9 @@ def test_pareto_rank_decides_then_crowding_distance_at_the_cut() -> None:
 def test_diversity_keeps_the_point_that_fills_a_gap_in_the_front() -> None:
     s = MultiObjectiveASHA(OBJ, max_t=4, grace_period=1, reduction_factor=2)
     assert report(s, "a", 1, 1.00, 100) == CONTINUE
-    assert report(s, "b", 1, 0.00, 0) == STOP  # a tie of extremes: the earlier one stays
+    # A two-point front: both extremes, tied (rank 1, infinite crowding); the cut is at 1 of
+    # 2, and a trial tied with a kept one continues, whatever the order they came in.
+    assert report(s, "b", 1, 0.00, 0) == CONTINUE
     assert report(s, "c", 1, 0.95, 97) == STOP  # interior, third of three, top 2 continue
     assert report(s, "e", 1, 0.90, 90) == STOP  # 4 recorded, top 2: the two extremes
     # Five recorded, top 3 continue. All five are on the front; d sits in the big gap
@@ -138,6 +140,40 @@ def test_one_objective_keeps_the_top_ceil_n_over_eta() -> None:
     # n=1 keep 1: 0.5 first; n=2 keep 1: 0.6 first; n=3 keep 1: 0.4 third; n=4 keep 2:
     # 0.55 second; n=5 keep 2: 0.7 first; n=6 keep 2: 0.3 sixth; n=7 keep 3: 0.65 second.
     assert decisions == [CONTINUE, CONTINUE, STOP, CONTINUE, CONTINUE, STOP, CONTINUE]
+
+
+def test_the_two_point_front_continues_both_whatever_the_arrival_order() -> None:
+    """The issue's case: eta 2, A (0.90, 100 FLOPs) and B (0.95, 200), both on the front.
+    Deciding by arrival stopped B; both continue, in either order."""
+    for first, second in (("A", "B"), ("B", "A")):
+        s = MultiObjectiveASHA(OBJ, max_t=4, grace_period=1, reduction_factor=2)
+        pts = {"A": (0.90, 100), "B": (0.95, 200)}
+        assert report(s, first, 1, *pts[first]) == CONTINUE
+        assert report(s, second, 1, *pts[second]) == CONTINUE
+
+
+def test_decisions_never_depend_on_arrival_among_equals() -> None:
+    """Every permutation of a rung gives the same verdict for each point judged last."""
+    import itertools
+
+    pts = [(0.9, 100), (0.9, 100), (0.8, 50), (0.7, 40), (0.95, 300), (0.8, 50)]
+    verdicts = {}
+    for perm in itertools.permutations(range(len(pts))):
+        ordered = [pts[i] for i in perm]
+        verdicts.setdefault(pts[perm[-1]], set()).add(rung_decision(ordered, ("max", "min"), len(pts) - 1, 2)[0])
+    assert all(len(v) == 1 for v in verdicts.values()), verdicts
+
+
+def test_one_objective_continues_ties_at_the_cut_as_rays_asha_does() -> None:
+    ours = MultiObjectiveASHA({"accuracy": "max"}, max_t=4, grace_period=1, reduction_factor=2)
+    ray_asha = AsyncHyperBandScheduler(time_attr="epoch", metric="accuracy", mode="max", max_t=4,
+                                       grace_period=1, reduction_factor=2)
+    for tid, acc in (("a", 0.5), ("b", 0.5), ("c", 0.5), ("d", 0.4)):
+        t = trial(tid)
+        ray_asha.on_trial_add(None, t)
+        res = {"epoch": 1, "accuracy": acc}
+        assert ours.on_trial_result(None, t, dict(res)) == ray_asha.on_trial_result(None, t, dict(res)), tid
+    assert [d.action for d in ours.decisions] == [CONTINUE, CONTINUE, CONTINUE, STOP]
 
 
 def test_stops_no_more_than_rays_asha_for_eta_2() -> None:

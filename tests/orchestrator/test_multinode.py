@@ -92,7 +92,7 @@ def test_trials_run_on_two_nodes_and_rows_say_where(sim_cluster, tmp_path: Path)
     assert sorted(trials["node_id"]) == sorted(workers)
     assert head not in set(final["node_id"])
     assert set(final["device"]) == {"cpu"} and final["host"].notna().all()
-    assert (trials["accuracy"] > 0.5).all()
+    assert (trials["val_accuracy"] > 0.5).all()
 
     rows = pd.read_parquet(out / "report" / "trials.parquet")
     assert rows["node_id"].notna().all() and set(rows["node_id"]) <= set(workers)

@@ -34,7 +34,7 @@ def tiny_config(path: Path, **overrides) -> Path:
             },
             "epochs": 2,
         },
-        "scheduler": {"name": "asha", "metric": "accuracy", "mode": "max", "grace_period": 1, "reduction_factor": 2},
+        "scheduler": {"name": "asha", "metric": "val_accuracy", "mode": "max", "grace_period": 1, "reduction_factor": 2},
         "metrics": {"latency_repeats": 2},
         "resources": {"workers": 1, "cpus_per_worker": 0.9, "driver_cpus": 0.1},
     }
@@ -75,8 +75,8 @@ def test_every_trial_epoch_lands_in_parquet_with_its_config(search_run) -> None:
     assert sorted(zip(trials["trial_id"], trials["epoch"])) == sorted((e["trial_id"], e["epoch"]) for e in results)
     assert trials["trial_id"].nunique() == 3
     for col in ("criterion", "granularity", "scope", "threshold_rule", "amount", "schedule", "lr", "epochs",
-                "accuracy", "loss", "flops", "flops_sparse", "params", "sparsity", "requested_sparsity",
-                "latency_ms", "size_bytes"):
+                "val_accuracy", "val_loss", "test_accuracy", "flops", "flops_sparse", "params", "sparsity",
+                "requested_sparsity", "latency_ms", "latency_iqr_ms", "dense_latency_ms", "speedup", "size_bytes"):
         assert col in trials.columns, col
     assert set(trials["criterion"]) == {"magnitude"} and set(trials["schedule"]) == {"one_shot"}
     assert sorted(trials.groupby("trial_id")["lr"].first()) == sorted(LRS)
@@ -84,11 +84,12 @@ def test_every_trial_epoch_lands_in_parquet_with_its_config(search_run) -> None:
     assert trials["sparsity"].to_numpy() == pytest.approx(0.9, abs=0.01)
     # The dense baseline is the reference row, trained well above chance.
     dense = json.loads((out / "dense" / "metrics.json").read_text())
-    assert dense["accuracy"] > 0.8 and dense["sparsity"] == 0.0
+    assert dense["val_accuracy"] > 0.8 and dense["test_accuracy"] > 0.8 and dense["sparsity"] == 0.0
+    assert dense["size_bytes"] == (out / "dense" / "model.pt2").stat().st_size
     # The per-trial overhead is measured apart from the wait for the dense job (which the
     # first trials start beside).
     assert all(e["startup_s"] > 0 and e["dense_wait_s"] >= 0 for e in results)
-    assert "dense baseline: accuracy" in stdout
+    assert "dense baseline: validation accuracy" in stdout
     assert str(out / "report") in stdout and str(out / "results.jsonl") in stdout
 
 
@@ -104,7 +105,7 @@ def test_asha_stops_the_hopeless_trial_at_the_first_rung(search_run) -> None:
     hopeless = by_lr[HOPELESS_LR]
     assert epochs[hopeless] == [1]
     # Stopped because it was the worst at the rung, not by luck of arrival order.
-    rung1 = {e["trial_id"]: e["accuracy"] for e in events if e["type"] == "result" and e["epoch"] == 1}
+    rung1 = {e["trial_id"]: e["val_accuracy"] for e in events if e["type"] == "result" and e["epoch"] == 1}
     assert rung1[hopeless] < min(a for t, a in rung1.items() if t != hopeless)
     assert status[hopeless]["status"] == "stopped" and "asha" in status[hopeless]["reason"]
     # The trials that learn may stop each other (the worse one at rung 1), but the one
@@ -131,3 +132,17 @@ def test_each_trial_keeps_its_chosen_epoch_as_a_loadable_model(search_run) -> No
         assert saved["epoch"] == row["epoch"]
         model = pruners.load(model_dir / "model.pt2")
         assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+        # What the report says is what ships: the file's size, validation and test figures,
+        # and the config that produced it inside the file.
+        assert row["size_bytes"] == (model_dir / "model.pt2").stat().st_size
+        assert 0 < row["val_accuracy"] <= 1 and 0 < row["test_accuracy"] <= 1
+        assert pruners.load_metadata(model_dir / "model.pt2")["user"]["config"] == saved["config"]
+
+
+def test_no_trial_the_dense_model_dominates_is_on_a_front(search_run) -> None:
+    _, out, _ = search_run
+    fronts = pd.read_parquet(out / "report" / "fronts.parquet")
+    trials = fronts[fronts["status"] != "reference"]
+    assert not (trials["dominated_by_dense"] & (trials["pareto_rank"] == 1)).any()
+    dense = fronts[fronts["status"] == "reference"]
+    assert dense["pareto_rank"].notna().all()

@@ -9,7 +9,8 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.sample import Categorical, Float, Integer
 
 from orchestrator import tune_space
-from orchestrator.config import Choice, Fixed, Range, SearchConfig, parse_method
+from orchestrator.config import Choice, Fixed, Range, SearchConfig
+from orchestrator.space import parse_method
 from orchestrator.moasha import MultiObjectiveASHA
 
 
@@ -53,24 +54,25 @@ def test_grid_search_expands_every_listed_value() -> None:
 
 
 def test_schedulers_follow_the_config() -> None:
-    asha = tune_space.make_scheduler(make(search={"epochs": 4}))
+    asha = tune_space.make_scheduler(make(search={"epochs": 4}, scheduler={"name": "asha"}))
     assert isinstance(asha, tune_space.RecordingASHA) and asha._time_attr == "epoch" and asha._max_t == 4
-    mo = tune_space.make_scheduler(make(scheduler={"name": "moasha", "objectives": {"accuracy": "max", "flops": "min"}}))
-    assert isinstance(mo, MultiObjectiveASHA) and mo.objectives == {"accuracy": "max", "flops": "min"}
+    assert asha._metric == "val_accuracy"
+    mo = tune_space.make_scheduler(make(scheduler={"name": "moasha", "objectives": {"val_accuracy": "max", "flops": "min"}}))
+    assert isinstance(mo, MultiObjectiveASHA) and mo.objectives == {"val_accuracy": "max", "flops": "min"}
     assert type(tune_space.make_scheduler(make(scheduler={"name": "fifo"}))) is FIFOScheduler
 
 
 def test_asha_records_why_it_stopped_a_trial() -> None:
-    asha = tune_space.make_scheduler(make(search={"epochs": 3}))
+    asha = tune_space.make_scheduler(make(search={"epochs": 3}, scheduler={"name": "asha"}))
     a, b = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
     for t in (a, b):
         asha.on_trial_add(None, t)
-    assert asha.on_trial_result(None, a, {"epoch": 1, "accuracy": 0.9}) == TrialScheduler.CONTINUE
-    assert asha.on_trial_result(None, b, {"epoch": 1, "accuracy": 0.1}) == TrialScheduler.STOP
+    assert asha.on_trial_result(None, a, {"epoch": 1, "val_accuracy": 0.9}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, b, {"epoch": 1, "val_accuracy": 0.1}) == TrialScheduler.STOP
     assert "epoch 1" in asha.stop_reason("b") and "0.1" in asha.stop_reason("b")
     assert asha.stop_reason("a") is None
     # Reaching max_t is the end of the trial, not an early stop.
-    assert asha.on_trial_result(None, a, {"epoch": 3, "accuracy": 0.9}) == TrialScheduler.STOP
+    assert asha.on_trial_result(None, a, {"epoch": 3, "val_accuracy": 0.9}) == TrialScheduler.STOP
     assert asha.stop_reason("a") is None
 
 
@@ -78,7 +80,7 @@ def test_optuna_is_multi_objective_over_the_objectives() -> None:
     pytest.importorskip("optuna")
     cfg = make(search={"algorithm": "optuna"}, scheduler={"name": "moasha"})
     alg = tune_space.make_search_alg(cfg, max_concurrent=2)
-    assert alg.metric == ["accuracy", "flops"] and alg.mode == ["max", "min"]
+    assert alg.metric == ["val_accuracy", "size_bytes"] and alg.mode == ["max", "min"]
     assert alg.set_search_properties(None, None, tune_space.param_space(cfg))
     suggested = alg.suggest("t0")
     parse_method(suggested["method"])

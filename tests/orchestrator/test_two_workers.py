@@ -18,7 +18,8 @@ METHODS = ("taylor+unstructured+gradual", "taylor+structured+gradual")
 
 
 def _trial_config(method: str) -> tuple[dict, dict]:
-    from orchestrator.config import Fixed, SearchConfig, flat_space
+    from orchestrator.config import Fixed, SearchConfig
+    from orchestrator.space import flat_space
 
     cfg = SearchConfig.from_dict({
         "name": "two-workers",
@@ -33,7 +34,7 @@ def _trial_config(method: str) -> tuple[dict, dict]:
     flat = flat_space(cfg.search)
     flat["method"] = Fixed(method)
     assert all(isinstance(p, Fixed) for p in flat.values())
-    return cfg.to_dict(), {k: p.value for k, p in flat.items()}
+    return cfg, {k: p.value for k, p in flat.items()}
 
 
 def _digest(tensors) -> str:
@@ -61,7 +62,8 @@ def _fingerprint_loop(config: dict) -> None:
             "masks": _digest([(k, v) for k, v in state if k.endswith("_mask")]),
             "n_masks": sum(k.endswith("_mask") for k, _ in state),
             "weights": _digest(state),
-            "accuracy": [r["accuracy"] for r in outcome.rows],
+            "accuracy": [r["val_accuracy"] for r in outcome.rows],
+            "test": [r.get("test_accuracy") for r in outcome.rows],
             "sparsity": [r["sparsity"] for r in outcome.rows],
         }
     Path(config["dump_dir"], f"rank{rank}.json").write_text(json.dumps(out))

@@ -1,0 +1,106 @@
+"""The layout's rules, checked: reports never need the orchestrator, no import cycle inside
+orchestrator/, modules stay small enough to read, the result contract has one home."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("orchestrator", "pruners", "reports")
+MAX_LINES = 520  # "no module over ~500 lines"
+
+
+def _modules(package: str) -> dict[str, Path]:
+    out = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def test_reports_run_without_the_orchestrator():
+    """Every reports module (the CLI included) imports, and builds a report, with no
+    orchestrator module loaded: reports read results through reports.contract alone."""
+    names = [m for m in _modules("reports") if m != "reports.callback"]  # the Ray callback is the orchestrator's hook
+    code = (
+        "import importlib, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(name)\n"
+        "bad = sorted(m for m in sys.modules if m == 'orchestrator' or m.startswith('orchestrator.'))\n"
+        "print(','.join(bad)); sys.exit(1 if bad else 0)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"orchestrator modules imported: {proc.stdout.strip()} {proc.stderr[-2000:]}"
+
+
+def _imports(path: Path, known: set[str]) -> set[str]:
+    """Project modules ``path`` imports anywhere (module level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for n in names:
+            while n and n not in known:
+                n = n.rpartition(".")[0]
+            if n:
+                found.add(n)
+    return found
+
+
+def test_no_import_cycle_inside_the_orchestrator():
+    mods = _modules("orchestrator")
+    known = set(mods)
+    graph = {m: _imports(p, known) - {m, "orchestrator"} for m, p in mods.items()}
+    # Depth-first search for a back edge.
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 1:
+                cycle = stack[stack.index(n):] + [n]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_no_module_is_too_long_to_read():
+    long = {str(p.relative_to(ROOT)): n for pkg in PACKAGES for p in _modules(pkg).values()
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"split these modules by job: {long}"
+
+
+def test_the_result_contract_lives_in_one_module():
+    """Metric keys, the kept-epoch rule and the ledger reader are defined once
+    (reports/contract.py); other modules import them."""
+    for pkg in PACKAGES:
+        for name, path in _modules(pkg).items():
+            if name == "reports.contract":
+                continue
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Assign):
+                    targets = [t.id for t in node.targets if isinstance(t, ast.Name)]
+                    assert not {"METRIC_KEYS", "CONFIG_ORDER", "SPARSITY_ATOL"} & set(targets), (name, targets)
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                    assert node.name not in {"KeptEpoch", "kept_epoch", "read_events", "trial_states",
+                                             "BestModelRule", "_chosen_epoch"}, (name, node.name)
