@@ -146,6 +146,7 @@ class OptimizerSettings(_Model):
     weight_decay: float = Field(5e-4, ge=0.0)
     nesterov: bool = False
     lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="before")
     @classmethod
@@ -182,11 +183,15 @@ class SpaceConfig(_Model):
 
     criterion: SearchedNames = Choice(("magnitude", "taylor", "random"))
     granularity: SearchedNames = Choice(("unstructured", "structured"))
-    scope: SearchedNames = Choice(("global",))
+    scope: SearchedNames = Choice(("global", "layerwise"))
     threshold_rule: SearchedNames = Choice(("fraction",))
     amount: Searched = Range(0.3, 0.8)
     schedule: SearchedNames = Choice(("one_shot", "gradual"))
     lr: Searched = Range(0.001, 0.05, log=True)
+    #: Weight of knowledge distillation from the dense model while fine-tuning (0: off).
+    distill: Searched = Fixed(0.0)
+    #: Fraction of its units every layer keeps (a global ranking cannot empty a layer).
+    min_keep: Searched = Fixed(0.1)
 
     @model_validator(mode="after")
     def _names_and_values(self) -> SpaceConfig:
@@ -201,6 +206,10 @@ class SpaceConfig(_Model):
                 raise ConfigError(f"{key}.lr: got {typename(v)} {fmt(v)}; expected a number")
             if v < 0:  # lr 0 = prune without fine-tuning (a log range cannot start there)
                 raise ConfigError(f"{key}.lr: {fmt(v)} is out of range; must be >= 0")
+        for name in ("distill", "min_keep"):
+            for v in values_of(getattr(self, name)):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                    raise ConfigError(f"{key}.{name}: {fmt(v)} is out of range; must be a fraction in [0, 1)")
         p = _pruners()
         _check_names(f"{key}.criterion", self.criterion, list(p.list_criteria()))
         _check_names(f"{key}.granularity", self.granularity, list(p.GRANULARITIES))
@@ -235,6 +244,8 @@ class SearchSettings(_Model):
     criterion_params: ParamTable = Field(default_factory=dict)
     epochs: Searched = Fixed(3)
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
+    #: Temperature of the distillation term (``space.distill`` > 0).
+    distill_temperature: float = Field(4.0, gt=0.0)
 
     @field_validator("epochs")
     @classmethod
@@ -379,6 +390,9 @@ class ResourcesConfig(_Model):
     gpus_per_worker: float | None = Field(None, ge=0.0)
     driver_cpus: float = Field(0.1, ge=0.01)
     max_concurrent_trials: int | None = Field(None, ge=1)
+    #: Retries of a trial after a failure outside its code (a lost worker or node, a process
+    #: killed for memory), each from the trial's last finished epoch.
+    max_failures: int = Field(2, ge=0)
     cluster: ClusterSpec | None = None
 
     @model_validator(mode="after")

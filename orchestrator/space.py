@@ -103,7 +103,7 @@ def flat_space(search: Any, methods: list[tuple[str, str, str]] | None = None) -
     keys = [method_key(*m) for m in methods]
     space = search.space
     out: dict[str, Param] = {"method": Choice(tuple(keys)) if len(keys) > 1 else Fixed(keys[0])}
-    for name in ("scope", "threshold_rule", "amount", "lr"):
+    for name in ("scope", "threshold_rule", "amount", "lr", "distill", "min_keep"):
         out[name] = getattr(space, name)
     out["epochs"] = search.epochs
     for s in sorted({m[2] for m in methods}):
@@ -148,6 +148,8 @@ class TrialSettings:
     criterion_params: dict[str, Any]
     lr: float
     epochs: int
+    distill: float = 0.0
+    min_keep: float = 0.0
 
     @property
     def method(self) -> str:
@@ -164,6 +166,8 @@ class TrialSettings:
             "schedule": self.schedule,
             "lr": self.lr,
             "epochs": self.epochs,
+            "distill": self.distill,
+            "min_keep": self.min_keep,
         }
         row.update({f"schedule.{k}": v for k, v in self.schedule_params.items()})
         row.update({f"criterion.{k}": v for k, v in self.criterion_params.items()})
@@ -188,4 +192,6 @@ def decode_trial(flat: Mapping[str, Any]) -> TrialSettings:
         criterion_params={k[len(cprefix):]: v for k, v in flat.items() if k.startswith(cprefix)},
         lr=float(flat["lr"]),
         epochs=int(flat["epochs"]),
+        distill=float(flat.get("distill", 0.0)),
+        min_keep=float(flat.get("min_keep", 0.0)),
     )

@@ -19,6 +19,7 @@ is the only link to a tuner.
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -41,9 +42,23 @@ from pruners.spec import LR_SCHEDULES, OPTIMIZERS, OptimizerConfig, PruneSpec
 __all__ = ["LR_SCHEDULES", "OPTIMIZERS", "OptimizerConfig", "PruneSpec", "evaluate", "finetune"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-#: ``checkpoint(model, row, file)``: ``file`` is the model's saved file measured for ``row``
-#: (valid during the call; None on ranks other than 0), e.g. to keep the best one.
-Checkpoint = Callable[[nn.Module, dict[str, Any], "str | None"], Any]
+#: ``checkpoint(model, row, file, state)``: ``file`` is the model's saved file measured for
+#: ``row`` (valid during the call; None on ranks other than 0), e.g. to keep the best one;
+#: ``state()`` returns everything needed to continue after this epoch (``resume=``).
+Checkpoint = Callable[[nn.Module, dict[str, Any], "str | None", Callable[[], dict[str, Any]]], Any]
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def evaluate(
@@ -94,6 +109,10 @@ def finetune(
     accuracy_target: float | None = None,
     seed: int = 0,
     artifact_metadata: dict[str, Any] | None = None,
+    teacher: nn.Module | None = None,
+    distill: float = 0.0,
+    temperature: float = 4.0,
+    resume: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Prune ``model`` on ``schedule`` while fine-tuning it; report metrics once per epoch.
 
@@ -138,6 +157,15 @@ def finetune(
         seed: Seed of the calibration draws.
         artifact_metadata: JSON-serialisable information stored in every epoch's saved file
             (``pruners.load_metadata`` reads it; e.g. the config that produced the model).
+        teacher: A model to distil from (Hinton et al. 2015), typically the dense model the
+            pruned one started as; frozen, in eval mode.
+        distill: Weight of the distillation term in [0, 1): the loss is
+            ``(1 - distill) * loss_fn + distill * T^2 * KL(teacher_T || student_T)``.
+        temperature: ``T``, softening both distributions.
+        resume: A ``state()`` an earlier run's ``checkpoint`` received: ``model`` must be the
+            model that run started from; training continues after that epoch and ends
+            bit-identical to a run never interrupted (weights, masks, structure, gates,
+            optimizer, learning-rate position, data order, random number generators).
 
     Returns:
         The pruned, fine-tuned model in eval mode (a ``DistributedDataParallel`` again if
@@ -149,6 +177,9 @@ def finetune(
     """
     if not isinstance(optimizer, OptimizerConfig):
         raise ValueError(f"optimizer must be a pruners.OptimizerConfig, got {type(optimizer).__name__}")
+    if not 0 <= distill < 1 or (distill > 0 and teacher is None) or not temperature > 0:
+        raise ValueError(f"distill must be in [0, 1) with a teacher and temperature > 0, got distill={distill!r}, "
+                         f"teacher={'given' if teacher is not None else None}, temperature={temperature!r}")
     _check_ints(epochs=epochs, calibration_batches=calibration_batches,
                 latency_batch_size=latency_batch_size, latency_repeats=latency_repeats)
     steps_per_epoch = len(train_loader) if hasattr(train_loader, "__len__") else None  # type: ignore[arg-type]
@@ -157,6 +188,10 @@ def finetune(
     if device is not None:
         net.to(device)
     dev = device_of(net)
+    if teacher is not None:
+        teacher = unwrap(teacher).to(dev).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
     example = move_to(example_inputs, dev)
     main_rank = _dist.rank() == 0
 
@@ -178,8 +213,26 @@ def finetune(
         # keeps every submodule's own flag (a BatchNorm the user froze stays frozen).
         if not pruner.module.training:
             pruner.module.train()
-        step = 0
-        for epoch in range(1, epochs + 1):
+        step, first = 0, 1
+        if resume is not None:
+            pruner.load_state_dict(resume["pruner"])
+            pruner.module.load_state_dict(resume["model"])
+            opt.load_state_dict(resume["optimizer"])
+            _set_rng_state(resume["rng"])
+            step, first = int(resume["step"]), int(resume["epoch"]) + 1
+            if first > epochs:
+                pruner.finalize()
+
+        def state_after(epoch: int) -> Callable[[], dict[str, Any]]:
+            # Taken lazily (only when the caller keeps a checkpoint), but at this epoch's end.
+            # Copies throughout: the optimizer's and pruner's state dicts hold the live tensors,
+            # which the next epoch would change under a caller keeping the state in memory.
+            snapshot = {"epoch": epoch, "step": step, "rng": _rng_state()}
+            return lambda: copy.deepcopy({
+                **snapshot, "pruner": pruner.state_dict(), "optimizer": opt.state_dict(),
+                "model": {k: v.detach().cpu() for k, v in pruner.module.state_dict().items()}})
+
+        for epoch in range(first, epochs + 1):
             sampler = getattr(train_loader, "sampler", None)
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle every epoch
@@ -190,7 +243,14 @@ def finetune(
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(pruner.model(x), y)
+                out = pruner.model(x)
+                loss = loss_fn(out, y)
+                if distill > 0:
+                    with torch.no_grad():
+                        soft = F.log_softmax(teacher(x) / temperature, dim=1)  # type: ignore[misc]
+                    kd = F.kl_div(F.log_softmax(out / temperature, dim=1), soft, log_target=True,
+                                  reduction="batchmean") * temperature**2
+                    loss = (1 - distill) * loss + distill * kd
                 penalty = pruner.penalty()
                 if penalty is not None:
                     loss = loss + penalty
@@ -226,7 +286,7 @@ def finetune(
             }
             report(row)
             if checkpoint is not None:
-                checkpoint(pruner.model, row, artifact if main_rank else None)
+                checkpoint(pruner.model, row, artifact if main_rank else None, state_after(epoch))
             if main_rank:
                 os.unlink(artifact)
     return pruner.model

@@ -17,6 +17,7 @@ ranks that share statistics make identical choices.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -209,6 +210,7 @@ def prune(
     example_inputs: Any,
     calibration: Iterable[Batch] | None = None,
     ignore: Iterable[str] | None = None,
+    min_keep: float = 0.0,
 ) -> PruneReport:
     """Prune ``model`` in place.
 
@@ -220,7 +222,9 @@ def prune(
         granularity: ``unstructured`` (mask weights) or ``structured`` (remove channels /
             heads physically).
         amount: The threshold value; its meaning is ``threshold_rule``'s.
-        threshold_rule: ``fraction``, ``absolute``, ``mean_std`` or ``sensitivity``.
+        threshold_rule: ``fraction``, ``absolute``, ``mean_std``, ``sensitivity``, or a cost
+            rule: ``flops_cut`` / ``params_cut`` (``amount`` is the factor by which FLOPs or
+            nonzero parameters must fall, from the model as given: ``pruners.targets``).
         scope: ``global`` (one ranking over all layers) or ``layerwise`` (the rule applied
             to every layer separately).
         example_inputs: A batch the model accepts (tensor, tuple of args, or kwargs dict);
@@ -228,6 +232,9 @@ def prune(
         calibration: Iterable of ``(inputs, targets)`` batches, required by data-driven
             criteria.
         ignore: Dotted module names never pruned (with their submodules).
+        min_keep: Fraction of its units (weights, channels or heads) every layer keeps in
+            this call, whatever the scope (0: at least one), so a global ranking cannot
+            empty a layer; the best-scored units are the ones kept back.
 
     Returns:
         A :class:`PruneReport` with requested vs achieved fractions overall and per layer.
@@ -239,14 +246,30 @@ def prune(
     crit, owned = _resolve_criterion(criterion)
     _check_granularity(crit, granularity)
     check_choice("scope", scope, SCOPES)
-    value = get_threshold_rule(threshold_rule).validate(amount)
+    rule = get_threshold_rule(threshold_rule)
+    value = rule.validate(amount)
+    if rule.kind == "cost":
+        from pruners.targets import model_cost, prune_to_cost
+
+        target = model_cost(unwrap(model), example_inputs, threshold_rule, granularity) / value
+        rep, _ = prune_to_cost(model, target_cost=target, rule=threshold_rule, criterion=crit, granularity=granularity,
+                               example_inputs=example_inputs, scope=scope, calibration=calibration, ignore=ignore,
+                               min_keep=min_keep)
+        if owned:
+            crit.detach(unwrap(model), fold=True)
+        if rep is None:
+            raise ValueError(f"the model already meets {threshold_rule} {value:g}; nothing to prune")
+        return PruneReport(**{**rep.to_dict(), "criterion": crit.name, "threshold_rule": threshold_rule,
+                              "requested": value, "layers": rep.layers, "structural_ops": rep.structural_ops})
     with _prepared(model, crit, owned, example_inputs, calibration, ignore, fold=True) as (net, ignored):
         ops: list[dict[str, Any]] = []
+        if not 0 <= min_keep < 1:
+            raise ValueError(f"min_keep must be a fraction in [0, 1), got {min_keep!r}")
         if granularity == "unstructured":
-            layers, requested_units = _prune_unstructured(net, crit, value, threshold_rule, scope, ignored)
+            layers, requested_units = _prune_unstructured(net, crit, value, threshold_rule, scope, ignored, min_keep)
         else:
             layers, requested_units = _prune_structured(
-                net, crit, value, threshold_rule, scope, ignored, example_inputs, ops
+                net, crit, value, threshold_rule, scope, ignored, example_inputs, ops, min_keep
             )
     before = sum(r.units_before for r in layers)
     after = sum(r.units_after for r in layers)
@@ -309,8 +332,28 @@ def _weight_scores(crit: Criterion, module: nn.Module, weight: torch.Tensor) -> 
     return s
 
 
+def keep_at_least(sel: torch.Tensor, scores: torch.Tensor, keep: int, fixed: torch.Tensor | None = None) -> torch.Tensor:
+    """``sel`` (True = remove) with its best-scored selected units kept back until at least
+    ``keep`` units remain. ``fixed`` units (removed before) stay removed."""
+    n = sel.numel()
+    over = int(sel.sum()) - (n - keep)
+    if over <= 0:
+        return sel
+    sel = sel.clone()
+    candidates = sel if fixed is None else sel & ~fixed
+    ranked = torch.where(candidates, scores.to(torch.float64), torch.tensor(float("-inf"), dtype=torch.float64))
+    back = torch.sort(ranked, descending=True, stable=True).indices[: min(over, int(candidates.sum()))]
+    sel[back] = False
+    return sel
+
+
+def _layer_keep(n: int, min_keep: float) -> int:
+    return max(1, math.ceil(min_keep * n))
+
+
 def _prune_unstructured(
-    model: nn.Module, crit: Criterion, value: float, rule: str, scope: str, ignored: set[nn.Module]
+    model: nn.Module, crit: Criterion, value: float, rule: str, scope: str, ignored: set[nn.Module],
+    min_keep: float = 0.0,
 ) -> tuple[list[LayerReport], int]:
     targets = prunable_weights(model, ignored)
     if not targets:
@@ -326,13 +369,12 @@ def _prune_unstructured(
     layers = []
     for (name, module), s, old, new in zip(targets, scores, removed, masks):
         n = new.numel()
+        # A layer with no weight left disconnects the network: it keeps its best weights
+        # (min_keep of them, at least one), among those still there (masked ones stay masked).
+        new = keep_at_least(new, s, _layer_keep(n, min_keep), fixed=old)
         if bool(new.all()):
-            # A layer with no weight left disconnects the network: keep its best weight,
-            # among those still there (a weight masked before stays masked).
             new = new.clone()
-            alive = ~old
-            best = torch.where(alive, s, float("-inf")).argmax() if bool(alive.any()) else s.argmax()
-            new[int(best)] = False
+            new[int(s.argmax())] = False
         keep = (~new).view_as(module.weight).to(module.weight.device)
         _set_mask(module, keep)
         after = int((~new).sum())
@@ -464,6 +506,7 @@ def _prune_structured(
     ignored: set[nn.Module],
     example_inputs: Any,
     ops: list[dict[str, Any]] | None = None,
+    min_keep: float = 0.0,
 ) -> tuple[list[LayerReport], int]:
     masked = [n for n, m in model.named_modules() if hasattr(m, "weight_mask")]
     if masked:
@@ -495,10 +538,8 @@ def _prune_structured(
     layers: list[LayerReport] = []
     for u, sel in zip(units, selections):
         n = u.scores.numel()
-        if bool(sel.all()):
-            # Never empty a layer: keep its best unit.
-            sel = sel.clone()
-            sel[int(torch.argmax(u.scores))] = False
+        # Never empty a layer: it keeps its best units (min_keep of them, at least one).
+        sel = keep_at_least(sel, u.scores, _layer_keep(n, min_keep))
         idxs = sel.nonzero().flatten().tolist()
         done = 0
         if idxs and u.kind == "heads":

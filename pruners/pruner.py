@@ -49,6 +49,8 @@ from pruners.criteria.base import eval_mode
 from pruners.prune import PruneReport, find_classifier, prune, replay_structural
 from pruners.schedules import Schedule
 from pruners.spec import PruneSpec
+from pruners.targets import model_cost, prune_to_cost
+from pruners.thresholds import get_threshold_rule
 
 __all__ = ["Pruner", "achieved_sparsity", "prunable_weight_counts"]
 
@@ -169,6 +171,7 @@ class Pruner:
         if not isinstance(spec, PruneSpec):
             raise ValueError(f"spec must be a pruners.PruneSpec, got {type(spec).__name__}")
         self.spec, self.schedule = spec, schedule
+        self._cost_rule = get_threshold_rule(spec.threshold_rule).kind == "cost"
         self.crit: Criterion = spec.make_criterion()
         self._check(total_steps, calibration_batches, accuracy_target, evaluate)
         self.accuracy_target, self.evaluate = accuracy_target, evaluate
@@ -186,6 +189,9 @@ class Pruner:
                     "pruners.convert_attention(model) (self-attention layers are replaced)"
                 )
         self.reference = prunable_weight_counts(self.module, self.example, spec.ignore)
+        # A cost rule ramps the model's cost down from what it is now (the dense model).
+        self.dense_cost = model_cost(self.module, self.example, spec.threshold_rule, spec.granularity) \
+            if self._cost_rule else None
         self.calibration = (
             CalibrationBatches(calibration, calibration_batches, self._device, seed=seed)
             if calibration is not None else None
@@ -225,6 +231,11 @@ class Pruner:
             raise ValueError(
                 f"spec.amount {spec.amount} must equal the schedule's target {schedule.target} for the "
                 "fraction rule (the schedule ramps to it)"
+            )
+        if self._cost_rule and abs((1 - 1 / spec.amount) - schedule.target) > 1e-9:
+            raise ValueError(
+                f"a {spec.threshold_rule} of {spec.amount:g} removes 1 - 1/{spec.amount:g} = {1 - 1 / spec.amount:.6g} of "
+                f"the cost: the schedule's target must be that (the schedule ramps the cost down), got {schedule.target}"
             )
         if isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int) or calibration_batches < 1:
             raise ValueError(f"calibration_batches must be an integer >= 1, got {calibration_batches!r}")
@@ -319,7 +330,7 @@ class Pruner:
         """``sparsity`` (achieved, of the prunable weights), ``requested_sparsity``,
         ``units_pruned`` (fraction of prunable units removed) and ``step``."""
         s_last = self.steps - 1 - self.crit.warmup_steps  # the schedule step of the last call
-        if self.spec.threshold_rule == "fraction":
+        if self.spec.threshold_rule == "fraction" or self._cost_rule:
             requested = self.schedule.sparsity_at(s_last) if s_last >= 0 else 0.0
         else:
             requested = self.requested_units
@@ -342,6 +353,17 @@ class Pruner:
                 crit.prepare(self.module, calibration)
                 regrow(self.module, crit, self.schedule.regrow_fraction, spec.scope)  # type: ignore[attr-defined]
                 return
+            if self._cost_rule:
+                desired = self.dense_cost * (1.0 - self.schedule.sparsity_at(s))  # type: ignore[operator]
+                rep, _ = prune_to_cost(
+                    self.module, target_cost=desired, rule=spec.threshold_rule, criterion=crit,
+                    granularity=spec.granularity, example_inputs=self.example, scope=spec.scope,
+                    calibration=calibration, ignore=spec.ignore, min_keep=spec.min_keep,
+                )
+                if rep is None:
+                    return  # the cost is already there
+                self._record(rep)
+                return
             amount = spec.amount
             if spec.threshold_rule == "fraction":
                 target = self.schedule.sparsity_at(s)
@@ -355,8 +377,12 @@ class Pruner:
             rep = prune(
                 self.module, criterion=crit, granularity=spec.granularity, amount=amount,
                 threshold_rule=spec.threshold_rule, scope=spec.scope, example_inputs=self.example,
-                calibration=calibration, ignore=spec.ignore,
+                calibration=calibration, ignore=spec.ignore, min_keep=spec.min_keep,
             )
+        self._record(rep)
+
+    def _record(self, rep: PruneReport) -> None:
+        spec = self.spec
         if rep.structural_ops:
             self.ops.append([dict(op) for op in rep.structural_ops])
         if self.units_orig is None:

@@ -39,6 +39,8 @@ class PruneSpec:
         scope: ``global`` or ``layerwise``.
         ignore: Dotted module names never pruned.
         params: Keyword parameters of the criterion (e.g. ``{"penalty": 1e-4}``).
+        min_keep: Fraction of its units every layer keeps, whatever the scope (0: one
+            unit): a global ranking cannot empty a layer.
     """
 
     criterion: str
@@ -48,8 +50,11 @@ class PruneSpec:
     scope: str = "global"
     ignore: tuple[str, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
+    min_keep: float = 0.0
 
     def __post_init__(self) -> None:
+        if not _is_number(self.min_keep) or not 0 <= self.min_keep < 1:
+            raise ValueError(f"min_keep must be a fraction in [0, 1), got {self.min_keep!r}")
         check_choice("criterion", self.criterion, list_criteria())
         check_choice("granularity", self.granularity, GRANULARITIES)
         check_choice("threshold rule", self.threshold_rule, list_threshold_rules())
@@ -88,6 +93,9 @@ class OptimizerConfig:
         weight_decay: L2 / decoupled weight decay (>= 0).
         nesterov: SGD Nesterov momentum (needs momentum > 0).
         lr_schedule: ``constant`` or ``cosine`` (cosine decay to 0 over all optimizer steps).
+        warmup: Fraction of the optimizer steps over which the learning rate ramps linearly
+            from 0 to ``lr`` before the schedule (0: none). Warm-up then cosine annealing is
+            the one-cycle recipe short fine-tuning runs use.
     """
 
     name: str = "sgd"
@@ -96,6 +104,7 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     nesterov: bool = False
     lr_schedule: str = "constant"
+    warmup: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.name, OPTIMIZERS)
@@ -104,6 +113,7 @@ class OptimizerConfig:
             ("lr", _is_number(self.lr) and self.lr >= 0, "a number >= 0 (0 = prune without fine-tuning)"),
             ("momentum", _is_number(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)"),
             ("weight_decay", _is_number(self.weight_decay) and self.weight_decay >= 0, ">= 0"),
+            ("warmup", _is_number(self.warmup) and 0 <= self.warmup < 1, "a fraction of the steps in [0, 1)"),
         ):
             if not ok:
                 raise ValueError(f"optimizer {key} must be {allowed}, got {getattr(self, key)!r}")
@@ -123,9 +133,15 @@ class OptimizerConfig:
 
     def lr_at(self, step: int, total_steps: int | None) -> float:
         """Learning rate of optimizer step ``step`` (a pure function, like nanoGPT's)."""
-        if self.lr_schedule == "constant" or not total_steps:
+        if not total_steps:
             return self.lr
-        return 0.5 * self.lr * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        warm = int(self.warmup * total_steps)
+        if step < warm:
+            return self.lr * (step + 1) / warm
+        if self.lr_schedule == "constant":
+            return self.lr
+        t = min(step - warm, total_steps - warm) / max(total_steps - warm, 1)
+        return 0.5 * self.lr * (1.0 + math.cos(math.pi * t))
 
 
 def _is_number(v: Any) -> bool:

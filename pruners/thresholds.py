@@ -9,6 +9,10 @@ number ``value`` is a trial's ``amount``; its meaning is the rule's:
 * ``mean_std``: remove every unit strictly below ``mean - value * std`` (population std).
 * ``sensitivity``: normalise the scores to sum to one and remove the lowest-scoring units
   while their cumulative normalised mass stays ``<= value``; ``value`` in ``[0, 1)``.
+* ``flops_cut``, ``params_cut`` (*cost* rules): remove as few units as it takes for FLOPs
+  (sparsity-aware FLOPs for unstructured pruning) or nonzero parameters to fall by the
+  factor ``value`` > 1 (``pruners.targets``): the cut a user asks for, whatever the number
+  of channels it takes.
 
 Ties are broken by position (a stable sort), so the same scores always give the same mask,
 which keeps every DDP rank identical. Rules never see the structure of a model: ``prune``
@@ -30,11 +34,16 @@ Rule = Callable[[torch.Tensor, float], torch.Tensor]
 
 @dataclass(frozen=True)
 class ThresholdRule:
-    """A registered rule: the mask function and the valid range of its value."""
+    """A registered rule: the mask function and the valid range of its value.
+
+    ``kind`` is ``score`` (a mask over one scope's scores) or ``cost`` (a target on the
+    whole model's cost, which ``pruners.prune`` meets by bisection: no mask function).
+    """
 
     name: str
-    fn: Rule
+    fn: Rule | None
     check: Callable[[float], str | None]
+    kind: str = "score"
 
     def validate(self, value: float) -> float:
         """Return ``value`` as a float, or raise ``ValueError`` saying what is allowed."""
@@ -48,6 +57,8 @@ class ThresholdRule:
         return v
 
     def __call__(self, scores: torch.Tensor, value: float) -> torch.Tensor:
+        if self.fn is None:
+            raise ValueError(f"threshold {self.name!r} targets the model's cost; pruners.prune applies it")
         v = self.validate(value)
         s = _as_scores(scores)
         return self.fn(s, v)
@@ -142,6 +153,24 @@ def sensitivity(scores: torch.Tensor, value: float) -> torch.Tensor:
     # Tolerance so that a mass that is exactly `value` up to rounding counts as <= value.
     k = int((cum <= value + 1e-9).sum())
     return lowest(scores, k)
+
+
+def _factor(v: float) -> str | None:
+    return None if math.isfinite(v) and v > 1 else "must be a reduction factor > 1 (e.g. 4 for 4x fewer)"
+
+
+for _cost_rule in ("flops_cut", "params_cut"):
+    THRESHOLD_RULES.register(_cost_rule)(ThresholdRule(_cost_rule, None, _factor, kind="cost"))
+
+
+def schedule_target(rule: str, amount: float) -> float:
+    """The sparsity a schedule ramps to for ``rule`` at ``amount``: the fraction itself, the
+    share of the cost a cost rule removes (``1 - 1/factor``), or 0 for the other rules
+    (they apply ``amount`` at every update; the schedule only times the updates)."""
+    r = get_threshold_rule(rule)
+    if r.kind == "cost":
+        return 1.0 - 1.0 / float(amount)
+    return float(amount) if rule == "fraction" else 0.0
 
 
 def list_threshold_rules() -> list[str]:

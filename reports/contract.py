@@ -87,6 +87,7 @@ DECISION_METRICS: tuple[str, ...] = tuple(k for k in METRIC_KEYS if k not in TES
 INTEGER_METRICS = frozenset({"params", "params_nonzero", "size_bytes"})
 #: Other keys a result row may carry (kept in the ledger and the tables).
 EXTRA_KEYS: tuple[str, ...] = (
+    "kept",
     "step",
     "units_pruned",
     "pruning_stopped",
@@ -106,6 +107,8 @@ CONFIG_ORDER: tuple[str, ...] = (
     "schedule",
     "lr",
     "epochs",
+    "distill",
+    "min_keep",
 )
 
 FINISHED_STATUSES: tuple[str, ...] = ("completed", "stopped", "errored")

@@ -375,13 +375,13 @@ def test_flat_space_keys_and_decoding_cover_every_method():
     )
     space = flat_space(cfg.search)
     assert set(space) == {
-        "method", "scope", "threshold_rule", "amount", "lr", "epochs",
+        "method", "scope", "threshold_rule", "amount", "lr", "epochs", "distill", "min_keep",
         "schedule.iterative.rounds", "schedule.iterative.interval_epochs",
         "schedule.gradual.start_epoch", "schedule.gradual.end_epoch",
         "schedule.gradual.interval_epochs", "schedule.gradual.initial",
         "criterion.slimming.penalty",
     }
-    assert space["scope"] == Fixed("global")  # a one-value list is not searched
+    assert space["threshold_rule"] == Fixed("fraction")  # a one-value list is not searched
     assert isinstance(space["method"], Choice) and len(space["method"].values) == 6
     for method in space["method"].values:
         sample = {k: (p.values[-1] if isinstance(p, Choice) else p.low if isinstance(p, Range) else p.value)
@@ -405,6 +405,7 @@ def test_grid_size_counts_every_searched_choice():
             "space": {
                 "criterion": ["magnitude", "random"],
                 "granularity": ["unstructured"],
+                "scope": ["global"],
                 "schedule": ["one_shot", "iterative"],
                 "amount": [0.3, 0.6, 0.9],
                 "lr": [0.01, 0.1],

@@ -123,7 +123,7 @@ def test_checkpoint_sees_every_reported_row(digits):
     seen: list[tuple[nn.Module, dict]] = []
     model, rows, _ = _run(
         digits, PruneSpec("magnitude", amount=0.5), pruners.make_schedule("one_shot", target=0.5),
-        image=False, epochs=2, checkpoint=lambda m, row, path: seen.append((m, dict(row), path)),
+        image=False, epochs=2, checkpoint=lambda m, row, path, state: seen.append((m, dict(row), path)),
     )
     assert [row for _, row, _ in seen] == rows
     assert all(m is model for m, _, _ in seen)
@@ -134,7 +134,7 @@ def test_checkpoint_sees_every_reported_row(digits):
 def test_each_rows_size_is_the_file_handed_to_checkpoint(digits, tmp_path):
     sizes = []
 
-    def keep(model: nn.Module, row: dict, path: str) -> None:
+    def keep(model: nn.Module, row: dict, path: str, state) -> None:
         sizes.append((row["size_bytes"], os.path.getsize(path)))
 
     _run(digits, PruneSpec("magnitude", amount=0.8), pruners.make_schedule("one_shot", target=0.8),
@@ -153,7 +153,7 @@ def test_models_saved_mid_training_load_and_match(digits, tmp_path, spec, schedu
     outputs = []
     x = torch.randn(3, 1, 8, 8) if image else torch.randn(3, 64)
 
-    def save(model: nn.Module, row: dict, _file: str) -> None:
+    def save(model: nn.Module, row: dict, _file: str, _state) -> None:
         path = tmp_path / f"epoch{row['epoch']}.pt2"
         pruners.save(model, path, x[:1])
         model.eval()
@@ -168,12 +168,52 @@ def test_models_saved_mid_training_load_and_match(digits, tmp_path, spec, schedu
         torch.testing.assert_close(loaded, live)
 
 
+@pytest.mark.parametrize(("spec", "schedule", "image"), [
+    (PruneSpec("magnitude", amount=0.8), dict(name="dynamic", target=0.8, interval=5, regrow_fraction=0.2,
+                                              end_step=3 * STEPS), False),
+    (PruneSpec("taylor", "structured", amount=0.5), dict(name="iterative", target=0.5, rounds=3, interval=STEPS),
+     True),
+])
+def test_resume_from_an_epochs_state_ends_as_if_never_interrupted(digits, spec, schedule, image):
+    """A trial retried after a lost node continues from its last epoch's ``state()``:
+    masks, regrowth, structure, optimizer, lr position, data order and RNGs all carry over."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    x = digits["x"].view(-1, 1, 8, 8) if image else digits["x"]
+    train_set = TensorDataset(x[:1280], digits["y"][:1280])
+    test = DataLoader(TensorDataset(x[1280:], digits["y"][1280:]), batch_size=256)
+
+    def run(resume=None, states=None):
+        torch.manual_seed(0)
+        model = ResidualCNN(width=12) if image else MLP(hidden=64)
+        sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=3)
+        train = DataLoader(train_set, batch_size=64, sampler=sampler)
+        rows: list[dict] = []
+        sched = dict(schedule)
+        out = finetune(
+            model, train, test, spec=spec, schedule=pruners.make_schedule(sched.pop("name"), **sched),
+            epochs=EPOCHS, optimizer=OptimizerConfig(name="sgd", lr=0.05, momentum=0.9, lr_schedule="cosine"),
+            report=rows.append, example_inputs=x[:1], latency_repeats=1, resume=resume, seed=1,
+            checkpoint=None if states is None else (lambda m, row, f, state: states.append(state())),
+        )
+        return out, rows
+
+    states: list[dict] = []
+    full, rows = run(states=states)
+    resumed, rest = run(resume=states[0])  # as if the node died during epoch 2
+    assert [r["epoch"] for r in rest] == [2, 3]
+    assert rest[-1]["val_accuracy"] == rows[-1]["val_accuracy"]
+    assert rest[-1]["sparsity"] == rows[-1]["sparsity"] and rest[-1]["flops"] == rows[-1]["flops"]
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_dynamic_regrows_weights_and_keeps_the_sparsity(digits):
     sched = pruners.make_schedule("dynamic", target=0.8, interval=5, regrow_fraction=0.2,
                                   end_step=2 * STEPS)
     masks: list[dict[str, torch.Tensor]] = []
 
-    def snapshot(model: nn.Module, row: dict, _file: str) -> None:
+    def snapshot(model: nn.Module, row: dict, _file: str, _state) -> None:
         masks.append({n: b.clone() for n, b in model.named_buffers() if n.endswith("_mask")})
 
     model, rows, _ = _run(digits, PruneSpec("magnitude", amount=0.8), sched, image=False,

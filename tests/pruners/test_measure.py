@@ -130,7 +130,9 @@ def test_reference_is_timed_alongside(tmp_path):
     pruned = MLP(hidden=64)
     torch_prune.l1_unstructured(pruned.net[1], "weight", amount=0.8)
     m = measure(pruned, torch.randn(1, 64), reference=ref, latency_repeats=5, warmup=1)
-    assert m.dense_latency_ms > 0 and m.speedup == pytest.approx(m.dense_latency_ms / m.latency_ms)
+    assert m.dense_latency_ms > 0 and m.speedup > 0
+    # The speedup is paired (pass by pass), so it tracks the ratio of the medians loosely.
+    assert 0.3 < m.speedup / (m.dense_latency_ms / m.latency_ms) < 3
     assert measure(pruned, torch.randn(1, 64), latency_repeats=2).speedup is None
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pruners
-from pruners.thresholds import select
+from pruners.thresholds import get_threshold_rule, select
 from tests.pruners.models import MLP, ResidualCNN, cnn_batch, mlp_batch
 
 MODELS = {"cnn": (ResidualCNN, cnn_batch), "mlp": (MLP, mlp_batch)}
@@ -181,8 +181,11 @@ def test_absolute_and_mean_std_rules_on_structured_scores():
 RULE_VALUES = {"fraction": 0.3, "absolute": "median", "mean_std": 0.5, "sensitivity": 0.2}
 
 
+SCORE_RULES = [r for r in pruners.list_threshold_rules() if get_threshold_rule(r).kind == "score"]
+
+
 @pytest.mark.parametrize("granularity", pruners.GRANULARITIES)
-@pytest.mark.parametrize("rule", pruners.list_threshold_rules())
+@pytest.mark.parametrize("rule", SCORE_RULES)
 def test_every_threshold_rule_removes_exactly_what_it_selects(rule, granularity):
     m = MLP()
     x, _ = mlp_batch()
@@ -196,6 +199,29 @@ def test_every_threshold_rule_removes_exactly_what_it_selects(rule, granularity)
     assert r.requested_fraction == pytest.approx(expect / flat.numel())
     assert r.units_before - r.units_after == expect > 0
     assert r.achieved == pytest.approx(expect / flat.numel())
+
+
+@pytest.mark.parametrize("granularity", pruners.GRANULARITIES)
+@pytest.mark.parametrize(("rule", "factor"), [("flops_cut", 3.0), ("params_cut", 2.5)])
+def test_cost_rules_cut_the_cost_by_the_factor_asked(rule, factor, granularity):
+    """A user asks for 3x fewer FLOPs, not for a fraction of channels: the fraction is found
+    (by bisection on copies) so the cost falls by the factor, within one unit's worth."""
+    m = ResidualCNN(width=16)
+    x = cnn_batch(1)[0]
+
+    def cost(model):
+        got = pruners.measure(model, x, files=False)
+        if rule == "params_cut":
+            return got.params_nonzero
+        return got.flops if granularity == "structured" else got.flops_sparse
+
+    before = cost(m)
+    r = pruners.prune(m, criterion="magnitude", granularity=granularity, amount=factor, threshold_rule=rule,
+                      example_inputs=x)
+    cut = before / cost(m)
+    assert (r.threshold_rule, r.requested) == (rule, factor)
+    assert factor * 0.99 <= cut <= factor * 1.35, cut  # channels are discrete
+    assert m(x).shape == (1, 10)
 
 
 def test_ddp_style_wrapper_is_unwrapped():

@@ -167,3 +167,70 @@ def test_calibration_draws_are_reproducible_and_fresh():
     assert not torch.equal(first[0][0], second[0][0])  # a new draw each time
     b.load_state_dict(a.state_dict())
     assert all(torch.equal(p[0], q[0]) for p, q in zip(a.take(), b.take()))
+
+
+def test_a_cost_target_is_met_at_the_end_of_a_gradual_schedule(data):
+    """flops_cut 3 on a gradual schedule: the FLOPs ramp down, and end 3x below the start."""
+    x, _ = data
+    batches = _batches(data)
+    torch.manual_seed(0)
+    model = ResidualCNN(width=16)
+    dense_flops = pruners.measure(model, x[:1], files=False).flops
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    sched = pruners.make_schedule("gradual", target=1 - 1 / 3, start_step=0, end_step=15, interval=5)
+    pruner = pruners.Pruner(model, PruneSpec("taylor", "structured", amount=3, threshold_rule="flops_cut"), sched,
+                            x[:1], optimizer=opt, calibration=batches)
+    flops = []
+    for xb, yb in batches:
+        loss = F.cross_entropy(pruner.model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if pruner.step():
+            flops.append(pruners.measure(pruner.module, x[:1], files=False).flops)
+    assert flops == sorted(flops, reverse=True) and len(flops) >= 3  # ramped down
+    assert 3 * 0.99 <= dense_flops / flops[-1] <= 3 * 1.3
+    with pytest.raises(ValueError, match="schedule's target must be that"):
+        pruners.Pruner(ResidualCNN(width=16), PruneSpec("magnitude", "structured", amount=3, threshold_rule="flops_cut"),
+                       pruners.make_schedule("one_shot", target=0.5), x[:1])
+
+
+def test_distillation_pulls_the_student_towards_its_teacher(data):
+    x, y = data
+    train = DataLoader(TensorDataset(x[:512], y[:512]), batch_size=64, shuffle=True,
+                       generator=torch.Generator().manual_seed(0))
+    val = [(x[1280:], y[1280:])]
+    torch.manual_seed(0)
+    teacher = ResidualCNN(width=12)
+    for xb, yb in _batches(data):  # a teacher that knows something
+        loss = F.cross_entropy(teacher(xb), yb)
+        loss.backward()
+        with torch.no_grad():
+            for p in teacher.parameters():
+                p -= 0.1 * p.grad
+                p.grad = None
+    gaps = {}
+    for w in (0.0, 0.9):
+        student = copy.deepcopy(teacher)
+        out = pruners.finetune(
+            student, train, val, spec=PruneSpec("magnitude", "structured", amount=0.5),
+            schedule=pruners.make_schedule("one_shot", target=0.5), epochs=1,
+            optimizer=pruners.OptimizerConfig(name="sgd", lr=0.05), report=lambda row: None,
+            example_inputs=x[:1], latency_repeats=1, teacher=teacher if w else None, distill=w,
+        )
+        with torch.no_grad():
+            t, s = F.log_softmax(teacher(x[1280:]), 1), F.log_softmax(out(x[1280:]), 1)
+            gaps[w] = float(F.kl_div(s, t, log_target=True, reduction="batchmean"))
+    assert gaps[0.9] < gaps[0.0]
+    with pytest.raises(ValueError, match="distill must be in"):
+        pruners.finetune(ResidualCNN(width=12), train, val, spec=PruneSpec("magnitude", amount=0.5),
+                         schedule=pruners.make_schedule("one_shot", target=0.5), epochs=1,
+                         optimizer=pruners.OptimizerConfig(), report=lambda row: None, example_inputs=x[:1], distill=0.5)
+
+
+def test_warmup_then_cosine_learning_rate():
+    opt = pruners.OptimizerConfig(lr=0.1, lr_schedule="cosine", warmup=0.1)
+    lrs = [opt.lr_at(s, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)  # linear ramp over 10 steps
+    assert max(lrs) == pytest.approx(0.1) and lrs[-1] < 0.001  # then cosine to 0
+    assert lrs[10:] == sorted(lrs[10:], reverse=True)

@@ -16,7 +16,8 @@ def idx(mask: torch.Tensor) -> list[int]:
 
 
 def test_names():
-    assert pruners.list_threshold_rules() == ["absolute", "fraction", "mean_std", "sensitivity"]
+    assert pruners.list_threshold_rules() == ["absolute", "flops_cut", "fraction", "mean_std", "params_cut",
+                                              "sensitivity"]
 
 
 def test_fraction_removes_lowest_rounded_count():
@@ -67,7 +68,7 @@ def test_invalid_values(rule, value):
 
 
 def test_unknown_rule_lists_choices():
-    with pytest.raises(ValueError, match="absolute, fraction, mean_std, sensitivity"):
+    with pytest.raises(ValueError, match="absolute, flops_cut, fraction, mean_std, params_cut, sensitivity"):
         select(S, "percentile", 0.5)
 
 
