@@ -103,6 +103,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--address", metavar="ADDR", default=os.environ.get("RAY_ADDRESS"),
         help="Ray cluster to connect to (default: $RAY_ADDRESS, else a local Ray)",
     )
+    p.add_argument(
+        "--metrics-port", metavar="PORT", type=int,
+        help="embedded Ray only: export Ray's (and the search's) metrics for Prometheus on this port "
+             "(a cluster's nodes set theirs with `ray start --metrics-export-port`)",
+    )
     g = p.add_argument_group("cluster assumed by --dry-run (default: this machine, or resources.cluster)")
     g.add_argument("--cluster-nodes", type=int, metavar="N", help="number of nodes")
     g.add_argument("--cluster-cpus", type=float, metavar="N", help="CPUs per node")
@@ -254,7 +259,7 @@ def parse(argv: Sequence[str] | None = None, *, prog: str | None = None) -> tupl
 
     Returns the validated config (``output`` always set, absolute) and the argparse
     namespace with these fields: ``config``, ``overrides`` (the ``--set`` items),
-    ``output``, ``resume``, ``dry_run``, ``address``, ``cluster_nodes``, ``cluster_cpus``,
+    ``output``, ``resume``, ``dry_run``, ``address``, ``metrics_port``, ``cluster_nodes``, ``cluster_cpus``,
     ``cluster_gpus``, plus
 
     * ``resuming`` (bool): continue the experiment in ``cfg.output_dir``;
@@ -275,6 +280,12 @@ def parse(argv: Sequence[str] | None = None, *, prog: str | None = None) -> tupl
             cfg = cfg.model_copy(update={"output": default_output(cfg.name)})
         args.resuming = resuming
         args.local = not args.address
+        if args.metrics_port is not None:
+            if args.address:
+                raise ConfigError("--metrics-port sets the embedded Ray's port; a cluster's nodes export "
+                                  "on the port given to `ray start --metrics-export-port`")
+            if not 1024 <= args.metrics_port <= 65535:
+                raise ConfigError(f"--metrics-port must be between 1024 and 65535, got {args.metrics_port}")
         args.plan = None
         if args.dry_run or args.local:
             from orchestrator.plan import Cluster, make_plan

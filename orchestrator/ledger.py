@@ -54,6 +54,8 @@ EXTRA_ROW_KEYS = EXTRA_KEYS
 FINISHED = FINISHED_STATUSES
 # The result key TuneReportCallback adds when a Train report carried a checkpoint.
 CHECKPOINT_PATH_KEY = "checkpoint_path"
+# The result key of a trial that failed in its own code (``orchestrator.trial.worker_loop``).
+TRIAL_ERROR_KEY = "trial_error"
 
 
 def _clean(value: Any) -> Any:
@@ -220,13 +222,16 @@ class LedgerCallback(Callback):
         self.skip: set[str] = set()
         self._copied: dict[str, str] = {}
         self._last_epoch: dict[str, int] = {}
+        self._errors: dict[str, str] = {}
         self.counts = {"result": 0, "completed": 0, "stopped": 0, "errored": 0}
 
     # -- state --------------------------------------------------------------------
     def setup(self, **info: Any) -> None:
         # On resume: the finished trials the ledger holds results of are replayed, not run
         # again (orchestrator.trial); nothing more is written for them.
-        self.skip = {t for t, v in finished_trials(self.writer.path).items() if v["result"] is not None}
+        # An errored one is retried (resume_errored): it reports again.
+        self.skip = {t for t, v in finished_trials(self.writer.path).items()
+                     if v["result"] is not None and v["status"] != "errored"}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -253,7 +258,7 @@ class LedgerCallback(Callback):
         tmp = dst.with_name(f".{trial_id}.tmp")
         try:
             shutil.rmtree(tmp, ignore_errors=True)
-            copy_from_storage(self.storage, src, tmp)
+            copy_from_storage(self.storage, src, tmp, files=("model.pt2", "row.json"))
             shutil.rmtree(dst, ignore_errors=True)
             os.replace(tmp, dst)
             self._copied[trial_id] = src
@@ -266,6 +271,9 @@ class LedgerCallback(Callback):
         tid = trial.trial_id
         if tid in self.skip:
             return
+        if result.get(TRIAL_ERROR_KEY):  # the trial failed in its own code (orchestrator.trial)
+            self._errors[tid] = str(result[TRIAL_ERROR_KEY])
+            return
         metrics = row_metrics(result)
         if "epoch" not in metrics:
             return  # not a fine-tuning epoch (nothing reports those today)
@@ -275,7 +283,7 @@ class LedgerCallback(Callback):
         self.counts["result"] += 1
         self._last_epoch[tid] = int(metrics["epoch"])
         ckpt = result.get(CHECKPOINT_PATH_KEY)
-        if ckpt:
+        if ckpt and result.get("kept"):  # every epoch checkpoints; kept ones carry the model
             self._copy_model(tid, str(ckpt))
 
     def _status(self, trial: Any, status: str, reason: str) -> None:
@@ -291,6 +299,9 @@ class LedgerCallback(Callback):
         tid = trial.trial_id
         if tid in self.skip:
             return
+        if tid in self._errors:
+            self._status(trial, "errored", self._errors.pop(tid))
+            return
         last = self._last_epoch.get(tid)
         if last is None and trial.last_result:
             last = trial.last_result.get("epoch")
@@ -304,6 +315,11 @@ class LedgerCallback(Callback):
             self._status(trial, "errored", "the trial ended without reporting an epoch")
         else:
             self._status(trial, "completed", f"ran all {epochs} epochs")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # A retry after a failure outside the trial's code: it continues from its last
+        # checkpoint; nothing ended, so nothing is written.
+        logger.info("trial %s failed and is retried from its last checkpoint", trial.trial_id)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id in self.skip:
@@ -330,8 +346,11 @@ def _progress_line(trial_id: str, status: str, reason: str, record: Mapping[str,
     return f"prunefront: trial {trial_id} {status}: {method} ({knobs}){got}{why}"
 
 
-def copy_from_storage(storage: str | None, src: str, dst: str | os.PathLike[str]) -> None:
-    """Copy directory ``src`` of the Tune/Train storage to the local directory ``dst``.
+def copy_from_storage(
+    storage: str | None, src: str, dst: str | os.PathLike[str], files: tuple[str, ...] | None = None
+) -> None:
+    """Copy directory ``src`` of the Tune/Train storage (or just ``files`` of it) to the local
+    directory ``dst``.
 
     ``src`` is a path on the storage's file system (as Train reports checkpoint paths,
     without a URI scheme); ``storage`` is the storage URI or path it belongs to (None or a
@@ -340,12 +359,18 @@ def copy_from_storage(storage: str | None, src: str, dst: str | os.PathLike[str]
     import pyarrow.fs as pafs
 
     dst = Path(dst)
-    if storage is None or "://" not in storage or storage.startswith("file://"):
+    local = storage is None or "://" not in storage or storage.startswith("file://")
+    if files is None and local:
         shutil.copytree(src, dst)
         return
-    fs, _ = pafs.FileSystem.from_uri(storage)
+    fs = pafs.LocalFileSystem() if local else pafs.FileSystem.from_uri(storage)[0]
     dst.mkdir(parents=True, exist_ok=True)
-    pafs.copy_files(src, str(dst), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    if files is None:
+        pafs.copy_files(src, str(dst), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        return
+    for name in files:
+        pafs.copy_files(f"{src.rstrip('/')}/{name}", str(dst / name), source_filesystem=fs,
+                        destination_filesystem=pafs.LocalFileSystem())
 
 
 def now_iso() -> str:

@@ -122,7 +122,8 @@ def _cluster_runtime_env() -> dict[str, Any]:
     return runtime_env
 
 
-def init(address: str | None, *, num_cpus: float | None = None, quiet: bool = True) -> RayRuntime:
+def init(address: str | None, *, num_cpus: float | None = None, quiet: bool = True,
+         metrics_port: int | None = None) -> RayRuntime:
     """Start an embedded Ray (``address`` None) or attach to a cluster.
 
     Args:
@@ -130,6 +131,8 @@ def init(address: str | None, *, num_cpus: float | None = None, quiet: bool = Tr
             (``auto``, ``host:port``, ``ray://host:port``).
         num_cpus: CPUs of the embedded instance (default: what this process may use).
         quiet: Keep worker log lines (every Train report) off the console.
+        metrics_port: The embedded Ray's metrics export port (Prometheus text format);
+            None: a port Ray picks.
 
     Returns:
         A :class:`RayRuntime` describing the connection.
@@ -160,6 +163,7 @@ def init(address: str | None, *, num_cpus: float | None = None, quiet: bool = Tr
             log_to_driver=not quiet,
             logging_level=logging.WARNING,
             configure_logging=True,
+            **({"_metrics_export_port": int(metrics_port)} if metrics_port else {}),
         )
     dashboard = getattr(ctx, "dashboard_url", None) if ctx is not None else None
     return RayRuntime(address=address or None, local=not address, in_job=in_job, dashboard_url=dashboard or None,

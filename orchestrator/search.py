@@ -84,6 +84,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(e.code)
 
 
+def _ray_fault(error: BaseException) -> str | None:
+    """The Ray fault (a process killed for memory, a lost actor or node) behind ``error``,
+    as one line, or None when the error has another cause."""
+    from ray import exceptions
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (exceptions.OutOfMemoryError, exceptions.RayActorError, exceptions.NodeDiedError,
+                              exceptions.ObjectLostError, exceptions.WorkerCrashedError)):
+            return " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _experiment_info(cfg: Any, args: Any, plan: Any, tune_path: str, runtime: Any) -> dict[str, Any]:
     from orchestrator.ledger import now_iso, package_versions
 
@@ -125,7 +140,7 @@ def run(cfg: Any, args: Any) -> int:
     # 2. Ray: embedded or attached; check that trials fit this cluster. Starting Ray is
     # mostly waiting for its processes: the driver's own imports go on meanwhile.
     preload = _Preload("ray.tune", "reports", "orchestrator.tune_space", "orchestrator.dense")
-    runtime = ray_runtime.init(args.address)
+    runtime = ray_runtime.init(args.address, metrics_port=getattr(args, "metrics_port", None))
     preload.join()
     _say(f"using the {runtime.describe()} ({time.time() - t0:.1f} s)")
     if runtime.in_job and Path(out).resolve().is_relative_to(Path.cwd().resolve()):
@@ -151,6 +166,7 @@ def run(cfg: Any, args: Any) -> int:
     import reports
     from orchestrator import dense, tune_space
     from orchestrator.ledger import LEDGER_FILE, LedgerCallback, finished_trials, status_summary
+    from orchestrator.monitor import MonitorCallback
     from orchestrator.trial import TrialContext, run_trial
 
     tune_name = "tune" if cfg.storage is None else cfg.name
@@ -197,23 +213,30 @@ def run(cfg: Any, args: Any) -> int:
 
     # 5. The search (a fresh Tuner, or the interrupted one restored).
     ledger_path = out / LEDGER_FILE
-    finished = {tid: v["result"] for tid, v in finished_trials(ledger_path).items() if v["result"] is not None}
+    # Errored trials are not among them: a restored search retries them from their last epoch.
+    finished = {tid: v["result"] for tid, v in finished_trials(ledger_path).items()
+                if v["result"] is not None and v["status"] != "errored"}
     ctx = TrialContext(
         search=cfg, dense_state=dense_state, train_storage=train_storage,
         workers=plan.workers, worker_resources=dict(plan.worker), use_gpu=cfg.resources.use_gpu,
-        finished=finished, dense_gate=dense_gate,
+        finished=finished, dense_gate=dense_gate, max_failures=cfg.resources.max_failures,
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources=dict(plan.driver))
 
+    # Progress lines and the dashboard's metrics (after the ledger, which it reads).
+    monitor = MonitorCallback(out, cfg.name, plan.trials)
     if args.resuming and tune.Tuner.can_restore(tune_path):
         _say(f"restoring the Tune experiment at {tune_path}; {len(finished)} finished trial(s) will not run again")
-        tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=False,
+        # Errored trials are retried too: a trial killed with the driver's cluster (a lost node,
+        # a process killed for memory) continues from its last checkpoint.
+        tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=True,
                                    restart_errored=False)
     else:
         scheduler = tune_space.make_scheduler(cfg)
         callbacks = [
             LedgerCallback(out, scheduler=scheduler, storage=cfg.storage, max_epochs=cfg.search.max_epochs,
                            echo=True),
+            monitor,
             # Refreshes during the search; the final report is built below (also after
             # an interruption), not twice.
             reports.ReportCallback(out, every=max(5, plan.trials // 2), plots=False, at_end=False),
@@ -231,7 +254,9 @@ def run(cfg: Any, args: Any) -> int:
             run_config=tune.RunConfig(
                 # Progress: one line per finished trial from the ledger, not Tune's tables.
                 name=tune_name, storage_path=storage, callbacks=callbacks, verbose=0,
-                failure_config=tune.FailureConfig(max_failures=0), stop=watch,
+                # A trial whose driver was lost (its node died) is retried; its Train run,
+                # named after the trial, resumes from its last checkpoint.
+                failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures), stop=watch,
             ),
         )
 
@@ -247,7 +272,25 @@ def run(cfg: Any, args: Any) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     t_search = time.time()
     try:
-        tuner.fit()
+        restores = 0
+        while True:
+            try:
+                tuner.fit()
+                break
+            except Exception as e:  # noqa: BLE001 - only Ray faults are retried
+                # Tune's controller itself gives up when Ray kills a trial's own process for
+                # memory ("Caught unexpected exception: ... killed due to the node running
+                # low on memory"): restore the search from its saved state, as --resume
+                # would, so the killed trials continue from their last epochs.
+                if _ray_fault(e) is None or restores >= cfg.resources.max_failures:
+                    raise
+                restores += 1
+                _say(f"the search stopped on a Ray fault ({_ray_fault(e)}); restoring it "
+                     f"({restores} of resources.max_failures={cfg.resources.max_failures}) ...")
+                if watch is not None:
+                    watch.wait()
+                tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=True,
+                                           restart_errored=False)
     except KeyboardInterrupt:
         stop["signal"] = stop["signal"] or "SIGINT"
     finally:
@@ -268,6 +311,9 @@ def run(cfg: Any, args: Any) -> int:
 
         builder = threading.Thread(target=build, name="prunefront-report")
         builder.start()
+        # The final values reach Prometheus once more (a cluster's, or --metrics-port's),
+        # while the report is built.
+        monitor.close(wait=not runtime.owned or bool(getattr(args, "metrics_port", None)))
         if runtime.owned:
             ray.shutdown()
         builder.join()

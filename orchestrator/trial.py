@@ -28,12 +28,17 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "TrialContext", "TrialOutcome", "load_state_dict_bytes", "make_trainer", "run_trial", "state_dict_bytes",
+    "TrialContext", "TrialOutcome", "is_transient", "load_state_dict_bytes", "make_trainer", "run_trial", "state_dict_bytes",
     "train_trial", "worker_loop", "worker_setup",
 ]
 
 #: Ledger keys that are not metrics (dropped when a finished trial's result is replayed).
 _NOT_METRICS = ("type", "trial_id", "config", "time_total_s")
+#: A trial's checkpoint (every epoch): the state to continue from; and, when the epoch is the
+#: trial's kept one, the saved model the row was measured on and the row.
+STATE_FILE, MODEL_FILE, ROW_FILE = "state.pt", "model.pt2", "row.json"
+#: Checkpoint score: the epoch when it became the trial's kept one, else 0.
+KEPT_SCORE = "kept_score"
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,8 @@ class TrialContext:
             resume; they are replayed instead of run again.
         dense_gate: ``DenseJob.gate`` while the dense job may still be starting (None
             when the dense baseline was stored before the search).
+        max_failures: Restarts of a trial's Train worker group after a failure (each from
+            the trial's last checkpoint).
     """
 
     search: Any
@@ -64,6 +71,7 @@ class TrialContext:
     use_gpu: bool = False
     finished: dict[str, dict[str, Any]] = field(default_factory=dict)
     dense_gate: Any = None
+    max_failures: int = 0
 
 
 def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -116,13 +124,18 @@ def make_trainer(loop: Any, loop_config: dict[str, Any], trial_id: str, ctx: Tri
             num_workers=ctx.workers, use_gpu=ctx.use_gpu, resources_per_worker=dict(ctx.worker_resources)
         ),
         run_config=ray.train.RunConfig(
-            # A fresh name per attempt: a trial restarted after a resume must not pick up
-            # the checkpoints of its interrupted attempt.
-            name=f"{trial_id}-{int(time.time() * 1000)}",
+            # One name per trial: a retried trial (a lost node, --resume) is the same Train
+            # run, which Ray restores from its latest checkpoint (the last finished epoch).
+            name=trial_id,
             storage_path=ctx.train_storage,
             callbacks=[TuneReportCallback()],
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=0),
+            # Every epoch checkpoints (the state to continue from); Train always keeps the
+            # latest, and of the others those of the last kept epochs (KEPT_SCORE), which the
+            # ledger copies models from, possibly a few epochs later.
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=3, checkpoint_score_attribute=KEPT_SCORE, checkpoint_score_order="max"),
+            # Lost workers and nodes, killed processes: the worker group restarts from there.
+            failure_config=ray.train.FailureConfig(max_failures=ctx.max_failures),
         ),
         torch_config=TorchConfig(backend="nccl" if ctx.use_gpu else "gloo"),
     )
@@ -238,12 +251,52 @@ class TrialOutcome:
     rank: int
 
 
+#: Words in the message of an error that a retry can cure: a collective whose peer died
+#: (gloo / NCCL), a lost connection, a timeout.
+_TRANSIENT_WORDS = ("gloo", "nccl", "connection", "timed out", "timeout", "socket", "broken pipe", "peer")
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a trial's exception is a fault of its surroundings, worth a retry.
+
+    Lost peers, out-of-memory (another process may have taken it), I/O and Ray errors are;
+    anything else raised by the same code on the same data (a shape mismatch, a config
+    value the pruner rejects) would raise again on every retry.
+    """
+    import torch
+
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError, OSError, ConnectionError, TimeoutError)):
+        return True
+    dist_errors = tuple(getattr(torch.distributed, n) for n in ("DistError",) if hasattr(torch.distributed, n))
+    if dist_errors and isinstance(error, dist_errors):
+        return True
+    if type(error).__module__.split(".")[0] == "ray":
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(w in text for w in _TRANSIENT_WORDS)
+
+
 def worker_loop(config: dict[str, Any]) -> None:
     """Train worker entry point (``TorchTrainer``'s ``train_loop_per_worker``).
 
-    Returns nothing: Train ships rank 0's return value back to the driver.
+    A transient error (:func:`is_transient`) propagates, so Train restarts the worker group
+    from the last checkpoint (``resources.max_failures``). Any other error would only
+    repeat: the trial ends at once with a ``trial_error`` result (the ledger records it
+    errored, with that line as its reason) instead of being retried. Returns nothing: Train
+    ships rank 0's return value back to the driver.
     """
-    train_trial(config)
+    try:
+        train_trial(config)
+    except Exception as e:  # noqa: BLE001 - classified below
+        if is_transient(e):
+            raise
+        import traceback
+
+        import ray.train
+
+        traceback.print_exc()  # the whole story stays in the worker's log
+        message = " ".join(f"{type(e).__name__}: {e}".split())[:500]
+        ray.train.report({"trial_error": message})
 
 
 def train_trial(config: dict[str, Any]) -> TrialOutcome:
@@ -259,20 +312,29 @@ def train_trial(config: dict[str, Any]) -> TrialOutcome:
     import pruners
     from orchestrator.space import decode_trial
     from orchestrator.steps import build_schedule
+    from pruners.thresholds import schedule_target
     from reports.contract import KeptEpoch
 
     setup = worker_setup(config["search"], config["dense_state"])
     cfg = setup.cfg
     trial = decode_trial(config["trial"])
-    # The fraction rule ramps to `amount`; the other rules apply `amount` itself at each
-    # update step, and the schedule only times the updates (its target is unused).
-    target = trial.amount if trial.threshold_rule == "fraction" else 0.0
+    # The fraction rule ramps to `amount`, a cost rule to the share of the cost it removes;
+    # the other rules apply `amount` at each update step (the schedule only times them).
+    target = schedule_target(trial.threshold_rule, trial.amount)
     schedule = build_schedule(trial.schedule, trial.schedule_params, target=target,
                               steps_per_epoch=len(setup.train_loader), epochs=trial.epochs)
     spec = pruners.PruneSpec(
         criterion=trial.criterion, granularity=trial.granularity, amount=trial.amount,
         threshold_rule=trial.threshold_rule, scope=trial.scope, params=dict(trial.criterion_params),
+        min_keep=trial.min_keep,
     )
+    teacher = None
+    if trial.distill > 0:  # the dense model the trial starts from teaches the pruned one
+        import copy
+
+        from pruners.measure import unwrap
+
+        teacher = copy.deepcopy(unwrap(setup.model))
     optimizer = cfg.search.optimizer.build(trial.lr)  # a pruners.OptimizerConfig
     record = trial.record()
     kept = KeptEpoch()
@@ -281,23 +343,43 @@ def train_trial(config: dict[str, Any]) -> TrialOutcome:
     # imports, data, model (the per-trial overhead the search pays before any work), not
     # counting the wait for a dense job still training beside the first trials.
     startup_s = time.time() - float(config.get("trainable_started", time.time())) - setup.dense_wait_s
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        # A retry (a lost worker or node, a killed process, --resume): continue after the
+        # last epoch the trial finished, exactly where it was.
+        import torch
 
-    def on_epoch(model: Any, row: dict[str, Any], artifact: str | None) -> None:
+        with checkpoint.as_directory() as d:
+            saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+        kept.kept, rows, resume = saved["kept"], list(saved["rows"]), saved["finetune"]
+        if int(resume["epoch"]) >= trial.epochs:  # it had finished: say so again
+            ray.train.report({**rows[-1], **record, "startup_s": startup_s, "dense_wait_s": setup.dense_wait_s,
+                              "kept": 0, KEPT_SCORE: 0, **setup.placement})
+            return TrialOutcome(model=setup.model, rows=rows, rank=setup.rank)
+
+    def on_epoch(model: Any, row: dict[str, Any], artifact: str | None, state: Any) -> None:
         # `finetune` calls this after each epoch's row with the file that row was measured
-        # on; the Train report is sent from here so it can carry that very file.
+        # on; the Train report is sent from here so it can carry that very file, and the
+        # state to continue from after this epoch.
         row = {k: _plain(v) for k, v in row.items()}
         keep = kept.observe(row)  # validation metrics: the same decision on every rank
         if keep:
             row["test_accuracy"], row["test_loss"] = pruners.evaluate(model, setup.test_loader, device=setup.device)
         rows.append(row)
-        metrics = {**row, **record, "startup_s": startup_s, "dense_wait_s": setup.dense_wait_s, **setup.placement}
-        if keep and setup.rank == 0:
-            with tempfile.TemporaryDirectory(prefix="prunefront-ckpt-") as tmp:
-                shutil.copyfile(artifact, os.path.join(tmp, "model.pt2"))
-                Path(tmp, "row.json").write_text(json.dumps({**row, "config": record}, default=str))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
+        metrics = {**row, **record, "startup_s": startup_s, "dense_wait_s": setup.dense_wait_s, "kept": int(keep),
+                   KEPT_SCORE: int(row["epoch"]) if keep else 0, **setup.placement}
+        if setup.rank != 0:
             ray.train.report(metrics)
+            return
+        import torch
+
+        with tempfile.TemporaryDirectory(prefix="prunefront-ckpt-") as tmp:
+            torch.save({"finetune": state(), "kept": kept.kept, "rows": rows}, os.path.join(tmp, STATE_FILE))
+            if keep:
+                shutil.copyfile(artifact, os.path.join(tmp, MODEL_FILE))
+                Path(tmp, ROW_FILE).write_text(json.dumps({**row, "config": record}, default=str))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     model = pruners.finetune(
         setup.model, setup.train_loader, setup.val_loader,
@@ -310,5 +392,7 @@ def train_trial(config: dict[str, Any]) -> TrialOutcome:
         latency_threads=cfg.metrics.latency_threads,
         artifact_metadata={"config": record},
         seed=cfg.seed,
+        teacher=teacher, distill=trial.distill, temperature=cfg.search.distill_temperature,
+        resume=resume,
     )
     return TrialOutcome(model=model, rows=rows, rank=setup.rank)

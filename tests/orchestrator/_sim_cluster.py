@@ -4,6 +4,10 @@ Starts ``ray.cluster_utils.Cluster`` with a head node that has no CPUs (as on a 
 cluster whose head only runs drivers) and two 1-CPU worker nodes, prints one JSON line
 ``{"address", "head", "workers": [node ids]}``, and shuts the cluster down when its stdin
 closes. Run as its own process, so its Ray never meets the test session's shared one.
+
+Commands on stdin, one per line, each answered by one JSON line: ``remove <node id>``
+kills that worker node (its raylet and every worker process on it, as a lost machine
+would), ``add`` starts a new 1-CPU worker node.
 """
 
 from __future__ import annotations
@@ -24,7 +28,18 @@ def main(temp_dir: str) -> None:
         cluster.wait_for_nodes()
         print(json.dumps({"address": cluster.address, "head": cluster.head_node.node_id,
                           "workers": [w.node_id for w in workers]}), flush=True)
-        sys.stdin.read()  # until the test closes our stdin
+        nodes = {w.node_id: w for w in workers}
+        for line in sys.stdin:  # until the test closes our stdin
+            cmd = line.split()
+            if cmd[:1] == ["remove"] and len(cmd) == 2 and cmd[1] in nodes:
+                cluster.remove_node(nodes.pop(cmd[1]), allow_graceful=False)
+                print(json.dumps({"removed": cmd[1]}), flush=True)
+            elif cmd == ["add"]:
+                node = cluster.add_node(num_cpus=1, **common)
+                nodes[node.node_id] = node
+                print(json.dumps({"added": node.node_id}), flush=True)
+            else:
+                print(json.dumps({"error": f"unknown command {line.strip()!r}"}), flush=True)
     finally:
         cluster.shutdown()
 

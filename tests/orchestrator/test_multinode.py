@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -45,7 +46,7 @@ def sim_cluster():
         line = proc.stdout.readline()
         assert line, Path(log.name).read_text()[-3000:]
         info = json.loads(line)
-        yield info["address"], info["head"], info["workers"], env
+        yield info["address"], info["head"], info["workers"], env, proc
     finally:
         proc.stdin.close()  # the helper shuts its cluster down
         try:
@@ -58,7 +59,7 @@ def sim_cluster():
 
 
 def test_trials_run_on_two_nodes_and_rows_say_where(sim_cluster, tmp_path: Path) -> None:
-    address, head, workers, env = sim_cluster
+    address, head, workers, env, _ = sim_cluster
     cfg = {
         "name": "multinode",
         "data": {"dataset": "digits"},
@@ -96,3 +97,74 @@ def test_trials_run_on_two_nodes_and_rows_say_where(sim_cluster, tmp_path: Path)
 
     rows = pd.read_parquet(out / "report" / "trials.parquet")
     assert rows["node_id"].notna().all() and set(rows["node_id"]) <= set(workers)
+
+
+def _ledger(out: Path) -> list[dict]:
+    path = out / "results.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(x) for x in path.read_text().split("\n")[:-1] if x.strip()]
+
+
+def test_a_trial_whose_node_dies_continues_from_its_last_epoch(sim_cluster, tmp_path: Path) -> None:
+    """The node running a trial's Train worker is killed mid-trial: Ray retries (Train's and
+    Tune's FailureConfig), the trial continues after its last checkpointed epoch on the other
+    node, every epoch is in the ledger once, and it ends exactly as an uninterrupted run."""
+    address, head, workers, env, cluster = sim_cluster
+    epochs = 6
+    cfg = {
+        "name": "nodeloss",
+        "data": {"dataset": "digits"},
+        "dense": {"epochs": 2},
+        "search": {"algorithm": "grid", "num_samples": 1, "epochs": epochs,
+                   "space": {"criterion": ["magnitude"], "granularity": ["unstructured"],
+                             "schedule": ["gradual"], "scope": ["layerwise"], "amount": [0.8],
+                             "lr": [0.05]}},
+        "scheduler": {"name": "fifo"},
+        "metrics": {"latency_repeats": 1},
+        "resources": {"workers": 1, "cpus_per_worker": 0.9, "driver_cpus": 0.1, "max_failures": 2},
+    }
+
+    def search(name: str, extra: dict) -> subprocess.Popen:
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**cfg, **extra}))
+        return subprocess.Popen(
+            [sys.executable, "orchestrator/search.py", "--config", str(tmp_path / f"{name}.yaml"),
+             "--output", str(tmp_path / name), "--address", address],
+            cwd=ROOT, env=env, stdout=open(tmp_path / f"{name}.log", "w"), stderr=subprocess.STDOUT,
+        )
+
+    # 1. Uninterrupted.
+    plain = search("plain", {})
+    assert plain.wait(timeout=600) == 0, (tmp_path / "plain.log").read_text()[-4000:]
+    expected = [e for e in _ledger(tmp_path / "plain") if e["type"] == "result"]
+    assert [e["epoch"] for e in expected] == list(range(1, epochs + 1))
+
+    # 2. The same trial from the same dense weights; its worker's node dies at epoch 2.
+    dense = str(tmp_path / "plain" / "dense" / "state_dict.pt")
+    run = search("lost", {"dense": {"epochs": 2, "checkpoint": dense}})
+    killed = None
+    deadline = time.time() + 600
+    while time.time() < deadline and run.poll() is None:
+        rows = [e for e in _ledger(tmp_path / "lost") if e["type"] == "result"]
+        if rows and rows[-1]["epoch"] >= 2:
+            killed = rows[-1]["node_id"]
+            cluster.stdin.write(f"remove {killed}\nadd\n")
+            cluster.stdin.flush()
+            assert json.loads(cluster.stdout.readline()) == {"removed": killed}
+            assert "added" in json.loads(cluster.stdout.readline())
+            break
+        time.sleep(0.1)
+    assert killed is not None, (tmp_path / "lost.log").read_text()[-4000:]
+    assert run.wait(timeout=600) == 0, (tmp_path / "lost.log").read_text()[-4000:]
+
+    events = _ledger(tmp_path / "lost")
+    rows = [e for e in events if e["type"] == "result"]
+    log = (tmp_path / "lost.log").read_text()
+    # Each epoch once: the retry started after the last epoch that had reported, not at 1.
+    assert [e["epoch"] for e in rows] == list(range(1, epochs + 1)), log[-4000:]
+    assert rows[-1]["node_id"] != killed  # the rest ran elsewhere
+    assert [e["status"] for e in events if e["type"] == "status"] == ["completed"]
+    # Exactly where the uninterrupted run went: same weights, data order, masks, optimizer.
+    for got, want in zip(rows, expected, strict=True):
+        for key in ("val_accuracy", "val_loss", "train_loss", "sparsity", "flops", "size_bytes"):
+            assert got[key] == want[key], (got["epoch"], key, got[key], want[key])
