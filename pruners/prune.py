@@ -7,7 +7,11 @@
   next layer's inputs, residual adds, concatenations, grouped / depthwise convolutions) and
   removes channels from all of them at once; the criterion scores each group's channels.
   Self-attention layers become :class:`~pruners._attention.PrunableMultiheadAttention`
-  (same function) whose heads are units too, ranked among heads.
+  (same function) whose heads are units too, ranked among heads. Groups that reach a layer
+  kept whole on purpose are left alone: other multi-head attention modules (Swin, MaxViT,
+  timm; their relative position tables inside), and so the transformer residual stream;
+  a channel shuffle or another reshape that splits the channel axis (``pruners._graph``).
+  All groups are cut at once, each layer once (``pruners._graph.remove_channels``).
 
 The final classifier (the last Conv / Linear executed in a forward pass) is never pruned.
 Everything here is deterministic given the weights and the criterion's statistics, so DDP
@@ -31,7 +35,9 @@ from pruners._attention import (
     PrunableMultiheadAttentionPruner,
     convert_attention,
 )
+from pruners._graph import build_graph, collect_groups, remove_channels, token_attention_types
 from pruners.criteria import CRITERIA, Criterion, make_criterion
+from pruners.criteria._group import slice_cache
 from pruners.criteria.base import eval_mode
 from pruners.measure import unwrap
 from pruners.registry import check_choice
@@ -343,7 +349,7 @@ class _Unit:
     scores: torch.Tensor  # one per unit
     module: nn.Module
     kind: str  # "group" | "heads"
-    handler: Any = None
+    group: Any = None  # the dependency group (full indices), for removal
     ch_groups: int = 1
 
 
@@ -368,62 +374,93 @@ def _channel_groups(dg, group) -> int:
     return best
 
 
-def _touches_attention_embedding(group) -> bool:
-    # The residual stream of a transformer: its width is baked into attributes of the
-    # model (e.g. torchvision ViT's hidden_dim reshape), so it is left alone; heads and MLP
-    # widths are the units pruned in transformers.
-    return any(
-        isinstance(item.dep.target.module, (PrunableMultiheadAttention, nn.MultiheadAttention))
-        for item in group
-    )
+_STREAM_TYPES = (PrunableMultiheadAttention, nn.MultiheadAttention)
 
 
 def _build_graph(model: nn.Module, example_inputs: Any):
-    import torch_pruning as tp
+    """Torch-Pruning's dependency graph of ``model``, with what it cannot map marked.
 
+    Self-attention is already :class:`PrunableMultiheadAttention` (a leaf with its own
+    pruner); other multi-head attention modules (Swin, MaxViT, timm) become leaves left
+    whole; reshapes, concatenations and splits Torch-Pruning would map wrongly (a channel
+    shuffle, a window partition) become barriers. See :mod:`pruners._graph`.
+    """
     # Torch-Pruning traces in eval mode (and leaves the model there): restore every flag.
     with eval_mode(model), warnings.catch_warnings():
         # Torch-Pruning warns about unwrapped parameters it handles itself (ViT's class
         # token and position embedding, pruned along their last dim).
         warnings.simplefilter("ignore")
         with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(
+            return build_graph(
                 model,
-                example_inputs=example_inputs,
+                example_inputs,
                 forward_fn=lambda m, x: _call(m, x),
                 customized_pruners={PrunableMultiheadAttention: PrunableMultiheadAttentionPruner()},
-                verbose=False,
+                leave_whole=token_attention_types(model, _STREAM_TYPES),
+                # The transformer residual stream: its width is baked into attributes of
+                # the model (e.g. torchvision ViT's hidden_dim reshape), so it is left
+                # alone; heads and MLP widths are the units pruned in transformers.
+                stream_types=_STREAM_TYPES,
             )
+
+
+def _warn_untraced(model: nn.Module, dg: Any) -> None:
+    """Warn about Conv / Linear layers the example forward pass never reached.
+
+    Nothing couples them to the layers that lose channels, so they keep their widths; a
+    forward pass that does reach them (GoogLeNet's and Inception-v3's auxiliary classifiers
+    run in training mode only) would no longer fit the pruned model.
+    """
+    inside_leaves = set(dg.IGNORED_LAYERS_IN_TRACING)
+    missed = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and m not in dg.module2node and m not in inside_leaves
+    ]
+    if missed:
+        warnings.warn(
+            f"{len(missed)} Conv/Linear layer(s) were not reached by the example forward pass and keep "
+            f"their widths ({', '.join(missed[:4])}{', ...' if len(missed) > 4 else ''}); a forward pass "
+            "that reaches them (e.g. training-only auxiliary classifiers) will not fit the pruned layers",
+            stacklevel=4,
+        )
 
 
 def _collect_units(
     model: nn.Module, crit: Criterion, ignored: set[nn.Module], example_inputs: Any
 ) -> tuple[Any, list[_Unit]]:
-    """The dependency graph and every scored unit set (channel groups, then heads)."""
+    """The dependency graph and every scored unit set (channel groups, then heads).
+
+    Groups that reach a layer kept whole (an attention module, hence the transformer
+    residual stream; a channel shuffle or another reshape Torch-Pruning cannot map) are
+    left alone on purpose and are not units.
+    """
     with crit.suspended():
         dg = _build_graph(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
+    _warn_untraced(model, dg)
     units: list[_Unit] = []
     candidates = 0
-    for group in dg.get_all_groups(
-        ignored_layers=list(ignored), root_module_types=[nn.modules.conv._ConvNd, nn.Linear]
-    ):
-        if _touches_attention_embedding(group):
-            continue
-        candidates += 1
-        root = group[0].dep.target.module
-        scores = crit.group_scores(group)
-        if scores is None:
-            continue  # the criterion has nothing to say about this group (e.g. no BN)
-        scores = scores.detach().to(torch.float64).flatten().cpu()
-        if scores.numel() != len(group[0].idxs):
-            raise ValueError(
-                f"criterion {crit.name!r} returned {scores.numel()} scores for {len(group[0].idxs)} channels"
-            )
-        ch_groups = _channel_groups(dg, group)
-        if ch_groups > 1:
-            scores = scores.view(ch_groups, -1).mean(0)
-        units.append(_Unit(names.get(root, type(root).__name__), scores, root, "group", group[0].dep.handler, ch_groups))
+    roots = [nn.modules.conv._ConvNd, nn.Linear]
+    # Nothing changes the weights while groups are scored: each layer is summed once.
+    with slice_cache():
+        for group in collect_groups(dg, ignored, roots):
+            if dg.touches_fixed(group):
+                continue
+            candidates += 1
+            root = group[0].dep.target.module
+            scores = crit.group_scores(group)
+            if scores is None:
+                continue  # the criterion has nothing to say about this group (e.g. no BN)
+            scores = scores.detach().to(torch.float64).flatten().cpu()
+            if scores.numel() != len(group[0].idxs):
+                raise ValueError(
+                    f"criterion {crit.name!r} returned {scores.numel()} scores for {len(group[0].idxs)} channels"
+                )
+            ch_groups = _channel_groups(dg, group)
+            if ch_groups > 1:
+                scores = scores.view(ch_groups, -1).mean(0)
+            units.append(_Unit(names.get(root, type(root).__name__), scores, root, "group", group, ch_groups))
     for module in model.modules():
         if isinstance(module, PrunableMultiheadAttention) and module not in ignored and module.num_heads > 1:
             candidates += 1
@@ -483,32 +520,34 @@ def _prune_structured(
                 selections[i] = _select(sc, torch.zeros(sc.numel(), dtype=torch.bool), rule, value)
     requested = int(sum(int(x.sum()) for x in selections))
 
-    removed: dict[nn.Module, list[int]] = {}
-    layers: list[LayerReport] = []
+    picked: list[list[int]] = []
     for u, sel in zip(units, selections):
-        n = u.scores.numel()
         if bool(sel.all()):
             # Never empty a layer: keep its best unit.
             sel = sel.clone()
             sel[int(torch.argmax(u.scores))] = False
-        idxs = sel.nonzero().flatten().tolist()
-        done = 0
-        if idxs and u.kind == "heads":
-            u.module.remove_heads(idxs)
-            removed[u.module] = idxs
-            done = len(idxs)
-        elif idxs:
-            # Grouped layers: remove the same position from every interleaved group.
-            full = [i + g * n for g in range(u.ch_groups) for i in idxs]
-            pg = dg.get_pruning_group(u.module, u.handler, full)
-            if dg.check_pruning_group(pg):
-                for item in pg:
-                    mod = item.dep.target.module
-                    if isinstance(mod, nn.Module) and dg.is_out_channel_pruning_fn(item.dep.handler):
-                        removed[mod] = sorted(set(removed.get(mod, [])) | set(int(i) for i in item.idxs))
-                pg.prune()
-                done = len(idxs)
-        layers.append(LayerReport(u.name, n, n - done, done / n))
+        picked.append(sel.nonzero().flatten().tolist())
+
+    # Every channel group at once (each layer cut once, original numbering); then heads.
+    groups = [i for i, u in enumerate(units) if u.kind == "group"]
+    plans = []
+    for i in groups:
+        u, n = units[i], units[i].scores.numel()
+        # Grouped layers: remove the same position from every interleaved group.
+        plans.append((u.group, [j + g * n for g in range(u.ch_groups) for j in picked[i]]))
+    ok, removed = remove_channels(dg, plans)
+    done = dict.fromkeys(range(len(units)), 0)
+    for i, carried in zip(groups, ok):
+        done[i] = len(picked[i]) if carried else 0
+    for i, u in enumerate(units):
+        if u.kind == "heads" and picked[i]:
+            u.module.remove_heads(picked[i])
+            removed[u.module] = picked[i]
+            done[i] = len(picked[i])
+    layers = [
+        LayerReport(u.name, u.scores.numel(), u.scores.numel() - done[i], done[i] / u.scores.numel())
+        for i, u in enumerate(units)
+    ]
     crit.after_prune(model, removed)
     return layers, requested
 

@@ -1,0 +1,553 @@
+"""Torch-Pruning's dependency graph, made safe and fast for every torchvision classifier.
+
+Torch-Pruning (``tp.DependencyGraph``) traces a forward pass and couples every layer that
+removing a channel touches. Three of its limits are worked around here, without changing
+the graph it builds for the layers it does understand:
+
+* **Reshapes it cannot map.** Torch-Pruning assumes a reshape of a 4-D tensor is a flatten of
+  ``(N, C, H, W)`` and maps channel ``c`` to a run of ``H * W`` features. A channel shuffle
+  (ShuffleNet: ``(N, C, H, W) -> (N, g, C/g, H, W) -> transpose -> (N, C, H, W)``) or a window
+  partition breaks that assumption: in ShuffleNet-V2 the mapping divides by an inferred
+  channel count of 0 (``ZeroDivisionError``), elsewhere it silently couples the wrong
+  channels or multiplies index lists until memory runs out. After tracing, every
+  reshape / view is classified from its recorded input and output shapes
+  (:func:`_classify_reshape`): a flatten of ``(N, C, H, W)`` into ``(N, C*H*W)`` is left to
+  Torch-Pruning; a reshape that keeps the channel axis whole (at dim 1 or last) becomes an
+  element-wise node (channel ``c`` stays channel ``c``, which is exact); anything else (a
+  shuffle, a split of the channel axis) becomes a *barrier*: an element-wise node for
+  Torch-Pruning, and every group that reaches it is left alone on purpose by ``prune``. The
+  same holds for concatenations and splits along another axis than the channel one.
+  ShuffleNet-V2 thus keeps its shuffled stream channels (a shuffle position couples two
+  channels of every block of a stage, so the smallest consistent unit is most of the
+  stage) and loses channels everywhere else: the stem, the inner width of every branch,
+  and the last 1x1 convolution.
+* **Attention modules it traces through.** Multi-head attention that is not
+  ``nn.MultiheadAttention`` (Swin's shifted-window attention with its relative position
+  table, MaxViT's relative-position attention, timm's ``Attention`` / ``WindowAttention``)
+  computes heads with reshapes and index tables Torch-Pruning cannot map. Such modules are
+  made leaves of the graph (a customized pruner that couples their input and output, the
+  residual stream, and refuses to prune): the graph stays small, and the residual stream,
+  like ViT's, is left alone; their MLP widths are pruned. ``prune`` removes heads only from
+  :class:`~pruners._attention.PrunableMultiheadAttention`.
+* **Speed.** ``DependencyGraph.get_pruning_group`` recomputes every concat / split index
+  mapping of the whole graph on each call, which dominates on DenseNets (one call per
+  layer, hundreds of concatenations). Nothing changes the graph while groups are collected,
+  so the mappings are computed once (:func:`collect_groups`). Removal does not ask
+  Torch-Pruning for a group per unit at all: each collected group (full indices, each item
+  carrying the root channel it comes from) is filtered down to the chosen root channels,
+  the indices of every (layer, pruning function) are merged over all groups, and each
+  layer is cut once (:func:`remove_channels`), in the original numbering.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch_pruning import ops
+from torch_pruning.dependency import graph as tp_graph
+from torch_pruning.dependency import index_mapping as tp_index_mapping
+from torch_pruning.dependency import shape_infer
+from torch_pruning.pruner.function import BasePruningFunc
+
+__all__ = [
+    "PruneGraph",
+    "build_graph",
+    "collect_groups",
+    "remove_channels",
+    "token_attention_types",
+]
+
+
+# ------------------------------------------------------------------------------ attention
+def token_attention_types(model: nn.Module, handled: Iterable[type]) -> list[type]:
+    """Classes of ``model``'s multi-head token attention modules that Torch-Pruning traces into.
+
+    A module counts when its class name contains ``Attention`` and it has a head count
+    attribute (``num_heads`` / ``n_heads`` / ``heads``): multi-head self-attention as
+    torchvision's Swin / MaxViT and timm write it. Channel attention (squeeze-excitation,
+    CBAM: no heads) is ordinary convolutions and stays traced. The innermost such module is
+    taken (MaxViT's ``PartitionAttentionLayer`` holds an attention module and an MLP whose
+    width is prunable). ``handled`` classes (ours, ``nn.MultiheadAttention``) are excluded.
+    """
+    skip = tuple(handled)
+
+    def is_attention(m: nn.Module) -> bool:
+        if isinstance(m, skip) or "Attention" not in type(m).__name__:
+            return False
+        return any(isinstance(getattr(m, a, None), int) for a in ("num_heads", "n_heads", "heads"))
+
+    found: list[type] = []
+    for m in model.modules():
+        if type(m) in found or not is_attention(m):
+            continue
+        if not any(is_attention(sub) or isinstance(sub, skip) for sub in list(m.modules())[1:]):
+            found.append(type(m))
+    return found
+
+
+class FixedModulePruner(BasePruningFunc):
+    """Torch-Pruning handler of a module left whole: its input and output are one axis.
+
+    Registering it makes the module a leaf of the graph (Torch-Pruning does not trace
+    inside customized modules) coupled to the residual stream on both sides; groups that
+    reach it are never pruned (``prune`` skips them), so pruning it is an error.
+    """
+
+    def prune_out_channels(self, layer: nn.Module, idxs):
+        raise RuntimeError(f"{type(layer).__name__} is left whole on purpose; its channels cannot be removed")
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: nn.Module):
+        return None
+
+    def get_in_channels(self, layer: nn.Module):
+        return None
+
+
+# ------------------------------------------------------------------------------ reshapes
+def _normdim(dim: int, ndim: int) -> int | None:
+    """``dim`` in ``[0, ndim)``, or ``None`` when it is a placeholder (uninitialised int)."""
+    if -ndim <= dim < ndim:
+        return dim % ndim
+    return None
+
+
+def _classify_reshape(in_shape: list[int], out_shape: list[int], channels: int | None) -> str:
+    """``"torch_pruning"``, ``"identity"`` or ``"barrier"`` for one reshape / view.
+
+    ``channels`` is the channel count Torch-Pruning infers for the input (``None`` if it
+    cannot). Only what is certainly right is not a barrier.
+    """
+    if not in_shape or not out_shape or channels is None:
+        return "barrier"
+    if in_shape[0] != out_shape[0] and len(in_shape) > 1:
+        # The batch axis changes (windows folded into the batch): only channels-last
+        # layouts keep the channel axis whole.
+        if in_shape[-1] == out_shape[-1] == channels:
+            return "identity"
+        return "barrier"
+    if len(in_shape) >= 2 and len(out_shape) >= 2 and in_shape[1] == out_shape[1] == channels:
+        return "identity"  # (N, C, ...) -> (N, C, ...): only the trailing axes change
+    if in_shape[-1] == out_shape[-1] == channels:
+        return "identity"  # channels last, leading axes regrouped
+    if (
+        len(in_shape) == 4
+        and len(out_shape) == 2
+        and in_shape[1] == channels
+        and out_shape[1] == math.prod(in_shape[1:])
+    ):
+        return "torch_pruning"  # the flatten before a classifier: channel c -> H*W features
+    return "barrier"
+
+
+def _cat_dim(grad_fn) -> int | None:
+    """The axis of a concatenation / split / unbind, in ``[0, ndim)``; ``None`` if unknown."""
+    dim = getattr(grad_fn, "_saved_dim", None)
+    if not isinstance(dim, int):
+        return None
+    if dim >= 2**63:  # a negative dim comes back as an unsigned 64-bit integer
+        dim -= 2**64
+    sizes = getattr(grad_fn, "_saved_self_sym_sizes", None)
+    ndim = len(sizes) if sizes is not None else _output_ndim(grad_fn)
+    if ndim is None:
+        return dim if dim >= 0 else None
+    return _normdim(dim, ndim)
+
+
+def _output_ndim(grad_fn) -> int | None:
+    meta = getattr(grad_fn, "_input_metadata", None)
+    try:
+        return len(meta[0].shape) if meta else None
+    except (IndexError, TypeError):
+        return None
+
+
+# ------------------------------------------------------------------------------ graph
+class PruneGraph(tp.DependencyGraph):
+    """A ``tp.DependencyGraph`` that marks what it cannot map (see the module docstring).
+
+    Attributes:
+        fixed: Graph nodes' modules that no pruned group may touch: barrier reshapes,
+            concatenations / splits along a non-channel axis, attention leaves.
+        mappings_frozen: While true, ``get_pruning_group`` reuses the index mappings
+            computed last instead of recomputing them for the whole graph.
+    """
+
+    def __init__(self, whole_types: Iterable[type] = ()) -> None:
+        super().__init__()
+        self.whole_types = tuple(whole_types)
+        self.fixed: set[Any] = set()
+        self.mappings_frozen = False
+
+    def build_dependency(self, model, example_inputs, **kwargs):
+        super().build_dependency(model, example_inputs, **kwargs)
+        # Torch-Pruning 1.6 reads split sizes from attributes this PyTorch names differently
+        # (`_saved_self_sizes`), falls back to guessing them from the consumers, and
+        # guesses wrong when a chunk goes straight into a concat (ShuffleNet-V2): set them
+        # from the autograd node, then recompute every mapping that depends on them.
+        for node in self.module2node.values():
+            if node.type == ops.OPTYPE.SPLIT:
+                self._fix_split(node)
+        for node in self.module2node.values():
+            if node.type == ops.OPTYPE.CONCAT:
+                node.module.concat_sizes = None  # cached from the guessed split sizes
+                node.module.offsets = None
+            for dep in node.dependencies:  # every mapping comes from update_index_mapping
+                dep.index_mapping = [None, None]
+        tp_index_mapping.update_index_mapping(self)
+        return self
+
+    def _trace(self, model, example_inputs, forward_fn, output_transform):
+        module2node = super()._trace(model, example_inputs, forward_fn, output_transform)
+        for module, node in module2node.items():
+            if isinstance(module, self.whole_types):
+                self.fixed.add(module)
+            elif node.type == ops.OPTYPE.RESHAPE:
+                self._classify_reshape_node(node)
+            elif node.type == ops.OPTYPE.UNBIND:
+                # q / k / v unbound from a packed projection: Torch-Pruning cannot map heads.
+                self._make_barrier(node)
+            elif node.type in (ops.OPTYPE.CONCAT, ops.OPTYPE.SPLIT):
+                # Torch-Pruning maps concatenations and splits along dim 1 only; along any
+                # other axis it couples channel c with channel c, which is wrong for a
+                # channels-last concat (Swin's patch merging). It also takes the order of
+                # a concat's inputs from the order it met them, so an input used twice
+                # (or one it did not trace) would shift every offset after it.
+                if _cat_dim(node.grad_fn) != 1:
+                    self._make_barrier(node)
+                elif node.type == ops.OPTYPE.CONCAT and not self._concat_inputs_in_order(node):
+                    self._make_barrier(node)
+        return module2node
+
+    @staticmethod
+    def _concat_inputs_in_order(node) -> bool:
+        fns = [f for f, _ in node.grad_fn.next_functions if f is not None]
+        return len(fns) == len(node.inputs) and len(set(node.inputs)) == len(node.inputs)
+
+    def _fix_split(self, node) -> None:
+        """Exact sizes and offsets of a split along dim 1, its outputs in chunk order."""
+        g = node.grad_fn
+        sizes_in = getattr(g, "_saved_self_sym_sizes", None)
+        if sizes_in is None:
+            return self._make_barrier(node)
+        total = int(sizes_in[1])
+        if hasattr(g, "_saved_split_sizes"):
+            sizes = [int(s) for s in g._saved_split_sizes]
+        elif hasattr(g, "_saved_split_size"):
+            step = int(g._saved_split_size)
+            sizes = [min(step, total - start) for start in range(0, total, step)]
+        else:
+            return self._make_barrier(node)
+        # Which chunk each consumer reads: its autograd node names (split node, output nr).
+        chunk_of = {}
+        for out in node.outputs:
+            nrs = [nr for f, nr in (out.grad_fn.next_functions if out.grad_fn is not None else ()) if f is g]
+            if len(nrs) != 1 or out in chunk_of:
+                return self._make_barrier(node)  # reads two chunks, or reached twice
+            chunk_of[out] = nrs[0]
+        order = sorted(node.outputs, key=chunk_of.__getitem__)
+        chunks = [chunk_of[o] for o in order]
+        if chunks != list(range(chunks[0], chunks[0] + len(chunks))) if chunks else True:
+            return self._make_barrier(node)  # an unused chunk between used ones
+        starts = [sum(sizes[:c]) for c in chunks]
+        node.outputs[:] = order
+        node.module.split_sizes = [sizes[c] for c in chunks]
+        node.module.offsets = starts + [starts[-1] + sizes[chunks[-1]]]
+        return None
+
+    def _make_barrier(self, node) -> None:
+        node.type = ops.OPTYPE.ELEMENTWISE
+        self.fixed.add(node.module)
+
+    def _classify_reshape_node(self, node) -> None:
+        grad_fn = node.grad_fn
+        in_shape = getattr(grad_fn, "_saved_self_sym_sizes", None)
+        meta = getattr(grad_fn, "_input_metadata", None)
+        out_shape = list(meta[0].shape) if meta else None
+        channels = None
+        if in_shape is not None and out_shape is not None:
+            in_shape = [int(s) for s in in_shape]
+            for n in node.inputs:
+                channels = shape_infer.infer_out_channels_recursively(self, n, [0])
+                if channels is not None:
+                    break
+        kind = _classify_reshape(in_shape or [], out_shape or [], channels)
+        if kind == "identity":
+            node.type = ops.OPTYPE.ELEMENTWISE
+        elif kind == "barrier":
+            self._make_barrier(node)
+
+    def get_pruning_group(self, module, pruning_fn, idxs):
+        if not self.mappings_frozen:
+            return super().get_pruning_group(module, pruning_fn, idxs)
+        with _frozen_mappings():
+            return super().get_pruning_group(module, pruning_fn, idxs)
+
+    def touches_fixed(self, group) -> bool:
+        """Whether any layer of ``group`` is one that must stay whole."""
+        return any(item.dep.target.module in self.fixed for item in group)
+
+
+class _NoMappingUpdate:
+    """Stands in for ``torch_pruning.dependency.index_mapping`` inside ``graph.py``."""
+
+    def __getattr__(self, name: str):
+        return getattr(tp_index_mapping, name)
+
+    @staticmethod
+    def update_index_mapping(graph) -> None:
+        return None
+
+
+_NO_UPDATE = _NoMappingUpdate()
+
+
+class _frozen_mappings:
+    """Within the block, ``get_pruning_group`` does not recompute the graph's mappings.
+
+    ``graph.py`` reaches ``update_index_mapping`` through its module attribute
+    ``index_mapping``; that attribute is swapped for the block's duration (and restored
+    even on error). Mappings only change when layers are pruned, which never happens while
+    groups are being collected.
+    """
+
+    def __enter__(self):
+        self._saved = tp_graph.index_mapping
+        tp_graph.index_mapping = _NO_UPDATE
+        return self
+
+    def __exit__(self, *exc):
+        tp_graph.index_mapping = self._saved
+        return False
+
+
+class _Opaque(torch.autograd.Function):
+    """Output of a module computed without autograd, linked straight to its inputs.
+
+    Used while tracing: Torch-Pruning then sees the module as one node between its input
+    tensors and its output, not the hundreds of reshapes, index-table gathers and matmuls
+    inside a window attention (which it would otherwise map index by index).
+    """
+
+    @staticmethod
+    def forward(ctx, out: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        ctx.shapes = [t.shape for t in inputs]
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return (None, *[grad.new_zeros(s) for s in ctx.shapes])
+
+
+class _opaque_forwards:
+    """While tracing, every module of ``types`` computes its output as one autograd node."""
+
+    def __init__(self, model: nn.Module, types: tuple[type, ...]) -> None:
+        self.modules = [m for m in model.modules() if types and isinstance(m, types)]
+
+    def __enter__(self):
+        for m in self.modules:
+            m.forward = _opaque_forward(m.forward)  # an instance attribute, removed on exit
+        return self
+
+    def __exit__(self, *exc):
+        for m in self.modules:
+            m.__dict__.pop("forward", None)
+        return False
+
+
+def _opaque_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with torch.no_grad():
+            out = forward(*args, **kwargs)
+        inputs, seen = [], set()
+        for t in [*args, *kwargs.values()]:
+            if isinstance(t, torch.Tensor) and t.requires_grad and id(t) not in seen:
+                seen.add(id(t))
+                inputs.append(t)
+        if not inputs:
+            return out
+        if isinstance(out, torch.Tensor):
+            return _Opaque.apply(out, *inputs)
+        if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+            return (_Opaque.apply(out[0], *inputs), *out[1:])  # (output, attention weights)
+        return out
+
+    return run
+
+
+def build_graph(
+    model: nn.Module,
+    example_inputs: Any,
+    forward_fn: Callable[[nn.Module, Any], Any],
+    customized_pruners: dict[Any, BasePruningFunc],
+    leave_whole: Iterable[type] = (),
+    stream_types: Iterable[type] = (),
+) -> PruneGraph:
+    """Trace ``model`` into a :class:`PruneGraph` (the model is in eval mode; grad enabled).
+
+    ``leave_whole`` classes become graph leaves that no pruned group may touch;
+    ``stream_types`` (modules with a pruner of their own, e.g. head-prunable attention)
+    stay as they are traced, but their input / output width is not pruned either.
+    """
+    pruners = dict(customized_pruners)
+    fixed = FixedModulePruner()
+    leave_whole = tuple(leave_whole)
+    for cls in leave_whole:
+        pruners.setdefault(cls, fixed)
+    # Modules with a pruner of their own are single nodes: what is inside is theirs.
+    leaves = tuple(t for t in pruners if isinstance(t, type))
+    with _opaque_forwards(model, leaves):
+        return PruneGraph(leave_whole + tuple(stream_types)).build_dependency(
+            model,
+            example_inputs=example_inputs,
+            forward_fn=forward_fn,
+            customized_pruners=pruners,
+            verbose=False,
+        )
+
+
+def collect_groups(dg: PruneGraph, ignored: Iterable[nn.Module], root_types) -> Iterator[Any]:
+    """``dg.get_all_groups(...)`` with the index mappings computed once for all groups."""
+    tp_index_mapping.update_index_mapping(dg)
+    dg.mappings_frozen = True
+    try:
+        yield from dg.get_all_groups(ignored_layers=list(ignored), root_module_types=list(root_types))
+    finally:
+        dg.mappings_frozen = False
+
+
+# ------------------------------------------------------------------------------ removal
+@dataclass
+class _Cut:
+    """Everything one (layer, pruning function) loses, in the numbering before removal."""
+
+    dep: Any
+    idxs: set[int] = field(default_factory=set)
+
+
+def _selected(item, chosen: torch.Tensor) -> list[int]:
+    """Indices of a group item whose root channel is in ``chosen`` (a bool mask by root)."""
+    idxs = torch.as_tensor(item.idxs, dtype=torch.long)
+    roots = torch.as_tensor(item.root_idxs, dtype=torch.long)
+    return idxs[chosen[roots]].tolist()
+
+
+def _has_plain_roots(group) -> bool:
+    for item in group:
+        roots = getattr(item, "root_idxs", None)
+        if roots is None or len(roots) != len(item.idxs) or None in roots:
+            return False
+    return True
+
+
+def remove_channels(
+    dg: PruneGraph, plans: list[tuple[Any, list[int]]]
+) -> tuple[list[bool], dict[nn.Module, list[int]]]:
+    """Remove root channels ``idxs`` of every collected ``group``, each layer cut once.
+
+    ``plans`` pairs a group collected with full indices (each item knows its root channel)
+    with the root channels to remove. A group is refused, as Torch-Pruning's
+    ``check_pruning_group`` would, when it would leave a layer with no channel. Should a
+    group's items lack root indices (Torch-Pruning leaves them out for some mappings), every
+    group goes through Torch-Pruning one by one instead (:func:`_remove_one_by_one`).
+
+    Returns:
+        Per plan, whether it was carried out; and for every module whose outputs shrank,
+        the output indices removed (numbering before removal).
+    """
+    if not all(_has_plain_roots(group) for group, _ in plans):
+        return _remove_one_by_one(dg, plans)
+    cuts: dict[tuple[Any, Any], _Cut] = {}
+    done: list[bool] = []
+    for group, root_idxs in plans:
+        if not root_idxs:
+            done.append(False)
+            continue
+        n_root = max(max(max(item.root_idxs, default=-1) for item in group), max(root_idxs)) + 1
+        chosen = torch.zeros(n_root, dtype=torch.bool)
+        chosen[torch.as_tensor(root_idxs, dtype=torch.long)] = True
+        staged: list[tuple[tuple[Any, Any], Any, list[int]]] = []
+        ok = True
+        for item in group:
+            dep = item.dep
+            idxs = _selected(item, chosen)
+            if not idxs:
+                continue
+            key = (dep.target, dep.handler)
+            staged.append((key, dep, idxs))
+            total = _channels(dg, dep)
+            if total is not None:
+                already = cuts[key].idxs if key in cuts else set()
+                if len(already.union(idxs)) >= total:
+                    ok = False  # it would empty a layer
+                    break
+        done.append(ok)
+        if ok:
+            for key, dep, idxs in staged:
+                cuts.setdefault(key, _Cut(dep)).idxs.update(idxs)
+
+    removed: dict[nn.Module, list[int]] = {}
+    for cut in cuts.values():
+        dep, idxs = cut.dep, sorted(cut.idxs)
+        target = dep.target
+        if isinstance(target.module, nn.Module) and dg.is_out_channel_pruning_fn(dep.handler):
+            removed[target.module] = sorted(set(removed.get(target.module, [])) | set(idxs))
+        if target.type == ops.OPTYPE.PARAMETER:
+            _prune_parameter(dg, dep, idxs)
+        else:
+            dep(idxs)
+    return done, removed
+
+
+def _channels(dg: PruneGraph, dep) -> int | None:
+    if dg.is_out_channel_pruning_fn(dep.handler):
+        return dg.get_out_channels(dep.target)
+    if dg.is_in_channel_pruning_fn(dep.handler):
+        return dg.get_in_channels(dep.target)
+    return None
+
+
+def _remove_one_by_one(
+    dg: PruneGraph, plans: list[tuple[Any, list[int]]]
+) -> tuple[list[bool], dict[nn.Module, list[int]]]:
+    """Torch-Pruning's own way: a fresh group per plan, checked, pruned (slower)."""
+    done: list[bool] = []
+    removed: dict[nn.Module, list[int]] = {}
+    for group, root_idxs in plans:
+        ok = False
+        if root_idxs:
+            pg = dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, root_idxs)
+            ok = dg.check_pruning_group(pg)
+            if ok:
+                for item in pg:
+                    mod = item.dep.target.module
+                    if isinstance(mod, nn.Module) and dg.is_out_channel_pruning_fn(item.dep.handler):
+                        removed[mod] = sorted(set(removed.get(mod, [])) | {int(i) for i in item.idxs})
+                pg.prune()
+        done.append(ok)
+    return done, removed
+
+
+def _prune_parameter(dg: PruneGraph, dep, idxs: list[int]) -> None:
+    """A free ``nn.Parameter`` (ViT's class token, ConvNeXt's layer scale) is replaced,
+    as ``tp.Group.prune`` does it: the new parameter is set on its owner module."""
+    old = dep.target.module
+    name = dg._param_to_name[old]
+    new = dep(idxs)
+    owner = dg.model
+    *path, leaf = name.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    setattr(owner, leaf, new)
+    dg._param_to_name.pop(old)
+    dg._param_to_name[new] = name
+    dg.module2node[new] = dg.module2node.pop(old)
+    dg.module2node[new].module = new
