@@ -127,6 +127,8 @@ def _classify_reshape(in_shape: list[int], out_shape: list[int], channels: int |
     """
     if not in_shape or not out_shape or channels is None:
         return "barrier"
+    if [d for d in in_shape if d != 1] == [d for d in out_shape if d != 1]:
+        return "identity"  # only size-1 axes added or dropped: gamma.view(1, -1, 1, 1)
     if in_shape[0] != out_shape[0] and len(in_shape) > 1:
         # The batch axis changes (windows folded into the batch): only channels-last
         # layouts keep the channel axis whole.
@@ -161,6 +163,31 @@ def _cat_dim(grad_fn) -> int | None:
     return _normdim(dim, ndim)
 
 
+def _concat_inputs_in_order(node) -> bool:
+    """Torch-Pruning's input list of a concat node is the concat's inputs, in order."""
+    fns = node.grad_fn.next_functions
+    return (
+        all(f is not None for f, _ in fns)
+        and len(fns) == len(node.inputs)
+        and len(set(node.inputs)) == len(node.inputs)
+    )
+
+
+def _concat_sizes(node) -> list[int] | None:
+    """Widths of a dim-1 concatenation's inputs, as autograd recorded them."""
+    sizes = []
+    for f, nr in node.grad_fn.next_functions:
+        meta = getattr(f, "_input_metadata", None)
+        if not meta or nr >= len(meta) or len(meta[nr].shape) < 2:
+            return None
+        sizes.append(int(meta[nr].shape[1]))
+    return sizes
+
+
+def _concat_mapped(node) -> bool:
+    return all(dep.index_mapping[1] is not None for dep in node.dependencies if dep.target in node.inputs)
+
+
 def _output_ndim(grad_fn) -> int | None:
     meta = getattr(grad_fn, "_input_metadata", None)
     try:
@@ -188,20 +215,25 @@ class PruneGraph(tp.DependencyGraph):
 
     def build_dependency(self, model, example_inputs, **kwargs):
         super().build_dependency(model, example_inputs, **kwargs)
-        # Torch-Pruning 1.6 reads split sizes from attributes this PyTorch names differently
-        # (`_saved_self_sizes`), falls back to guessing them from the consumers, and
-        # guesses wrong when a chunk goes straight into a concat (ShuffleNet-V2): set them
-        # from the autograd node, then recompute every mapping that depends on them.
-        for node in self.module2node.values():
-            if node.type == ops.OPTYPE.SPLIT:
-                self._fix_split(node)
-        for node in self.module2node.values():
-            if node.type == ops.OPTYPE.CONCAT:
-                node.module.concat_sizes = None  # cached from the guessed split sizes
-                node.module.offsets = None
-            for dep in node.dependencies:  # every mapping comes from update_index_mapping
-                dep.index_mapping = [None, None]
-        tp_index_mapping.update_index_mapping(self)
+        # Torch-Pruning infers a concatenation's input widths by walking the graph, which
+        # goes wrong across a barrier (it would count the width before a split). Autograd
+        # recorded every input's shape: use those, then recompute every mapping.
+        changed = True
+        while changed:
+            changed = False
+            for node in self.module2node.values():
+                if node.type == ops.OPTYPE.CONCAT:
+                    node.module.concat_sizes = _concat_sizes(node)
+                    node.module.offsets = None
+                for dep in node.dependencies:  # every mapping comes from update_index_mapping
+                    dep.index_mapping = [None, None]
+            tp_index_mapping.update_index_mapping(self)
+            for node in self.module2node.values():
+                # A concat Torch-Pruning still declined to map (its output width did not add
+                # up) would couple channel c of every input with channel c of the output.
+                if node.type == ops.OPTYPE.CONCAT and not _concat_mapped(node):
+                    self._make_barrier(node)
+                    changed = True
         return self
 
     def _trace(self, model, example_inputs, forward_fn, output_transform):
@@ -211,60 +243,30 @@ class PruneGraph(tp.DependencyGraph):
                 self.fixed.add(module)
             elif node.type == ops.OPTYPE.RESHAPE:
                 self._classify_reshape_node(node)
-            elif node.type == ops.OPTYPE.UNBIND:
-                # q / k / v unbound from a packed projection: Torch-Pruning cannot map heads.
+            elif node.type in (ops.OPTYPE.SPLIT, ops.OPTYPE.UNBIND):
+                # The sizes of a split are the model code's (chunk: equal parts of the
+                # current width; split: constants), so removing channels before it would
+                # misalign its parts; unbind drops the axis (q / k / v of attention).
                 self._make_barrier(node)
-            elif node.type in (ops.OPTYPE.CONCAT, ops.OPTYPE.SPLIT):
-                # Torch-Pruning maps concatenations and splits along dim 1 only; along any
-                # other axis it couples channel c with channel c, which is wrong for a
-                # channels-last concat (Swin's patch merging). It also takes the order of
-                # a concat's inputs from the order it met them, so an input used twice
-                # (or one it did not trace) would shift every offset after it.
-                if _cat_dim(node.grad_fn) != 1:
-                    self._make_barrier(node)
-                elif node.type == ops.OPTYPE.CONCAT and not self._concat_inputs_in_order(node):
+            elif node.type == ops.OPTYPE.CONCAT:
+                # Torch-Pruning maps concatenations along dim 1 only; along any other axis
+                # it couples channel c with channel c, which is wrong for a channels-last
+                # concat (Swin's patch merging). It also takes the order of the inputs
+                # from the order it met them: an input used twice, or one it did not
+                # trace (a constant), would shift every offset after it.
+                if _cat_dim(node.grad_fn) != 1 or not _concat_inputs_in_order(node):
                     self._make_barrier(node)
         return module2node
-
-    @staticmethod
-    def _concat_inputs_in_order(node) -> bool:
-        fns = [f for f, _ in node.grad_fn.next_functions if f is not None]
-        return len(fns) == len(node.inputs) and len(set(node.inputs)) == len(node.inputs)
-
-    def _fix_split(self, node) -> None:
-        """Exact sizes and offsets of a split along dim 1, its outputs in chunk order."""
-        g = node.grad_fn
-        sizes_in = getattr(g, "_saved_self_sym_sizes", None)
-        if sizes_in is None:
-            return self._make_barrier(node)
-        total = int(sizes_in[1])
-        if hasattr(g, "_saved_split_sizes"):
-            sizes = [int(s) for s in g._saved_split_sizes]
-        elif hasattr(g, "_saved_split_size"):
-            step = int(g._saved_split_size)
-            sizes = [min(step, total - start) for start in range(0, total, step)]
-        else:
-            return self._make_barrier(node)
-        # Which chunk each consumer reads: its autograd node names (split node, output nr).
-        chunk_of = {}
-        for out in node.outputs:
-            nrs = [nr for f, nr in (out.grad_fn.next_functions if out.grad_fn is not None else ()) if f is g]
-            if len(nrs) != 1 or out in chunk_of:
-                return self._make_barrier(node)  # reads two chunks, or reached twice
-            chunk_of[out] = nrs[0]
-        order = sorted(node.outputs, key=chunk_of.__getitem__)
-        chunks = [chunk_of[o] for o in order]
-        if chunks != list(range(chunks[0], chunks[0] + len(chunks))) if chunks else True:
-            return self._make_barrier(node)  # an unused chunk between used ones
-        starts = [sum(sizes[:c]) for c in chunks]
-        node.outputs[:] = order
-        node.module.split_sizes = [sizes[c] for c in chunks]
-        node.module.offsets = starts + [starts[-1] + sizes[chunks[-1]]]
-        return None
 
     def _make_barrier(self, node) -> None:
         node.type = ops.OPTYPE.ELEMENTWISE
         self.fixed.add(node.module)
+        for dep in node.dependencies:
+            dep.index_mapping = [None, None]
+        for other in (*node.inputs, *node.outputs):
+            for dep in other.dependencies:
+                if dep.target is node:
+                    dep.index_mapping = [None, None]
 
     def _classify_reshape_node(self, node) -> None:
         grad_fn = node.grad_fn
