@@ -4,31 +4,35 @@ Torch-Pruning (``tp.DependencyGraph``) traces a forward pass and couples every l
 removing a channel touches. Three of its limits are worked around here, without changing
 the graph it builds for the layers it does understand:
 
-* **Reshapes it cannot map.** Torch-Pruning assumes a reshape of a 4-D tensor is a flatten of
-  ``(N, C, H, W)`` and maps channel ``c`` to a run of ``H * W`` features. A channel shuffle
-  (ShuffleNet: ``(N, C, H, W) -> (N, g, C/g, H, W) -> transpose -> (N, C, H, W)``) or a window
-  partition breaks that assumption: in ShuffleNet-V2 the mapping divides by an inferred
-  channel count of 0 (``ZeroDivisionError``), elsewhere it silently couples the wrong
-  channels or multiplies index lists until memory runs out. After tracing, every
-  reshape / view is classified from its recorded input and output shapes
-  (:func:`_classify_reshape`): a flatten of ``(N, C, H, W)`` into ``(N, C*H*W)`` is left to
-  Torch-Pruning; a reshape that keeps the channel axis whole (at dim 1 or last) becomes an
-  element-wise node (channel ``c`` stays channel ``c``, which is exact); anything else (a
-  shuffle, a split of the channel axis) becomes a *barrier*: an element-wise node for
-  Torch-Pruning, and every group that reaches it is left alone on purpose by ``prune``. The
-  same holds for concatenations and splits along another axis than the channel one.
-  ShuffleNet-V2 thus keeps its shuffled stream channels (a shuffle position couples two
-  channels of every block of a stage, so the smallest consistent unit is most of the
-  stage) and loses channels everywhere else: the stem, the inner width of every branch,
-  and the last 1x1 convolution.
+* **Reshapes, splits and concatenations it cannot map.** Torch-Pruning assumes a reshape of
+  a 4-D tensor is a flatten of ``(N, C, H, W)`` and maps channel ``c`` to a run of ``H * W``
+  features. A channel shuffle (ShuffleNet: ``(N, C, H, W) -> (N, g, C/g, H, W) -> transpose
+  -> (N, C, H, W)``) or a window partition breaks that assumption: in ShuffleNet-V2 the
+  mapping divides by an inferred channel count of 0 (``ZeroDivisionError``), elsewhere it
+  silently couples the wrong channels or multiplies index lists until memory runs out.
+  After tracing, every reshape / view is classified from the input and output shapes
+  autograd recorded (:func:`_classify_reshape`): a flatten of ``(N, C, H, W)`` into
+  ``(N, C*H*W)`` is left to Torch-Pruning; a reshape that keeps the channel axis whole (at
+  dim 1 or last, or only adds / drops size-1 axes) becomes an element-wise node (channel
+  ``c`` stays channel ``c``, which is exact); anything else (a shuffle, a split of the
+  channel axis) becomes a *barrier*: an element-wise node for Torch-Pruning, and every group
+  that reaches it is left alone on purpose by ``prune``. Splits and chunks are barriers too
+  (their parts are sized by the model's code, so uneven removal would misalign them), and
+  so are concatenations along another axis than the channels or with inputs Torch-Pruning
+  did not trace in order; the widths of the others are read from autograd rather than
+  inferred. ShuffleNet-V2 thus keeps its shuffled stream channels (a shuffle position
+  couples two channels of every block of a stage, so the smallest consistent unit is most
+  of the stage) and loses channels everywhere else: the stem, the inner width of every
+  branch, and the last 1x1 convolution.
 * **Attention modules it traces through.** Multi-head attention that is not
   ``nn.MultiheadAttention`` (Swin's shifted-window attention with its relative position
   table, MaxViT's relative-position attention, timm's ``Attention`` / ``WindowAttention``)
   computes heads with reshapes and index tables Torch-Pruning cannot map. Such modules are
   made leaves of the graph (a customized pruner that couples their input and output, the
-  residual stream, and refuses to prune): the graph stays small, and the residual stream,
-  like ViT's, is left alone; their MLP widths are pruned. ``prune`` removes heads only from
-  :class:`~pruners._attention.PrunableMultiheadAttention`.
+  residual stream, and refuses to prune) and traced as one autograd node from their inputs
+  to their output (:class:`_Opaque`), so nothing inside them reaches the graph; the residual
+  stream, like ViT's, is left alone and their MLP widths are pruned. ``prune`` removes heads
+  only from :class:`~pruners._attention.PrunableMultiheadAttention` (also traced as one node).
 * **Speed.** ``DependencyGraph.get_pruning_group`` recomputes every concat / split index
   mapping of the whole graph on each call, which dominates on DenseNets (one call per
   layer, hundreds of concatenations). Nothing changes the graph while groups are collected,
@@ -125,10 +129,12 @@ def _classify_reshape(in_shape: list[int], out_shape: list[int], channels: int |
     ``channels`` is the channel count Torch-Pruning infers for the input (``None`` if it
     cannot). Only what is certainly right is not a barrier.
     """
-    if not in_shape or not out_shape or channels is None:
+    if not in_shape or not out_shape:
         return "barrier"
     if [d for d in in_shape if d != 1] == [d for d in out_shape if d != 1]:
         return "identity"  # only size-1 axes added or dropped: gamma.view(1, -1, 1, 1)
+    if channels is None:
+        return "barrier"
     if in_shape[0] != out_shape[0] and len(in_shape) > 1:
         # The batch axis changes (windows folded into the batch): only channels-last
         # layouts keep the channel axis whole.
@@ -385,6 +391,14 @@ def _opaque_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+def _drop(tensor: torch.Tensor) -> None:
+    return None
+
+
+def _dropped(packed: None) -> torch.Tensor:
+    raise RuntimeError("pruners traced this graph without keeping tensors for backward")
+
+
 def build_graph(
     model: nn.Module,
     example_inputs: Any,
@@ -406,7 +420,10 @@ def build_graph(
         pruners.setdefault(cls, fixed)
     # Modules with a pruner of their own are single nodes: what is inside is theirs.
     leaves = tuple(t for t in pruners if isinstance(t, type))
-    with _opaque_forwards(model, leaves):
+    # The trace only reads the autograd graph's structure (and the sizes its nodes record),
+    # never runs backward: activations saved for backward are dropped as they are made, so
+    # tracing a large model at 224x224 costs one activation at a time, not all of them.
+    with _opaque_forwards(model, leaves), torch.autograd.graph.saved_tensors_hooks(_drop, _dropped):
         return PruneGraph(leave_whole + tuple(stream_types)).build_dependency(
             model,
             example_inputs=example_inputs,
