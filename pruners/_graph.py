@@ -298,6 +298,13 @@ class PruneGraph(tp.DependencyGraph):
         with _frozen_mappings():
             return super().get_pruning_group(module, pruning_fn, idxs)
 
+    def release(self) -> None:
+        """Drop the traced autograd graph (it holds every parameter it saw, the replaced
+        ones too, until the graph's reference cycles are collected)."""
+        for node in self.module2node.values():
+            node.grad_fn = None
+        self.module2node = {}
+
     def touches_fixed(self, group) -> bool:
         """Whether any layer of ``group`` is one that must stay whole."""
         return any(item.dep.target.module in self.fixed for item in group)
@@ -361,13 +368,17 @@ class _opaque_forwards:
         self.modules = [m for m in model.modules() if types and isinstance(m, types)]
 
     def __enter__(self):
+        self.own = [m.__dict__.get("forward") for m in self.modules]  # a forward set on the instance
         for m in self.modules:
-            m.forward = _opaque_forward(m.forward)  # an instance attribute, removed on exit
+            m.forward = _opaque_forward(m.forward)  # an instance attribute, undone on exit
         return self
 
     def __exit__(self, *exc):
-        for m in self.modules:
-            m.__dict__.pop("forward", None)
+        for m, own in zip(self.modules, self.own):
+            if own is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.forward = own
         return False
 
 

@@ -535,7 +535,10 @@ def _prune_structured(
         u, n = units[i], units[i].scores.numel()
         # Grouped layers: remove the same position from every interleaved group.
         plans.append((u.group, [j + g * n for g in range(u.ch_groups) for j in picked[i]]))
-    ok, removed = remove_channels(dg, plans)
+    try:
+        ok, removed = remove_channels(dg, plans)
+    finally:
+        dg.release()  # the replaced weights go now, not at the next garbage collection
     done = dict.fromkeys(range(len(units)), 0)
     for i, carried in zip(groups, ok):
         done[i] = len(picked[i]) if carried else 0
