@@ -8,6 +8,12 @@ A name is one of
   (CVPR 2016, section 4.2);
 * any torchvision classifier (``torchvision.models.list_models(module=torchvision.models)``),
   e.g. ``resnet50``, with ``kwargs`` passed to ``torchvision.models.get_model`` (``weights``);
+* ``timm:<name>``, any model of ``timm.list_models()`` (e.g. ``timm:convnext_tiny``, with a
+  pretrained tag ``timm:resnet50.a1_in1k`` if wanted), built by ``timm.create_model`` with
+  ``num_classes`` and ``in_chans`` set from the dataset and ``kwargs`` passed on. Weights
+  are random unless ``kwargs`` say ``pretrained: true``, which downloads them (a machine
+  without network then fails with a clear error rather than silently training from
+  random weights); needs ``pip install 'prunefront[timm]'``;
 * ``package.module:factory``, a user's callable returning an ``nn.Module``; it gets
   ``num_classes`` and ``in_channels`` when its signature accepts them, plus ``kwargs``.
 
@@ -18,6 +24,7 @@ graph can remove channels structurally (residual adds included).
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from collections.abc import Callable
@@ -38,8 +45,12 @@ __all__ = [
     "check_model_name",
     "list_models",
     "register_model",
+    "timm_model_name",
     "torchvision_classifiers",
 ]
+
+#: Prefix of a timm model name (``timm:convnext_tiny``).
+TIMM_PREFIX = "timm:"
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
@@ -212,13 +223,48 @@ def _resolve_factory(spec: str) -> Callable[..., Any]:
 def _unknown(name: str) -> ConfigError:
     return ConfigError(
         f"model.name: unknown model {name!r}; valid choices: {', '.join(list_models())}, any torchvision "
-        "classifier (e.g. resnet18, resnet50, mobilenet_v2), or package.module:factory"
+        "classifier (e.g. resnet18, resnet50, mobilenet_v2), timm:<name> (e.g. timm:convnext_tiny), "
+        "or package.module:factory"
     )
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError(
+            "model.name: timm:<name> needs the timm package; install it with pip install 'prunefront[timm]'"
+        ) from None
+    return timm
+
+
+def timm_model_name(name: str) -> str | None:
+    """The timm model name of ``timm:<name>`` (checked against ``timm``), else ``None``.
+
+    Raises:
+        ConfigError: timm is not installed, or does not know the name (the message lists
+            close matches).
+    """
+    if not name.startswith(TIMM_PREFIX):
+        return None
+    timm = _timm()
+    model = name[len(TIMM_PREFIX):]
+    arch = model.split(".", 1)[0]  # "resnet50.a1_in1k": architecture + pretrained tag
+    if not arch or not timm.is_model(arch):
+        near = difflib.get_close_matches(arch, timm.list_models(), n=5) if arch else []
+        raise ConfigError(
+            f"model.name: timm has no model {model!r}"
+            + (f"; close names: {', '.join(near)}" if near else "")
+            + "; see timm.list_models()"
+        )
+    return model
 
 
 def check_model_name(name: str) -> None:
     """Raise :class:`ConfigError` unless ``name`` resolves to a model builder (builds nothing)."""
     if name in MODELS:
+        return
+    if timm_model_name(name) is not None:
         return
     if ":" in name:
         _resolve_factory(name)
@@ -231,10 +277,12 @@ def build_model(name: str, num_classes: int, in_channels: int, **kwargs: Any) ->
     """Build model ``name`` for ``num_classes`` outputs and ``in_channels``-channel images.
 
     Args:
-        name: Registry name, torchvision classifier name, or ``package.module:factory``.
+        name: Registry name, torchvision classifier name, ``timm:<name>``, or
+            ``package.module:factory``.
         num_classes: Output classes.
         in_channels: Channels of the input images.
-        **kwargs: Passed to the builder (torchvision: ``get_model``, e.g. ``weights``).
+        **kwargs: Passed to the builder (torchvision: ``get_model``, e.g. ``weights``;
+            timm: ``create_model``, e.g. ``pretrained``, ``img_size``).
 
     Raises:
         ValueError: unknown name, a torchvision model with non-RGB input, a factory that
@@ -242,6 +290,9 @@ def build_model(name: str, num_classes: int, in_channels: int, **kwargs: Any) ->
     """
     if name in MODELS:
         return MODELS.get(name)(num_classes, in_channels, **kwargs)
+    timm_name = timm_model_name(name)
+    if timm_name is not None:
+        return _build_timm(timm_name, num_classes, in_channels, **kwargs)
     if ":" in name:
         factory = _resolve_factory(name)
         try:
@@ -265,3 +316,24 @@ def build_model(name: str, num_classes: int, in_channels: int, **kwargs: Any) ->
 
         return torchvision.models.get_model(name, num_classes=num_classes, **kwargs)
     raise _unknown(name)
+
+
+def _build_timm(name: str, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` with the dataset's classes and channels; random weights unless
+    ``pretrained=True`` (whose download failing is an error, not a silent fallback)."""
+    timm = _timm()
+    for k in ("num_classes", "in_chans"):
+        if k in kwargs:
+            raise ValueError(f"model.kwargs.{k}: set by the dataset; remove it")
+    pretrained = bool(kwargs.pop("pretrained", False))
+    try:
+        return timm.create_model(
+            name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels, **kwargs
+        )
+    except (OSError, RuntimeError) as e:
+        if not pretrained:
+            raise
+        raise ValueError(
+            f"timm model {name!r}: pretrained weights could not be loaded ({e.__class__.__name__}: {e}); "
+            "check the network (or HF_HUB_OFFLINE and a local cache), or set pretrained: false"
+        ) from e

@@ -7,7 +7,11 @@
   next layer's inputs, residual adds, concatenations, grouped / depthwise convolutions) and
   removes channels from all of them at once; the criterion scores each group's channels.
   Self-attention layers become :class:`~pruners._attention.PrunableMultiheadAttention`
-  (same function) whose heads are units too, ranked among heads.
+  (same function) whose heads are units too, ranked among heads. Groups that reach a layer
+  kept whole on purpose are left alone: other multi-head attention modules (Swin, MaxViT,
+  timm; their relative position tables inside), and so the transformer residual stream;
+  a channel shuffle or another reshape that splits the channel axis (``pruners._graph``).
+  All groups are cut at once, each layer once (``pruners.structured``).
 
 The final classifier (the last Conv / Linear executed in a forward pass) is never pruned.
 Everything here is deterministic given the weights and the criterion's statistics, so DDP
@@ -17,9 +21,7 @@ ranks that share statistics make identical choices.
 from __future__ import annotations
 
 import contextlib
-import math
-import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,31 +29,19 @@ import torch
 import torch.nn.utils.prune as torch_prune
 from torch import nn
 
-from pruners._attention import (
-    PrunableMultiheadAttention,
-    PrunableMultiheadAttentionPruner,
-    convert_attention,
-)
+from pruners._attention import convert_attention
 from pruners.criteria import CRITERIA, Criterion, make_criterion
 from pruners.criteria.base import eval_mode
 from pruners.measure import unwrap
 from pruners.registry import check_choice
-from pruners.thresholds import fraction_count, get_threshold_rule, lowest
+from pruners.selection import LayerReport, call_model, keep_at_least, layer_keep, select_units
+from pruners.structured import collect_units, prune_structured
+from pruners.thresholds import get_threshold_rule
 
 GRANULARITIES: tuple[str, ...] = ("unstructured", "structured")
 SCOPES: tuple[str, ...] = ("global", "layerwise")
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class LayerReport:
-    """Units of one layer (unstructured: weights; structured: channels or heads)."""
-
-    name: str
-    units_before: int
-    units_after: int
-    achieved: float
 
 
 @dataclass(frozen=True)
@@ -93,14 +83,6 @@ def _resolve_criterion(criterion: str | Criterion) -> tuple[Criterion, bool]:
     )
 
 
-def _call(model: nn.Module, example_inputs: Any) -> Any:
-    if isinstance(example_inputs, Mapping):
-        return model(**example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return model(*example_inputs)
-    return model(example_inputs)
-
-
 def find_classifier(model: nn.Module, example_inputs: Any) -> str | None:
     """Dotted name of the last Conv / Linear executed in a forward pass (the output layer)."""
     order: list[nn.Module] = []
@@ -111,7 +93,7 @@ def find_classifier(model: nn.Module, example_inputs: Any) -> str | None:
     ]
     try:
         with eval_mode(model), torch.no_grad():
-            _call(model, example_inputs)
+            call_model(model, example_inputs)
     finally:
         for h in hooks:
             h.remove()
@@ -183,22 +165,6 @@ def _prepared(
         crit.detach(net, fold=fold)
 
 
-def _select(scores: torch.Tensor, removed: torch.Tensor, rule: str, value: float) -> torch.Tensor:
-    """Mask of units to remove; ``removed`` units are gone already and stay gone.
-
-    ``fraction`` counts them towards its total (cumulative targets); the other rules are
-    applied to the surviving units' scores (their statistics describe what is left).
-    """
-    out = removed.clone()
-    alive = (~removed).nonzero().flatten()
-    if rule == "fraction":
-        picked = lowest(scores[alive], fraction_count(scores.numel(), value) - int(removed.sum()))
-    else:
-        picked = get_threshold_rule(rule)(scores[alive], value)
-    out[alive[picked]] = True
-    return out
-
-
 def prune(
     model: nn.Module,
     *,
@@ -268,7 +234,7 @@ def prune(
         if granularity == "unstructured":
             layers, requested_units = _prune_unstructured(net, crit, value, threshold_rule, scope, ignored, min_keep)
         else:
-            layers, requested_units = _prune_structured(
+            layers, requested_units = prune_structured(
                 net, crit, value, threshold_rule, scope, ignored, example_inputs, ops, min_keep
             )
     before = sum(r.units_before for r in layers)
@@ -332,25 +298,6 @@ def _weight_scores(crit: Criterion, module: nn.Module, weight: torch.Tensor) -> 
     return s
 
 
-def keep_at_least(sel: torch.Tensor, scores: torch.Tensor, keep: int, fixed: torch.Tensor | None = None) -> torch.Tensor:
-    """``sel`` (True = remove) with its best-scored selected units kept back until at least
-    ``keep`` units remain. ``fixed`` units (removed before) stay removed."""
-    n = sel.numel()
-    over = int(sel.sum()) - (n - keep)
-    if over <= 0:
-        return sel
-    sel = sel.clone()
-    candidates = sel if fixed is None else sel & ~fixed
-    ranked = torch.where(candidates, scores.to(torch.float64), torch.tensor(float("-inf"), dtype=torch.float64))
-    back = torch.sort(ranked, descending=True, stable=True).indices[: min(over, int(candidates.sum()))]
-    sel[back] = False
-    return sel
-
-
-def _layer_keep(n: int, min_keep: float) -> int:
-    return max(1, math.ceil(min_keep * n))
-
-
 def _prune_unstructured(
     model: nn.Module, crit: Criterion, value: float, rule: str, scope: str, ignored: set[nn.Module],
     min_keep: float = 0.0,
@@ -361,17 +308,17 @@ def _prune_unstructured(
     scores = [_weight_scores(crit, m, m.weight) for _, m in targets]
     removed = [(~_current_mask(m)).flatten().cpu() for _, m in targets]
     if scope == "global":
-        sel = _select(torch.cat(scores), torch.cat(removed), rule, value)
+        sel = select_units(torch.cat(scores), torch.cat(removed), rule, value)
         masks = list(torch.split(sel, [s.numel() for s in scores]))
     else:
-        masks = [_select(s, r, rule, value) for s, r in zip(scores, removed)]
+        masks = [select_units(s, r, rule, value) for s, r in zip(scores, removed)]
     requested = int(sum(int(m.sum()) for m in masks))
     layers = []
     for (name, module), s, old, new in zip(targets, scores, removed, masks):
         n = new.numel()
         # A layer with no weight left disconnects the network: it keeps its best weights
         # (min_keep of them, at least one), among those still there (masked ones stay masked).
-        new = keep_at_least(new, s, _layer_keep(n, min_keep), fixed=old)
+        new = keep_at_least(new, s, layer_keep(n, min_keep), fixed=old)
         if bool(new.all()):
             new = new.clone()
             new[int(s.argmax())] = False
@@ -380,223 +327,6 @@ def _prune_unstructured(
         after = int((~new).sum())
         layers.append(LayerReport(name, n, after, (n - after) / n))
     return layers, requested
-
-
-# --------------------------------------------------------------------------- structured
-@dataclass
-class _Unit:
-    """One ranking unit set: a dependency group's channels or an attention layer's heads."""
-
-    name: str
-    scores: torch.Tensor  # one per unit
-    module: nn.Module
-    kind: str  # "group" | "heads"
-    handler: Any = None
-    ch_groups: int = 1
-
-
-def _channel_groups(dg, group) -> int:
-    """How many interleaved channel groups a group has (grouped conv / GroupNorm)."""
-    best = 1
-    for item in group:
-        dep = item.dep
-        mod = dep.target.module
-        if not isinstance(mod, nn.Module):
-            continue
-        if isinstance(mod, nn.modules.conv._ConvNd) and mod.groups == mod.out_channels:
-            continue  # depthwise: one channel per group, no interleaving constraint
-        pruner = dg.get_pruner_of_module(mod)
-        if pruner is None:
-            continue
-        if dg.is_out_channel_pruning_fn(dep.handler):
-            g = pruner.get_out_channel_groups(mod)
-        else:
-            g = pruner.get_in_channel_groups(mod)
-        best = max(best, int(g or 1))
-    return best
-
-
-def _touches_attention_embedding(group) -> bool:
-    # The residual stream of a transformer: its width is baked into attributes of the
-    # model (e.g. torchvision ViT's hidden_dim reshape), so it is left alone; heads and MLP
-    # widths are the units pruned in transformers.
-    return any(
-        isinstance(item.dep.target.module, (PrunableMultiheadAttention, nn.MultiheadAttention))
-        for item in group
-    )
-
-
-def _build_graph(model: nn.Module, example_inputs: Any):
-    import torch_pruning as tp
-
-    # Torch-Pruning traces in eval mode (and leaves the model there): restore every flag.
-    with eval_mode(model), warnings.catch_warnings():
-        # Torch-Pruning warns about unwrapped parameters it handles itself (ViT's class
-        # token and position embedding, pruned along their last dim).
-        warnings.simplefilter("ignore")
-        with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(
-                model,
-                example_inputs=example_inputs,
-                forward_fn=lambda m, x: _call(m, x),
-                customized_pruners={PrunableMultiheadAttention: PrunableMultiheadAttentionPruner()},
-                verbose=False,
-            )
-
-
-def _collect_units(
-    model: nn.Module, crit: Criterion, ignored: set[nn.Module], example_inputs: Any
-) -> tuple[Any, list[_Unit]]:
-    """The dependency graph and every scored unit set (channel groups, then heads)."""
-    with crit.suspended():
-        dg = _build_graph(model, example_inputs)
-    names = {m: n for n, m in model.named_modules()}
-    units: list[_Unit] = []
-    candidates = 0
-    for group in dg.get_all_groups(
-        ignored_layers=list(ignored), root_module_types=[nn.modules.conv._ConvNd, nn.Linear]
-    ):
-        if _touches_attention_embedding(group):
-            continue
-        candidates += 1
-        root = group[0].dep.target.module
-        scores = crit.group_scores(group)
-        if scores is None:
-            continue  # the criterion has nothing to say about this group (e.g. no BN)
-        scores = scores.detach().to(torch.float64).flatten().cpu()
-        if scores.numel() != len(group[0].idxs):
-            raise ValueError(
-                f"criterion {crit.name!r} returned {scores.numel()} scores for {len(group[0].idxs)} channels"
-            )
-        ch_groups = _channel_groups(dg, group)
-        if ch_groups > 1:
-            scores = scores.view(ch_groups, -1).mean(0)
-        units.append(_Unit(names.get(root, type(root).__name__), scores, root, "group", group[0].dep.handler, ch_groups))
-    for module in model.modules():
-        if isinstance(module, PrunableMultiheadAttention) and module not in ignored and module.num_heads > 1:
-            candidates += 1
-            scores = crit.head_scores(module)
-            if scores is None:
-                continue
-            scores = scores.detach().to(torch.float64).flatten().cpu()
-            if scores.numel() != module.num_heads:
-                raise ValueError(
-                    f"criterion {crit.name!r} returned {scores.numel()} head scores for {module.num_heads} heads"
-                )
-            units.append(_Unit(names[module], scores, module, "heads"))
-    if not units:
-        if candidates:
-            raise ValueError(
-                f"criterion {crit.name!r} scores no unit of this model"
-                + (" (it needs BatchNorm layers)" if crit.name == "slimming" else "")
-            )
-        raise ValueError("the model has no prunable channel group (all ignored?)")
-    for u in units:
-        if not bool(torch.isfinite(u.scores).all()):
-            raise ValueError(f"criterion {crit.name!r} produced non-finite scores for {u.name}")
-    return dg, units
-
-
-def _prune_structured(
-    model: nn.Module,
-    crit: Criterion,
-    value: float,
-    rule: str,
-    scope: str,
-    ignored: set[nn.Module],
-    example_inputs: Any,
-    ops: list[dict[str, Any]] | None = None,
-    min_keep: float = 0.0,
-) -> tuple[list[LayerReport], int]:
-    masked = [n for n, m in model.named_modules() if hasattr(m, "weight_mask")]
-    if masked:
-        raise ValueError(
-            f"structured pruning of a model with unstructured masks ({masked[0]}...) is not "
-            "supported; make the masks permanent with torch.nn.utils.prune.remove first"
-        )
-    dg, units = _collect_units(model, crit, ignored, example_inputs)
-    names = {m: n for n, m in model.named_modules()}
-
-    # Channels and heads are ranked separately (a head is not comparable with a channel).
-    selections: list[torch.Tensor] = [None] * len(units)  # type: ignore[list-item]
-    for kind in ("group", "heads"):
-        idx = [i for i, u in enumerate(units) if u.kind == kind]
-        if not idx:
-            continue
-        if scope == "global":
-            cat = torch.cat([units[i].scores for i in idx])
-            sel = _select(cat, torch.zeros(cat.numel(), dtype=torch.bool), rule, value)
-            for i, part in zip(idx, torch.split(sel, [units[i].scores.numel() for i in idx])):
-                selections[i] = part
-        else:
-            for i in idx:
-                sc = units[i].scores
-                selections[i] = _select(sc, torch.zeros(sc.numel(), dtype=torch.bool), rule, value)
-    requested = int(sum(int(x.sum()) for x in selections))
-
-    removed: dict[nn.Module, list[int]] = {}
-    layers: list[LayerReport] = []
-    for u, sel in zip(units, selections):
-        n = u.scores.numel()
-        # Never empty a layer: it keeps its best units (min_keep of them, at least one).
-        sel = keep_at_least(sel, u.scores, _layer_keep(n, min_keep))
-        idxs = sel.nonzero().flatten().tolist()
-        done = 0
-        if idxs and u.kind == "heads":
-            u.module.remove_heads(idxs)
-            removed[u.module] = idxs
-            done = len(idxs)
-            if ops is not None:
-                ops.append({"module": names[u.module], "kind": "heads", "idxs": list(idxs)})
-        elif idxs:
-            # Grouped layers: remove the same position from every interleaved group.
-            full = [i + g * n for g in range(u.ch_groups) for i in idxs]
-            pg = dg.get_pruning_group(u.module, u.handler, full)
-            if dg.check_pruning_group(pg):
-                _collect_removed(dg, pg, removed)
-                pg.prune()
-                done = len(idxs)
-                if ops is not None:
-                    kind = "out" if dg.is_out_channel_pruning_fn(u.handler) else "in"
-                    ops.append({"module": names[u.module], "kind": kind, "idxs": [int(i) for i in full]})
-        layers.append(LayerReport(u.name, n, n - done, done / n))
-    crit.after_prune(model, removed)
-    return layers, requested
-
-
-def _collect_removed(dg: Any, pg: Any, removed: dict[nn.Module, list[int]]) -> None:
-    """Add the output channels ``pg`` removes, per module, to ``removed`` (for gates)."""
-    for item in pg:
-        mod = item.dep.target.module
-        if isinstance(mod, nn.Module) and dg.is_out_channel_pruning_fn(item.dep.handler):
-            removed[mod] = sorted(set(removed.get(mod, [])) | set(int(i) for i in item.idxs))
-
-
-def replay_structural(
-    model: nn.Module, ops: list[dict[str, Any]], example_inputs: Any, criterion: Criterion | None = None
-) -> None:
-    """Apply the structural removals of one ``prune`` call (``PruneReport.structural_ops``)
-    to ``model``, which must have the structure that call started from.
-
-    Channels go through the same dependency groups, so every coupled layer changes with
-    them; ``criterion.after_prune`` is told, as ``prune`` would tell it (gates follow).
-    """
-    modules = dict(model.named_modules())
-    dg = _build_graph(model, example_inputs) if any(op["kind"] != "heads" for op in ops) else None
-    removed: dict[nn.Module, list[int]] = {}
-    for op in ops:
-        module = modules[op["module"]]
-        if op["kind"] == "heads":
-            module.remove_heads(list(op["idxs"]))
-            removed[module] = list(op["idxs"])
-            continue
-        pruner = dg.get_pruner_of_module(module)
-        fn = pruner.prune_out_channels if op["kind"] == "out" else pruner.prune_in_channels
-        pg = dg.get_pruning_group(module, fn, list(op["idxs"]))
-        _collect_removed(dg, pg, removed)
-        pg.prune()
-    if criterion is not None and ops:
-        criterion.after_prune(model, removed)
 
 
 # --------------------------------------------------------------------------- inspection
@@ -622,5 +352,5 @@ def score(
     with _prepared(model, crit, owned, example_inputs, calibration, ignore, fold=False) as (net, ignored):
         if granularity == "unstructured":
             return {n: _weight_scores(crit, m, m.weight) for n, m in prunable_weights(net, ignored)}
-        _, units = _collect_units(net, crit, ignored, example_inputs)
+        _, units = collect_units(net, crit, ignored, example_inputs)
         return {u.name: u.scores for u in units}

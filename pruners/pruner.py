@@ -37,7 +37,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import prune as torch_prune
 
 from pruners import _dist
 from pruners._attention import convert_attention
@@ -46,53 +45,17 @@ from pruners._dynamic import StraightThrough, regrow
 from pruners.calibration import CalibrationBatches
 from pruners.criteria import Criterion
 from pruners.criteria.base import eval_mode
-from pruners.prune import PruneReport, find_classifier, prune, replay_structural
+from pruners.prune import PruneReport, prune
+from pruners.structured import replay_structural
 from pruners.schedules import Schedule
 from pruners.spec import PruneSpec
 from pruners.targets import model_cost, prune_to_cost
+from pruners.sparsity import achieved_sparsity, install_masks, masks_of, prunable_weight_counts
 from pruners.thresholds import get_threshold_rule
 
 __all__ = ["Pruner", "achieved_sparsity", "prunable_weight_counts"]
 
 STATE_VERSION = 1
-
-
-def prunable_weight_counts(net: nn.Module, example_inputs: Any, ignore: tuple[str, ...]) -> dict[str, int]:
-    """Weights of the Conv / Linear layers pruning may touch, by module name.
-
-    The reference for ``sparsity``: the classifier (never pruned) and ignored modules are
-    left out, as in ``pruners.prune``.
-    """
-    classifier = find_classifier(net, example_inputs)
-    skipped = [n for n in (*ignore, classifier) if n is not None]
-
-    def excluded(name: str) -> bool:
-        return any(name == s or name.startswith(s + ".") for s in skipped)
-
-    return {
-        name: m.weight.numel() if not hasattr(m, "weight_orig") else m.weight_orig.numel()
-        for name, m in net.named_modules()
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and not excluded(name)
-    }
-
-
-def _effective_weight(module: nn.Module) -> torch.Tensor:
-    mask = getattr(module, "weight_mask", None)
-    if mask is not None and hasattr(module, "weight_orig"):
-        return module.weight_orig.detach() * mask
-    return module.weight.detach()
-
-
-def achieved_sparsity(net: nn.Module, reference: Mapping[str, int]) -> float:
-    """1 - nonzero prunable weights now / prunable weights at the start."""
-    modules = dict(net.named_modules())
-    total = sum(reference.values())
-    nonzero = 0
-    for name in reference:
-        m = modules.get(name)
-        if m is not None:
-            nonzero += int(torch.count_nonzero(_effective_weight(m)))
-    return 1.0 - nonzero / total if total else 0.0
 
 
 def first_full_target_step(schedule: Schedule) -> int:
@@ -101,25 +64,6 @@ def first_full_target_step(schedule: Schedule) -> int:
         if schedule.sparsity_at(s) >= schedule.target - 1e-12:
             return s
     return schedule.update_steps()[-1]
-
-
-def _masks(net: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: m.weight_mask.detach().bool().cpu().clone() for n, m in net.named_modules()
-            if hasattr(m, "weight_mask")}
-
-
-def _install_masks(net: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    modules = dict(net.named_modules())
-    for name, mask in masks.items():
-        m = modules[name]
-        keep = mask.to(device=m.weight.device if not hasattr(m, "weight_orig") else m.weight_orig.device)
-        if hasattr(m, "weight_mask"):
-            with torch.no_grad():
-                m.weight_mask.copy_(keep.to(m.weight_mask.dtype))
-        else:
-            torch_prune.custom_from_mask(m, "weight", keep.to(m.weight.dtype))
-        with torch.no_grad():
-            m.weight = m.weight_orig * m.weight_mask
 
 
 class Pruner:
@@ -486,14 +430,14 @@ class Pruner:
         if self._before_round is not None:
             snap = self._before_round["module"]
             before = {"counters": dict(self._before_round["counters"]), "ops": self._before_round["ops"],
-                      "masks": _masks(snap), "weights": {k: v.detach().cpu().clone() for k, v in snap.state_dict().items()}}
+                      "masks": masks_of(snap), "weights": {k: v.detach().cpu().clone() for k, v in snap.state_dict().items()}}
         return {
             "version": STATE_VERSION,
             "steps": self.steps,
             "stopped": self.stopped,
             **self._counters(),
             "ops": copy.deepcopy(self.ops),
-            "masks": _masks(self.module),
+            "masks": masks_of(self.module),
             "criterion": self.crit.state_dict(self.module),
             "calibration": None if self.calibration is None else self.calibration.state_dict(),
             "before_round": before,
@@ -513,7 +457,7 @@ class Pruner:
                 replay_structural(self.module, call, self.example, self.crit)
             if before is not None and before["ops"] == len(state["ops"]):
                 self._before_round = self._rebuild_snapshot(before)
-        _install_masks(self.module, state["masks"])
+        install_masks(self.module, state["masks"])
         self.crit.load_state_dict(self.module, state.get("criterion") or {})
         if self.calibration is not None and state.get("calibration") is not None:
             self.calibration.load_state_dict(state["calibration"])
@@ -528,6 +472,6 @@ class Pruner:
 
     def _rebuild_snapshot(self, before: Mapping[str, Any]) -> dict[str, Any]:
         snap = copy.deepcopy(self.module)
-        _install_masks(snap, before["masks"])
+        install_masks(snap, before["masks"])
         snap.load_state_dict(before["weights"])
         return {"module": snap, "counters": dict(before["counters"]), "ops": before["ops"]}

@@ -263,7 +263,7 @@ def test_taylor_structured_is_the_squared_sum_over_each_units_parameters():
     """Molchanov et al. 2019: a channel scores mean_b (sum of theta * dL_b/dtheta over every
     parameter that goes with it: its filter and bias, its BatchNorm scale and shift, the next
     layers' input columns)^2. Checked against a brute-force sum over the group's slices."""
-    from pruners.prune import _build_graph
+    from pruners.structured import build_dependency_graph as _build_graph
 
     torch.manual_seed(0)
     model = ResidualCNN(width=6).eval()
