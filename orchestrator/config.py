@@ -393,6 +393,10 @@ class ResourcesConfig(_Model):
     #: Retries of a trial after a failure outside its code (a lost worker or node, a process
     #: killed for memory), each from the trial's last finished epoch.
     max_failures: int = Field(2, ge=0)
+    #: Train under bfloat16 autocast / in channels-last memory format (GPU speed-ups;
+    #: validation and measurements stay float32, on the saved model).
+    bf16: bool = False
+    channels_last: bool = False
     cluster: ClusterSpec | None = None
 
     @model_validator(mode="after")

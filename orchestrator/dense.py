@@ -61,6 +61,9 @@ def dense_loop(config: dict[str, Any]) -> None:
     opt_cfg = cfg.dense.optimizer.build(cfg.dense.lr)  # a pruners.OptimizerConfig
     opt = opt_cfg.build(model.parameters())
     total_steps = epochs * len(setup.train_loader)
+    channels_last = cfg.resources.channels_last and setup.example_inputs.dim() == 4
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     step = 0
     train_loss = math.nan
     for epoch in range(1, epochs + 1):
@@ -69,11 +72,14 @@ def dense_loop(config: dict[str, Any]) -> None:
         total = torch.zeros(2, dtype=torch.float64)
         for x, y in setup.train_loader:
             x, y = x.to(device), y.to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             for group in opt.param_groups:
                 group["lr"] = opt_cfg.lr_at(step, total_steps)
             step += 1
             opt.zero_grad(set_to_none=True)
-            batch_loss = F.cross_entropy(model(x), y)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.resources.bf16):
+                batch_loss = F.cross_entropy(model(x), y)
             batch_loss.backward()
             opt.step()
             total += torch.tensor([batch_loss.item(), 1.0], dtype=torch.float64)
@@ -83,6 +89,8 @@ def dense_loop(config: dict[str, Any]) -> None:
         val_accuracy, val_loss = pruners.evaluate(model, setup.val_loader, device=device)
         ray.train.report({"epoch": epoch, "val_accuracy": val_accuracy, "val_loss": val_loss, "train_loss": train_loss})
     net = unwrap(model)
+    if channels_last:
+        net.to(memory_format=torch.contiguous_format)  # the weights trials load are plain
     state_blob = b""
     if setup.rank == 0:
         state_blob = state_dict_bytes(net)

@@ -393,6 +393,6 @@ def train_trial(config: dict[str, Any]) -> TrialOutcome:
         artifact_metadata={"config": record},
         seed=cfg.seed,
         teacher=teacher, distill=trial.distill, temperature=cfg.search.distill_temperature,
-        resume=resume,
+        resume=resume, bf16=cfg.resources.bf16, channels_last=cfg.resources.channels_last,
     )
     return TrialOutcome(model=model, rows=rows, rank=setup.rank)

@@ -113,6 +113,8 @@ def finetune(
     distill: float = 0.0,
     temperature: float = 4.0,
     resume: dict[str, Any] | None = None,
+    bf16: bool = False,
+    channels_last: bool = False,
 ) -> nn.Module:
     """Prune ``model`` on ``schedule`` while fine-tuning it; report metrics once per epoch.
 
@@ -150,8 +152,9 @@ def finetune(
         latency_repeats: Timed forward passes per latency measurement (median reported).
         latency_threads: CPU threads while timing (None: leave as is).
         loss_fn: ``loss_fn(logits, targets)`` returning the batch mean.
-        checkpoint: Optional ``checkpoint(model, row, file)`` called after ``report`` every
-            epoch with the file measured for the row (rank 0; None elsewhere).
+        checkpoint: Optional ``checkpoint(model, row, file, state)`` called after ``report``
+            every epoch with the file measured for the row (rank 0; None elsewhere) and
+            ``state()``, which returns everything needed to continue after this epoch.
         accuracy_target: Keep only pruning rounds the model survives on ``eval_loader``
             (see :class:`pruners.Pruner`); rows then carry ``pruning_stopped``.
         seed: Seed of the calibration draws.
@@ -166,6 +169,11 @@ def finetune(
             model that run started from; training continues after that epoch and ends
             bit-identical to a run never interrupted (weights, masks, structure, gates,
             optimizer, learning-rate position, data order, random number generators).
+        bf16: Run the training forward and loss under bfloat16 autocast (GPUs with bf16,
+            recent CPUs). Validation and every measurement stay in float32: they describe
+            the saved model, which is float32.
+        channels_last: Train an image model in the channels-last memory format (faster
+            convolutions on GPUs with tensor cores); the saved model is unaffected.
 
     Returns:
         The pruned, fine-tuned model in eval mode (a ``DistributedDataParallel`` again if
@@ -201,6 +209,8 @@ def finetune(
         if main_rank:
             save(net, reference, example)
         convert_attention(net)  # the optimizer must see the head-prunable attention's parameters
+        if channels_last:
+            net.to(memory_format=torch.channels_last)
         opt = optimizer.build([p for p in net.parameters() if p.requires_grad])
         pruner = Pruner(
             model, spec, schedule, example, optimizer=opt,
@@ -239,25 +249,29 @@ def finetune(
             loss_sum, batches = 0.0, 0
             for x, y in train_loader:
                 x, y = move_to(x, dev), move_to(y, dev)
+                if channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 lr = optimizer.lr_at(step, total_steps)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
-                out = pruner.model(x)
-                loss = loss_fn(out, y)
-                if distill > 0:
-                    with torch.no_grad():
-                        soft = F.log_softmax(teacher(x) / temperature, dim=1)  # type: ignore[misc]
-                    kd = F.kl_div(F.log_softmax(out / temperature, dim=1), soft, log_target=True,
-                                  reduction="batchmean") * temperature**2
-                    loss = (1 - distill) * loss + distill * kd
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                    out = pruner.model(x)
+                    loss = loss_fn(out, y)
+                    if distill > 0:
+                        with torch.no_grad():
+                            soft = F.log_softmax(teacher(x).float() / temperature, dim=1)  # type: ignore[misc]
+                        kd = F.kl_div(F.log_softmax(out.float() / temperature, dim=1), soft, log_target=True,
+                                      reduction="batchmean") * temperature**2
+                        loss = (1 - distill) * loss + distill * kd
                 penalty = pruner.penalty()
                 if penalty is not None:
                     loss = loss + penalty
                 loss.backward()
                 pruner.sync_gradients()
                 opt.step()
-                pruner.step()
+                if pruner.step() and channels_last:  # removed channels: new weight tensors
+                    pruner.module.to(memory_format=torch.channels_last)
                 loss_sum += float(loss.detach())
                 batches += 1
                 step += 1

@@ -456,3 +456,22 @@ def test_optimizer_config_validates_and_schedules_the_learning_rate():
     assert OptimizerConfig(lr=0.2).lr_at(3, 4) == 0.2
     opt = OptimizerConfig(name="adamw", lr=0.1, weight_decay=0.01).build([nn.Parameter(torch.zeros(2))])
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == 0.01
+
+
+def test_bf16_autocast_and_channels_last_train_a_pruned_float32_model(digits):
+    """The GPU options: training runs under bfloat16 autocast in channels-last format (kept
+    after channels are removed), while the model, its rows and its file stay float32."""
+    seen = []
+
+    def layout(model: nn.Module, row: dict, _file: str, _state) -> None:
+        convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.shape[-1] > 1]
+        seen.append(all(w.is_contiguous(memory_format=torch.channels_last) for w in convs))
+
+    model, rows, _ = _run(
+        digits, PruneSpec("magnitude", "structured", amount=0.5),
+        pruners.make_schedule("iterative", target=0.5, rounds=2, interval=STEPS), image=True,
+        bf16=True, channels_last=True, checkpoint=layout,
+    )
+    assert seen == [True] * EPOCHS  # after each removal too
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert rows[-1]["sparsity"] > 0.5 and rows[-1]["val_accuracy"] > 0.6  # half the channels: ~3/4 of weights
