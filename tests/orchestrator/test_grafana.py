@@ -14,23 +14,14 @@ from typing import Any
 
 import pytest
 
+from orchestrator.monitor import METRICS as MONITOR_METRICS
+
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "cluster" / "grafana" / "prunefront_dashboard.json"
 
-# The metrics Prunefront exports with ray.util.metrics (issue 12, section 1), as Prometheus
-# sees them (Ray prefixes "ray_"), with their tag keys. When the exporter lands, take these
-# from its module instead of this copy.
-METRICS: dict[str, set[str]] = {
-    "ray_prunefront_trials": {"state", "experiment"},
-    "ray_prunefront_epochs_done": {"experiment"},
-    "ray_prunefront_trial_val_accuracy": {"experiment", "trial_id", "method"},
-    "ray_prunefront_trial_sparsity": {"experiment", "trial_id", "method"},
-    "ray_prunefront_trial_flops": {"experiment", "trial_id", "method"},
-    "ray_prunefront_trial_size_bytes": {"experiment", "trial_id", "method"},
-    "ray_prunefront_trial_epoch": {"experiment", "trial_id", "method"},
-    "ray_prunefront_front_hypervolume": {"experiment", "front"},
-    "ray_prunefront_knee_val_accuracy": {"experiment", "front"},
-}
+# The metrics Prunefront exports with ray.util.metrics, as Prometheus sees them (Ray prefixes
+# "ray_"), with their tag keys: taken from the exporter.
+METRICS: dict[str, set[str]] = {f"ray_{name}": set(tags) for name, (_, tags) in MONITOR_METRICS.items()}
 # Labels Ray (SessionName, ...) and KubeRay's PodMonitor (ray_io_cluster) add to every series.
 RAY_LABELS = {"SessionName", "ray_io_cluster", "NodeAddress", "WorkerId", "Component", "Version", "instance"}
 PROMQL_WORDS = {

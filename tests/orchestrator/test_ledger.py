@@ -122,21 +122,28 @@ def test_resume_skips_finished_trials_only(tmp_path: Path) -> None:
     assert exp.trials["cut"].status == "completed"
 
 
-def test_reported_checkpoint_is_copied_to_models(tmp_path: Path) -> None:
-    ckpt = tmp_path / "storage" / "checkpoint_000000"
-    ckpt.mkdir(parents=True)
-    (ckpt / "model.pt2").write_bytes(b"first")
+def test_kept_epochs_checkpoint_is_copied_to_models(tmp_path: Path) -> None:
+    """Every epoch checkpoints (the state to resume from); only a kept epoch's checkpoint
+    carries the model, and only that one is copied."""
+    def checkpoint(name: str, model: bytes | None) -> Path:
+        d = tmp_path / "storage" / name
+        d.mkdir(parents=True)
+        (d / "state.pt").write_bytes(b"state")
+        if model is not None:
+            (d / "model.pt2").write_bytes(model)
+            (d / "row.json").write_text("{}")
+        return d
+
     cb = LedgerCallback(tmp_path / "exp", max_epochs=3)
     cb.setup()
     t = trial("m")
-    cb.on_trial_result(0, [], t, result(1, checkpoint_path=str(ckpt)))
-    assert (tmp_path / "exp" / "models" / "m" / "model.pt2").read_bytes() == b"first"
-    ckpt2 = tmp_path / "storage" / "checkpoint_000001"
-    ckpt2.mkdir()
-    (ckpt2 / "model.pt2").write_bytes(b"better")
-    cb.on_trial_result(0, [], t, result(2))  # no new checkpoint: the kept model stays
-    cb.on_trial_result(0, [], t, result(3, checkpoint_path=str(ckpt2)))
-    assert (tmp_path / "exp" / "models" / "m" / "model.pt2").read_bytes() == b"better"
+    kept = tmp_path / "exp" / "models" / "m" / "model.pt2"
+    cb.on_trial_result(0, [], t, result(1, checkpoint_path=str(checkpoint("c1", b"first")), kept=1))
+    assert kept.read_bytes() == b"first"
+    cb.on_trial_result(0, [], t, result(2, checkpoint_path=str(checkpoint("c2", None)), kept=0))
+    assert kept.read_bytes() == b"first"  # not kept: the kept model stays
+    cb.on_trial_result(0, [], t, result(3, checkpoint_path=str(checkpoint("c3", b"better")), kept=1))
+    assert kept.read_bytes() == b"better" and sorted(p.name for p in kept.parent.iterdir()) == ["model.pt2", "row.json"]
 
 
 def test_callback_survives_pickling_without_its_open_file(tmp_path: Path) -> None:
@@ -158,3 +165,32 @@ def test_non_finite_metrics_become_null(tmp_path: Path, value: float) -> None:
     cb.on_trial_result(0, [], trial("n"), result(1, val_loss=value))
     (event,) = read_events(tmp_path / "results.jsonl")
     assert event["val_loss"] is None
+
+
+def test_a_trial_failing_in_its_own_code_is_errored_with_its_line(tmp_path: Path) -> None:
+    """orchestrator.trial ends such a trial with a ``trial_error`` result instead of letting
+    Ray retry it: the ledger keeps its epochs, writes it errored with that line, and no row."""
+    cb = LedgerCallback(tmp_path, max_epochs=3)
+    cb.setup()
+    a = trial("a")
+    cb.on_trial_result(0, [], a, result(1))
+    cb.on_trial_result(0, [], a, {"trial_error": "ValueError: criterion 'slimming' needs BatchNorm layers",
+                                  "training_iteration": 2, "config": dict(CONFIG)})
+    cb.on_trial_complete(0, [], a)
+    events = read_events(tmp_path / "results.jsonl")
+    assert [(e["type"], e.get("epoch"), e.get("status")) for e in events] == [
+        ("result", 1, None), ("status", None, "errored")]
+    assert events[1]["reason"] == "ValueError: criterion 'slimming' needs BatchNorm layers"
+
+
+def test_only_faults_outside_the_trial_are_retried() -> None:
+    import torch
+
+    from orchestrator.trial import is_transient
+
+    assert is_transient(RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer"))
+    assert is_transient(torch.OutOfMemoryError("CUDA out of memory"))
+    assert is_transient(OSError("No space left on device"))
+    assert not is_transient(ValueError("schedule 'iterative' does not fit"))
+    assert not is_transient(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x10 and 12x3)"))
+    assert not is_transient(KeyError("weight"))
