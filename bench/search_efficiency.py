@@ -1,0 +1,166 @@
+"""Does MO-ASHA find the fronts at a fraction of the budget? (>= 0.97 of the grid's hypervolume at <= 1/3 of its epochs)
+
+Record once, replay many times (tabular benchmarking, as Syne Tune's blackbox repository and
+HPOBench do):
+
+* ``--record``: a grid of 72 configurations (magnitude / Taylor / random x unstructured /
+  structured x one-shot / gradual x amount 0.5 / 0.7 / 0.9 x lr 0.005 / 0.03) run by the real
+  search (``orchestrator/search.py``, FIFO: every trial to its last epoch) on Fashion-MNIST
+  with ``small_cnn``; every epoch's validation accuracy, test accuracy (kept epochs), FLOPs,
+  sparse FLOPs, file size and wall time go to ``bench/data/search_grid.parquet``.
+* replay (default): asynchronous searches on ``--workers`` simulated workers over that table
+  (``bench/replay.py``), driving Prunefront's ``MultiObjectiveASHA`` and Ray's
+  ``AsyncHyperBandScheduler`` (the real classes) through ``on_trial_result``, plus random
+  search without early stopping, at budgets of 1/4, 1/3, 1/2 and 1 x the grid's epochs,
+  ``--seeds`` seeds each. For each: the median (and IQR) over seeds of the hypervolume of the
+  front found (chosen on validation accuracy, scored on test accuracy) against FLOPs and
+  against file size, as a share of the full grid's.
+
+    python bench/search_efficiency.py --record        # ~1 h on 2 cores
+    python bench/search_efficiency.py [--seeds 30]    # seconds
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import _common
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+import replay
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLE = ROOT / "bench" / "data" / "search_grid.parquet"
+OBJECTIVES = {"val_accuracy": "max", "flops": "min", "size_bytes": "min"}
+COSTS = ("flops", "size_bytes")
+BUDGETS = (0.25, 1 / 3, 0.5, 1.0)
+TARGET = 0.97  # MO-ASHA's share of the grid's hypervolume at 1/3 of its epochs
+METHODS = ("moasha", "asha", "none")
+LABELS = {"moasha": "MO-ASHA", "asha": "ASHA (Ray)", "none": "random, no stopping"}
+
+
+def record_config(smoke: bool) -> dict:
+    return {
+        "name": "search-grid",
+        "seed": 0,
+        "data": {"dataset": "fashion_mnist", "val_size": 2000 if not smoke else 200,
+                 "train_subset": 6000 if not smoke else 300, "eval_subset": None if not smoke else 200,
+                 "batch_size": 128, "eval_batch_size": 1000},
+        "model": {"name": "small_cnn"},
+        "dense": {"epochs": 8 if not smoke else 1, "lr": 0.05,
+                  "optimizer": {"name": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "lr_schedule": "cosine"}},
+        "search": {
+            "algorithm": "grid", "num_samples": 1, "epochs": 4 if not smoke else 2,
+            "space": {"criterion": ["magnitude", "taylor", "random"] if not smoke else ["magnitude"],
+                      "granularity": ["unstructured", "structured"], "scope": ["global"],
+                      "threshold_rule": ["fraction"], "amount": [0.5, 0.7, 0.9] if not smoke else [0.5],
+                      "schedule": ["one_shot", "gradual"] if not smoke else ["one_shot"],
+                      "lr": [0.005, 0.03] if not smoke else [0.03]},
+            "schedule_params": {"gradual": {"start_epoch": 0.0, "end_epoch": 0.8, "interval_epochs": 0.2}},
+            "optimizer": {"name": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "lr_schedule": "cosine"},
+        },
+        "scheduler": {"name": "fifo"},
+        "metrics": {"latency_repeats": 5},
+        "resources": {"workers": 1, "cpus_per_worker": 0.9, "driver_cpus": 0.1},
+    }
+
+
+def record(out: Path, table: Path, smoke: bool) -> None:
+    """Run the grid with the real search and store every epoch of every trial."""
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = record_config(smoke)
+    (out / "grid.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, str(ROOT / "orchestrator" / "search.py"), "--config", str(out / "grid.yaml"),
+                           "--output", str(out / "grid")], env=env, capture_output=True, text=True)
+    (out / "grid.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"the grid search failed (exit {proc.returncode}); see {out / 'grid.log'}")
+    trials = pd.read_parquet(out / "grid" / "report" / "trials.parquet")
+    dense = trials[trials["status"] == "reference"].iloc[0]
+    rows = trials[trials["status"] != "reference"].sort_values(["trial_id", "epoch"]).copy()
+    rows["time_s"] = rows.groupby("trial_id")["time_total_s"].diff().fillna(rows["time_total_s"])
+    keep = ["trial_id", "method", "criterion", "granularity", "schedule", "amount", "lr", "epoch", "val_accuracy",
+            "test_accuracy", "sparsity", "flops", "flops_sparse", "size_bytes", "time_s"]
+    rows = rows[keep].rename(columns={"trial_id": "config_id"}).reset_index(drop=True)
+    meta = {"command": "python bench/search_efficiency.py --record" + (" --smoke-test" if smoke else ""),
+            "config": cfg, "recorded_at": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - t0),
+            "dense": {k: (None if pd.isna(dense[k]) else float(dense[k])) for k in
+                      ("val_accuracy", "test_accuracy", "flops", "flops_sparse", "size_bytes")}}
+    t = pa.Table.from_pandas(rows, preserve_index=False)
+    t = t.replace_schema_metadata({**(t.schema.metadata or {}), b"prunefront.grid": json.dumps(meta).encode()})
+    table.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(t, table)
+    print(f"recorded {rows['config_id'].nunique()} configurations x {rows['epoch'].max()} epochs in "
+          f"{meta['seconds']} s -> {table}")
+
+
+def replay_all(table_path: Path, seeds: int, workers: int) -> dict:
+    table = pd.read_parquet(table_path)
+    meta = json.loads(pq.read_schema(table_path).metadata[b"prunefront.grid"])
+    dense = meta["dense"]
+    costs = {c: float(dense[c]) for c in COSTS}
+    max_t = int(table["epoch"].max())
+    grid_epochs = len(table)
+    full = replay.simulate(table, None, budget_epochs=float("inf"), workers=workers)
+    full_hv = {c: replay.front_hypervolume(full.kept, c, costs[c]) for c in COSTS}
+    print(f"# table: {table['config_id'].nunique()} configurations x {max_t} epochs = {grid_epochs} epochs "
+          f"(recorded {meta['recorded_at']}: {meta['command']}); {workers} workers, {seeds} seeds")
+    print(f"# full grid hypervolume: " + ", ".join(f"{c} {full_hv[c]:.4g}" for c in COSTS))
+    print(f"{'method':<22} {'budget':>6} " + " ".join(f"{'hv ' + c + ' median [IQR]':>30}" for c in COSTS)
+          + f" {'epochs':>7}")
+    results: dict = {"full_hv": full_hv, "grid_epochs": grid_epochs, "methods": {}}
+    for method in METHODS:
+        for frac in BUDGETS:
+            got = replay.run_method(
+                table, lambda m=method: replay.make_scheduler(m, max_t, OBJECTIVES),
+                budget=frac * grid_epochs, seeds=seeds, workers=workers, costs=costs, full=full_hv,
+            )
+            summary = {c: replay.summarize(got[c]) for c in COSTS}
+            results["methods"].setdefault(method, {})[f"{frac:.3f}"] = {**summary, "epochs": replay.summarize(got["epochs"])}
+            cells = " ".join(f"{m:>16.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in (summary[c] for c in COSTS))
+            print(f"{LABELS[method]:<22} {frac:>6.3f} {cells} {replay.summarize(got['epochs'])[0]:>7.0f}")
+    third = f"{1 / 3:.3f}"
+    mo = min(results["methods"]["moasha"][third][c][0] for c in COSTS)
+    ahead = all(results["methods"]["moasha"][f"{b:.3f}"][c][0] >= results["methods"][m][f"{b:.3f}"][c][0]
+                for b in BUDGETS for c in COSTS for m in ("asha", "none"))
+    print(f"# MO-ASHA ahead of (or tied with) ASHA and random search at every budget and front (median): {ahead}")
+    results["moasha_third"], results["moasha_ahead"] = mo, ahead
+    _common.verdict("search_efficiency.moasha_hv_share_at_one_third_budget", mo, TARGET, higher_is_better=True)
+    return results
+
+
+def main() -> None:
+    p = _common.parser(__doc__.splitlines()[0])
+    p.add_argument("--record", action="store_true", help="run the grid with the real search first (~1 h)")
+    p.add_argument("--table", default=str(TABLE))
+    p.add_argument("--out", default="bench/out/grid")
+    p.add_argument("--seeds", type=int, default=30)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--json", help="also write the replay's numbers here")
+    args = p.parse_args()
+    _common.setup(args.threads)
+    table = Path(args.table)
+    if args.smoke_test:
+        table = Path(args.out).with_name("grid-smoke") / "search_grid.parquet"
+        if not table.is_file():
+            record(table.parent, table, smoke=True)
+        args.seeds = 3
+    elif args.record:
+        record(Path(args.out), table, smoke=False)
+    results = replay_all(table, args.seeds, args.workers)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
