@@ -115,7 +115,7 @@ def replay_all(table_path: Path, seeds: int, workers: int) -> dict:
     full_hv = {c: replay.front_hypervolume(full.kept, c, costs[c]) for c in COSTS}
     print(f"# table: {table['config_id'].nunique()} configurations x {max_t} epochs = {grid_epochs} epochs "
           f"(recorded {meta['recorded_at']}: {meta['command']}); {workers} workers, {seeds} seeds")
-    print(f"# full grid hypervolume: " + ", ".join(f"{c} {full_hv[c]:.4g}" for c in COSTS))
+    print("# full grid hypervolume: " + ", ".join(f"{c} {full_hv[c]:.4g}" for c in COSTS))
     print(f"{'method':<22} {'budget':>6} " + " ".join(f"{'hv ' + c + ' median [IQR]':>30}" for c in COSTS)
           + f" {'epochs':>7}")
     results: dict = {"full_hv": full_hv, "grid_epochs": grid_epochs, "methods": {}}
