@@ -223,6 +223,7 @@ class LedgerCallback(Callback):
         self._copied: dict[str, str] = {}
         self._last_epoch: dict[str, int] = {}
         self._errors: dict[str, str] = {}
+        self._written: set[tuple[str, int]] = set()  # (trial, epoch) lines in the ledger
         self.counts = {"result": 0, "completed": 0, "stopped": 0, "errored": 0}
 
     # -- state --------------------------------------------------------------------
@@ -232,6 +233,8 @@ class LedgerCallback(Callback):
         # An errored one is retried (resume_errored): it reports again.
         self.skip = {t for t, v in finished_trials(self.writer.path).items()
                      if v["result"] is not None and v["status"] != "errored"}
+        self._written = {(e["trial_id"], int(e["epoch"])) for _, e in read_events(self.writer.path)
+                         if e.get("type") == "result" and "epoch" in e} if self.writer.path.is_file() else set()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -277,6 +280,9 @@ class LedgerCallback(Callback):
         metrics = row_metrics(result)
         if "epoch" not in metrics:
             return  # not a fine-tuning epoch (nothing reports those today)
+        if (tid, int(metrics["epoch"])) in self._written:
+            return  # a retried trial reports its last checkpointed epoch again: written once
+        self._written.add((tid, int(metrics["epoch"])))
         event = {"type": "result", "trial_id": tid, **metrics, "config": self._record(trial),
                  "time_total_s": result.get("time_total_s")}
         self.writer.append(event)

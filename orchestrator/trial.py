@@ -347,15 +347,21 @@ def train_trial(config: dict[str, Any]) -> TrialOutcome:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         # A retry (a lost worker or node, a killed process, --resume): continue after the
-        # last epoch the trial finished, exactly where it was.
+        # last epoch the trial finished, exactly where it was. That epoch is reported again
+        # (with its model when it was the kept one): the driver may have died before its
+        # result reached the ledger, which writes each epoch once.
         import torch
 
         with checkpoint.as_directory() as d:
             saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
-        kept.kept, rows, resume = saved["kept"], list(saved["rows"]), saved["finetune"]
-        if int(resume["epoch"]) >= trial.epochs:  # it had finished: say so again
-            ray.train.report({**rows[-1], **record, "startup_s": startup_s, "dense_wait_s": setup.dense_wait_s,
-                              "kept": 0, KEPT_SCORE: 0, **setup.placement})
+            kept.kept, rows, resume = saved["kept"], list(saved["rows"]), saved["finetune"]
+            was_kept = kept.kept is not None and kept.kept.get("epoch") == rows[-1]["epoch"]
+            again = {**rows[-1], **record, "startup_s": startup_s, "dense_wait_s": setup.dense_wait_s,
+                     "kept": int(was_kept), KEPT_SCORE: int(rows[-1]["epoch"]) if was_kept else 0, **setup.placement}
+            has_model = os.path.isfile(os.path.join(d, MODEL_FILE))
+            ray.train.report(again, checkpoint=ray.train.Checkpoint.from_directory(d)
+                             if setup.rank == 0 and was_kept and has_model else None)
+        if int(resume["epoch"]) >= trial.epochs:  # it had finished
             return TrialOutcome(model=setup.model, rows=rows, rank=setup.rank)
 
     def on_epoch(model: Any, row: dict[str, Any], artifact: str | None, state: Any) -> None:

@@ -117,7 +117,8 @@ def test_resume_skips_finished_trials_only(tmp_path: Path) -> None:
     again.on_trial_complete(0, [], cut)
     events = read_events(tmp_path / "results.jsonl")
     assert sum(e["trial_id"] == "done" for e in events) == 4  # 3 results + 1 status, as before
-    assert [e["epoch"] for e in events if e["trial_id"] == "cut" and e["type"] == "result"] == [1, 1, 2, 3]
+    # Its epoch 1 came again (the retry reports its last checkpointed epoch): written once.
+    assert [e["epoch"] for e in events if e["trial_id"] == "cut" and e["type"] == "result"] == [1, 2, 3]
     exp = read_experiment(tmp_path)
     assert exp.trials["cut"].status == "completed"
 
@@ -194,3 +195,20 @@ def test_only_faults_outside_the_trial_are_retried() -> None:
     assert not is_transient(ValueError("schedule 'iterative' does not fit"))
     assert not is_transient(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x10 and 12x3)"))
     assert not is_transient(KeyError("weight"))
+
+
+def test_an_epoch_reported_again_by_a_retried_trial_is_written_once(tmp_path: Path) -> None:
+    """A retried trial reports its last checkpointed epoch again (the driver may have died
+    before that result reached the ledger); the ledger has every epoch once, across resumes."""
+    cb = LedgerCallback(tmp_path, max_epochs=3)
+    cb.setup()
+    a = trial("a")
+    cb.on_trial_result(0, [], a, result(1))
+    cb.on_trial_result(0, [], a, result(2))
+    cb.on_trial_result(0, [], a, result(2))  # retried in this run
+    resumed = LedgerCallback(tmp_path, max_epochs=3)
+    resumed.setup()  # a --resume: the driver died after epoch 2
+    resumed.on_trial_result(0, [], a, result(2))
+    resumed.on_trial_result(0, [], a, result(3))
+    epochs = [e["epoch"] for e in read_events(tmp_path / "results.jsonl") if e["type"] == "result"]
+    assert epochs == [1, 2, 3]

@@ -39,7 +39,7 @@ def test_resume_after_kill_9(ray_address: str, tmp_path: Path) -> None:
         "data": {"dataset": "digits"},
         "dense": {"epochs": 3, "optimizer": {"name": "sgd", "lr_schedule": "cosine"}},
         "search": {
-            "algorithm": "grid", "num_samples": 1, "epochs": 2,
+            "algorithm": "grid", "num_samples": 1, "epochs": 3,
             "space": {"criterion": ["magnitude"], "granularity": ["unstructured"], "schedule": ["one_shot"],
                       "amount": [0.5], "lr": LRS},
         },
@@ -50,7 +50,8 @@ def test_resume_after_kill_9(ray_address: str, tmp_path: Path) -> None:
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "exp"
     log = open(tmp_path / "driver.log", "w")
-    # 1. A driver attached to the shared Ray, killed -9 as soon as one trial has finished.
+    # 1. A driver attached to the shared Ray, killed -9 once one trial has finished and
+    # another is mid-way (it has reported an epoch, not its last).
     driver = subprocess.Popen(
         [sys.executable, str(ROOT / "orchestrator" / "search.py"), "--config", str(tmp_path / "cfg.yaml"),
          "--output", str(out), "--address", ray_address],
@@ -59,7 +60,10 @@ def test_resume_after_kill_9(ray_address: str, tmp_path: Path) -> None:
     deadline = time.time() + 400
     try:
         while time.time() < deadline and driver.poll() is None:
-            if any(e["type"] == "status" for e in _events(out)):
+            events = _events(out)
+            ended = {e["trial_id"] for e in events if e["type"] == "status"}
+            midway = {e["trial_id"] for e in events if e["type"] == "result" and e["epoch"] < 3} - ended
+            if ended and midway:
                 break
             time.sleep(0.2)
         assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
@@ -92,7 +96,11 @@ def test_resume_after_kill_9(ray_address: str, tmp_path: Path) -> None:
     for tid in done_before:
         # Finished before the kill: not run again, so no line of it was written twice.
         assert statuses[tid] == 1
-        assert [rows[(tid, ep)] for ep in (1, 2)] == [1, 1]
+    # Interrupted ones continued after their last reported epoch (from its checkpoint): every
+    # epoch of every trial is in the ledger exactly once.
+    assert sorted(rows.items()) == sorted(((t, ep), 1) for t in statuses for ep in (1, 2, 3)), rows
+    midway_before = {t for t, _ in rows_before} - done_before
+    assert midway_before
     final = pd.read_parquet(out / "report" / "final.parquet")
     final = final[final["trial_id"] != "dense"]
     assert sorted(final["trial_id"]) == sorted(statuses) and set(final["status"]) == {"completed"}
