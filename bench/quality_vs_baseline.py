@@ -190,6 +190,49 @@ def run_search(dense_path: Path, out: Path, args) -> tuple[list[dict], int]:
     return rows, int((trials["status"] != "reference").sum())
 
 
+def plot(results: dict, path: Path) -> None:
+    """Test accuracy against achieved MACs cut: each baseline's points, every search trial,
+    the search's validation-selected pick at each target, and the dense model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    markers = {"tp_group_l1": "s", "tp_bn_scale": "D", "tp_taylor": "^", "random": "v"}
+    for name, marker in markers.items():
+        pts = sorted((r["achieved_cut"], 100 * r["test_accuracy"]) for r in results["baselines"] if r["method"] == name)
+        if pts:
+            ax.plot(*zip(*pts), marker=marker, linestyle=":", linewidth=1, markersize=6, label=f"Torch-Pruning {name}"
+                    if name != "random" else "random channels")
+    trials = results["search"]
+    ax.scatter([r["achieved_cut"] for r in trials], [100 * r["test_accuracy"] for r in trials], s=14, color="0.65",
+               zorder=2, label="Prunefront trials (every kept model)")
+    picks = []
+    for cut in sorted({r["cut"] for r in results["baselines"]}):
+        hits = [r for r in trials if r["achieved_cut"] >= cut * 0.99]
+        if hits:
+            best = max(hits, key=lambda r: (r["val_accuracy"], r["achieved_cut"]))
+            picks.append((best["achieved_cut"], 100 * best["test_accuracy"]))
+    if picks:
+        ax.plot(*zip(*picks), marker="o", color="crimson", linewidth=1.8, markersize=8, zorder=3,
+                label="Prunefront, validation-selected at each cut")
+    ax.scatter([1.0], [100 * results["dense"]["test_accuracy"]], marker="*", s=160, facecolor="none",
+               edgecolor="black", zorder=3, label="dense")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([1, 2, 4, 8])
+    ax.set_xticklabels(["1x", "2x", "4x", "8x"])
+    ax.set_xlabel("MACs cut (dense MACs / pruned MACs), log scale")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Fashion-MNIST, small_resnet: 2 fine-tuning epochs per model")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7.5, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     p = _common.parser(__doc__.splitlines()[0])
     p.add_argument("--out", default="bench/out/quality", help="where the dense model, logs and results go")
@@ -199,9 +242,15 @@ def main() -> None:
     p.add_argument("--dense-epochs", type=int, default=10)
     p.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.03])
     p.add_argument("--search-lr", type=float, default=0.02)
+    p.add_argument("--plot", type=Path, default=None, help="also draw the figure to this PNG")
+    p.add_argument("--plot-only", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="only draw --plot from a results.json of an earlier run")
     p.add_argument("--reuse-baselines", action="store_true",
                    help="take the baseline rows of <out>/results.json (same dense model) instead of running them again")
     args = p.parse_args()
+    if args.plot_only is not None:
+        plot(json.loads(args.plot_only.read_text()), args.plot or args.plot_only.with_suffix(".png"))
+        return
     if args.smoke_test:
         args.train_subset, args.val_size, args.eval_subset, args.dense_epochs = 512, 256, 256, 1
         args.lrs, args.out = [0.02], str(Path(args.out).with_name("quality-smoke"))
@@ -244,6 +293,8 @@ def main() -> None:
     results = {"dense": d, "baselines": baselines, "search": search_rows, "search_epochs": search_epochs,
                "baseline_epochs": sum(r["epochs"] for r in baselines), "args": {k: v for k, v in vars(args).items()}}
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    if args.plot is not None:
+        plot(results, args.plot)
     print(f"\n{'cut':>4} " + " ".join(f"{n:>12}" for n in BASELINES) + f" {'prunefront':>11} {'gain pt':>8}  best trial")
     gains = {}
     for cut in args.cuts:

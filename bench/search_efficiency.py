@@ -139,6 +139,40 @@ def replay_all(table_path: Path, seeds: int, workers: int) -> dict:
     return results
 
 
+def plot(results: dict, path: Path) -> None:
+    """Share of the full grid's hypervolume against the budget: median and IQR per method,
+    one panel per front."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(COSTS), figsize=(10, 4), dpi=120, sharey=True)
+    titles = {"flops": "validation-selected front: test accuracy vs FLOPs",
+              "size_bytes": "test accuracy vs file size"}
+    for ax, cost in zip(axes, COSTS):
+        for method in METHODS:
+            by_budget = results["methods"][method]
+            xs = [float(b) for b in by_budget]
+            med = [by_budget[b][cost][0] for b in by_budget]
+            lo = [by_budget[b][cost][0] - by_budget[b][cost][1] for b in by_budget]
+            hi = [by_budget[b][cost][2] - by_budget[b][cost][0] for b in by_budget]
+            ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, label=LABELS[method])
+        ax.axhline(TARGET, color="0.5", linestyle=":", linewidth=1)
+        ax.axvline(1 / 3, color="0.5", linestyle=":", linewidth=1)
+        ax.set_xticks(list(BUDGETS))
+        ax.set_xticklabels(["1/4", "1/3", "1/2", "1"])
+        ax.set_xlabel("budget (fraction of the full grid's epochs)")
+        ax.set_title(titles[cost], fontsize=9)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("hypervolume / full grid's (median, IQR)")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     p = _common.parser(__doc__.splitlines()[0])
     p.add_argument("--record", action="store_true", help="run the grid with the real search first (~1 h)")
@@ -147,6 +181,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=30)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--json", help="also write the replay's numbers here")
+    p.add_argument("--plot", type=Path, default=None, help="also draw hypervolume share vs budget to this PNG")
     args = p.parse_args()
     _common.setup(args.threads)
     table = Path(args.table)
@@ -160,6 +195,8 @@ def main() -> None:
     results = replay_all(table, args.seeds, args.workers)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.plot is not None:
+        plot(results, args.plot)
 
 
 if __name__ == "__main__":

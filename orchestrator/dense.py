@@ -186,7 +186,9 @@ def _dense_job(
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker=dict(worker_resources)),
         run_config=ray.train.RunConfig(name="dense", storage_path=train_storage,
-                                       failure_config=ray.train.FailureConfig(max_failures=0)),
+                                       # A lost or killed worker: the dense loop starts again.
+                                       failure_config=ray.train.FailureConfig(
+                                           max_failures=search.resources.max_failures)),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
     )
     previous = signal.getsignal(signal.SIGINT)
@@ -332,7 +334,8 @@ def start_dense(
     import ray
 
     relay = ray.remote(num_cpus=0)(DenseRelay).remote()
-    task = ray.remote(num_cpus=0, max_retries=0)(_dense_job)
+    # Retried like a trial when its process is lost (a node, the memory monitor).
+    task = ray.remote(num_cpus=0, max_retries=search.resources.max_failures)(_dense_job)
     # The ref goes inside a list so Ray hands it to the job as a ref, not as its bytes.
     output = task.remote(search, train_storage, workers, dict(worker_resources), use_gpu, [initial_state], relay)
     return DenseJob(state=relay.weights.remote(), output=output, gate=relay.wait_placed.remote(), relay=relay)
