@@ -73,22 +73,26 @@ def record_config(smoke: bool) -> dict:
     }
 
 
-def record(out: Path, table: Path, smoke: bool) -> None:
-    """Run the grid with the real search and store every epoch of every trial."""
+def record(out: Path, table: Path, smoke: bool, run: bool = True) -> None:
+    """Run the grid with the real search (``run``; else it has run in ``out/grid``) and store
+    every epoch of every trial."""
     out.mkdir(parents=True, exist_ok=True)
     cfg = record_config(smoke)
-    (out / "grid.yaml").write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t0 = time.time()
-    proc = subprocess.run([sys.executable, str(ROOT / "orchestrator" / "search.py"), "--config", str(out / "grid.yaml"),
-                           "--output", str(out / "grid")], env=env, capture_output=True, text=True)
-    (out / "grid.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        raise SystemExit(f"the grid search failed (exit {proc.returncode}); see {out / 'grid.log'}")
+    if run:
+        (out / "grid.yaml").write_text(yaml.safe_dump(cfg))
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run([sys.executable, str(ROOT / "orchestrator" / "search.py"), "--config",
+                               str(out / "grid.yaml"), "--output", str(out / "grid")], env=env, capture_output=True,
+                              text=True)
+        (out / "grid.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise SystemExit(f"the grid search failed (exit {proc.returncode}); see {out / 'grid.log'}")
     trials = pd.read_parquet(out / "grid" / "report" / "trials.parquet")
     dense = trials[trials["status"] == "reference"].iloc[0]
     rows = trials[trials["status"] != "reference"].sort_values(["trial_id", "epoch"]).copy()
     rows["time_s"] = rows.groupby("trial_id")["time_total_s"].diff().fillna(rows["time_total_s"])
+    rows["method"] = rows["criterion"].astype(str) + "+" + rows["granularity"].astype(str) + "+" + rows["schedule"].astype(str)
     keep = ["trial_id", "method", "criterion", "granularity", "schedule", "amount", "lr", "epoch", "val_accuracy",
             "test_accuracy", "sparsity", "flops", "flops_sparse", "size_bytes", "time_s"]
     rows = rows[keep].rename(columns={"trial_id": "config_id"}).reset_index(drop=True)
@@ -176,6 +180,8 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     p = _common.parser(__doc__.splitlines()[0])
     p.add_argument("--record", action="store_true", help="run the grid with the real search first (~1 h)")
+    p.add_argument("--table-only", action="store_true",
+                   help="with --record: the grid search has run (or was resumed) in <out>/grid; only build the table")
     p.add_argument("--table", default=str(TABLE))
     p.add_argument("--out", default="bench/out/grid")
     p.add_argument("--seeds", type=int, default=30)
@@ -191,7 +197,7 @@ def main() -> None:
             record(table.parent, table, smoke=True)
         args.seeds = 3
     elif args.record:
-        record(Path(args.out), table, smoke=False)
+        record(Path(args.out), table, smoke=False, run=not args.table_only)
     results = replay_all(table, args.seeds, args.workers)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
