@@ -34,7 +34,7 @@ from pruners.criteria import CRITERIA, Criterion, make_criterion
 from pruners.criteria.base import eval_mode
 from pruners.measure import unwrap
 from pruners.registry import check_choice
-from pruners.selection import LayerReport, call_model, keep_at_least, layer_keep, select_units
+from pruners.selection import LayerReport, call_model, keep_at_least, layer_keep, select_global, select_units
 from pruners.structured import collect_units, prune_structured
 from pruners.thresholds import get_threshold_rule
 
@@ -308,8 +308,8 @@ def _prune_unstructured(
     scores = [_weight_scores(crit, m, m.weight) for _, m in targets]
     removed = [(~_current_mask(m)).flatten().cpu() for _, m in targets]
     if scope == "global":
-        sel = select_units(torch.cat(scores), torch.cat(removed), rule, value)
-        masks = list(torch.split(sel, [s.numel() for s in scores]))
+        keeps = [layer_keep(s.numel(), min_keep) for s in scores]
+        masks = select_global(scores, removed, rule, value, keeps)
     else:
         masks = [select_units(s, r, rule, value) for s, r in zip(scores, removed)]
     requested = int(sum(int(m.sum()) for m in masks))

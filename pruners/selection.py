@@ -17,7 +17,7 @@ from torch import nn
 
 from pruners.thresholds import fraction_count, get_threshold_rule, lowest
 
-__all__ = ["LayerReport", "call_model", "keep_at_least", "layer_keep", "select_units"]
+__all__ = ["LayerReport", "call_model", "keep_at_least", "layer_keep", "select_global", "select_units"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,44 @@ def select_units(scores: torch.Tensor, removed: torch.Tensor, rule: str, value: 
         picked = get_threshold_rule(rule)(scores[alive], value)
     out[alive[picked]] = True
     return out
+
+
+def select_global(
+    scores: list[torch.Tensor], removed: list[torch.Tensor], rule: str, value: float, keeps: list[int]
+) -> list[torch.Tensor]:
+    """``select_units`` over several layers ranked together, where layer ``i`` keeps at least
+    ``keeps[i]`` units.
+
+    With ``fraction`` the floors do not lower the total: the units a floor holds back are
+    removed elsewhere, the lowest-scored among what the other layers may still give (the
+    requested fraction is reached whenever the floors leave room for it). Each layer's best
+    ``keeps[i]`` surviving units are out of the ranking; the rest compete on their scores.
+    The other rules select on the scores and then give each layer its floor back.
+    """
+    sizes = [s.numel() for s in scores]
+    if rule != "fraction":
+        sel = select_units(torch.cat(scores), torch.cat(removed), rule, value)
+        return [keep_at_least(m, s, k, fixed=r)
+                for m, s, r, k in zip(torch.split(sel, sizes), scores, removed, keeps)]
+    ranked = []
+    for s, r, k in zip(scores, removed, keeps):
+        s = s.to(torch.float64).clone()
+        s[r] = float("-inf")  # gone already: counted first
+        alive = (~r).nonzero().flatten()
+        # The layer's best `keep` survivors (or all of them when fewer) cannot be removed.
+        hold = min(k, alive.numel())
+        if hold:
+            best = torch.topk(s[alive], hold, largest=True, sorted=False).indices
+            s[alive[best]] = float("inf")
+        ranked.append(s)
+    cat = torch.cat(ranked)
+    count = fraction_count(cat.numel(), value)
+    count = max(count, int(torch.cat(removed).sum()))  # what is gone stays gone
+    count = min(count, int((cat != float("inf")).sum()))  # the floors cap the total
+    out = torch.zeros(cat.numel(), dtype=torch.bool)
+    if count:
+        out[torch.sort(cat, stable=True).indices[:count]] = True
+    return list(torch.split(out, sizes))
 
 
 def keep_at_least(sel: torch.Tensor, scores: torch.Tensor, keep: int, fixed: torch.Tensor | None = None) -> torch.Tensor:

@@ -23,7 +23,7 @@ from pruners._removal import remove_channels
 from pruners.criteria import Criterion
 from pruners.criteria._group import slice_cache
 from pruners.criteria.base import eval_mode
-from pruners.selection import LayerReport, call_model, keep_at_least, layer_keep, select_units
+from pruners.selection import LayerReport, call_model, keep_at_least, layer_keep, select_global, select_units
 
 __all__ = ["collect_units", "build_dependency_graph", "prune_structured", "replay_structural"]
 
@@ -199,9 +199,10 @@ def prune_structured(
         if not idx:
             continue
         if scope == "global":
-            cat = torch.cat([units[i].scores for i in idx])
-            sel = select_units(cat, torch.zeros(cat.numel(), dtype=torch.bool), rule, value)
-            for i, part in zip(idx, torch.split(sel, [units[i].scores.numel() for i in idx])):
+            sc = [units[i].scores for i in idx]
+            sel = select_global(sc, [torch.zeros(s.numel(), dtype=torch.bool) for s in sc], rule, value,
+                                [layer_keep(s.numel(), min_keep) for s in sc])
+            for i, part in zip(idx, sel):
                 selections[i] = part
         else:
             for i in idx:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -98,6 +99,23 @@ def test_a_layer_emptied_by_the_ranking_keeps_a_surviving_weight_not_a_masked_on
     assert lin2.weight_mask.view(-1)[0] == 0  # removed stays removed
     assert int(lin2.weight_mask.sum()) == 1 == {layer.name: layer for layer in r.layers}["net.4"].units_after
     assert int((lin2.weight != 0).sum()) == 1
+
+
+@pytest.mark.parametrize("granularity", ["unstructured", "structured"])
+def test_global_min_keep_holds_every_layers_floor_and_still_reaches_the_amount(granularity):
+    # One layer scores far below the others: ranked globally it would be emptied; min_keep
+    # keeps a quarter of it, and what it keeps is removed elsewhere, so the total stays 0.6.
+    m = ResidualCNN()
+    x, _ = cnn_batch()
+    with torch.no_grad():
+        m.conv1.weight.mul_(1e-4)
+    r = pruners.prune(m, criterion="magnitude", granularity=granularity, amount=0.6, scope="global",
+                      min_keep=0.25, example_inputs=x)
+    assert abs(r.achieved - 0.6) <= 1 / r.units_before + 1e-9
+    for layer in r.layers:
+        assert layer.units_after >= 0.25 * layer.units_before, layer
+    conv1 = {layer.name: layer for layer in r.layers}["conv1"]
+    assert conv1.units_after == math.ceil(0.25 * conv1.units_before)  # held at its floor
 
 
 @pytest.mark.parametrize(
