@@ -87,7 +87,12 @@ def test_search_survives_the_memory_monitor_killing_a_trial(tmp_path: Path) -> N
                 assert hog.returncode == 0
                 hogged = True
             time.sleep(0.2)
-        code = search.wait(timeout=max(1.0, deadline - time.time()))
+        try:
+            code = search.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            log.flush()
+            pytest.fail("the search did not end in 600 s; its log ends:\n"
+                        + (tmp_path / "search.log").read_text()[-4000:])
     finally:
         if search.poll() is None:
             search.kill()

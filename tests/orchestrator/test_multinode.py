@@ -65,7 +65,7 @@ def test_trials_run_on_two_nodes_and_rows_say_where(sim_cluster, tmp_path: Path)
         "data": {"dataset": "digits"},
         "dense": {"epochs": 2},
         "search": {"algorithm": "grid", "num_samples": 1, "epochs": 1,
-                   "space": {"criterion": ["magnitude"], "granularity": ["unstructured", "structured"],
+                   "space": {"scope": ["global"], "criterion": ["magnitude"], "granularity": ["unstructured", "structured"],
                              "schedule": ["one_shot"], "amount": [0.5], "lr": [0.02]}},
         "scheduler": {"name": "fifo"},
         "metrics": {"latency_repeats": 1},

@@ -25,7 +25,7 @@ def _trial_config(method: str) -> tuple[dict, dict]:
         "name": "two-workers",
         "data": {"dataset": "digits", "batch_size": 32},
         "search": {
-            "space": {"criterion": ["taylor"], "granularity": [method.split("+")[1]], "schedule": ["gradual"],
+            "space": {"scope": ["global"], "criterion": ["taylor"], "granularity": [method.split("+")[1]], "schedule": ["gradual"],
                       "amount": 0.6, "lr": 0.02},
             "epochs": 2,
         },
@@ -46,26 +46,25 @@ def _digest(tensors) -> str:
 
 
 def _fingerprint_loop(config: dict) -> None:
-    """Run the real trial worker loop for each method, then record what this rank holds."""
+    """Run the real trial worker loop (one trial per Train run, as a search does), then
+    record what this rank holds."""
     import ray.train
 
     from orchestrator.trial import train_trial
     from pruners.measure import unwrap
 
     rank = ray.train.get_context().get_world_rank()
-    out = {}
-    for method, trial in config["trials"].items():
-        outcome = train_trial({"search": config["search"], "trial": trial, "dense_state": None})
-        state = sorted(unwrap(outcome.model).state_dict().items())
-        out[method] = {
-            "shapes": {k: list(v.shape) for k, v in state},
-            "masks": _digest([(k, v) for k, v in state if k.endswith("_mask")]),
-            "n_masks": sum(k.endswith("_mask") for k, _ in state),
-            "weights": _digest(state),
-            "accuracy": [r["val_accuracy"] for r in outcome.rows],
-            "test": [r.get("test_accuracy") for r in outcome.rows],
-            "sparsity": [r["sparsity"] for r in outcome.rows],
-        }
+    outcome = train_trial({"search": config["search"], "trial": config["trial"], "dense_state": None})
+    state = sorted(unwrap(outcome.model).state_dict().items())
+    out = {
+        "shapes": {k: list(v.shape) for k, v in state},
+        "masks": _digest([(k, v) for k, v in state if k.endswith("_mask")]),
+        "n_masks": sum(k.endswith("_mask") for k, _ in state),
+        "weights": _digest(state),
+        "accuracy": [r["val_accuracy"] for r in outcome.rows],
+        "test": [r.get("test_accuracy") for r in outcome.rows],
+        "sparsity": [r["sparsity"] for r in outcome.rows],
+    }
     Path(config["dump_dir"], f"rank{rank}.json").write_text(json.dumps(out))
 
 
@@ -79,19 +78,20 @@ def test_two_ranks_end_identical(tmp_path) -> None:
     # Workers cannot import this test module: ship its functions by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-    trials = {}
-    search = None
+    r0, r1 = {}, {}
     for method in METHODS:
-        search, trials[method] = _trial_config(method)
-    trainer = TorchTrainer(
-        _fingerprint_loop,
-        train_loop_config={"search": search, "trials": trials, "dump_dir": str(tmp_path)},
-        scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.9}),
-        run_config=ray.train.RunConfig(name="two-workers", storage_path=str(tmp_path / "storage")),
-        torch_config=TorchConfig(backend="gloo"),
-    )
-    trainer.fit()
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+        search, trial = _trial_config(method)
+        dump = tmp_path / method
+        dump.mkdir()
+        trainer = TorchTrainer(
+            _fingerprint_loop,
+            train_loop_config={"search": search, "trial": trial, "dump_dir": str(dump)},
+            scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.9}),
+            run_config=ray.train.RunConfig(name=method, storage_path=str(tmp_path / "storage")),
+            torch_config=TorchConfig(backend="gloo"),
+        )
+        trainer.fit()
+        r0[method], r1[method] = (json.loads((dump / f"rank{r}.json").read_text()) for r in (0, 1))
     for method in METHODS:
         a, b = r0[method], r1[method]
         assert a == b, method
