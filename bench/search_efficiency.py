@@ -97,15 +97,16 @@ def record(out: Path, table: Path, smoke: bool, run: bool = True) -> None:
             "test_accuracy", "sparsity", "flops", "flops_sparse", "size_bytes", "time_s"]
     rows = rows[keep].rename(columns={"trial_id": "config_id"}).reset_index(drop=True)
     meta = {"command": "python bench/search_efficiency.py --record" + (" --smoke-test" if smoke else ""),
-            "config": cfg, "recorded_at": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - t0),
+            "config": cfg, "recorded_at": time.strftime("%Y-%m-%d"),
+            "seconds": round(time.time() - t0) if run else None,  # None: the grid ran in an earlier call
             "dense": {k: (None if pd.isna(dense[k]) else float(dense[k])) for k in
                       ("val_accuracy", "test_accuracy", "flops", "flops_sparse", "size_bytes")}}
     t = pa.Table.from_pandas(rows, preserve_index=False)
     t = t.replace_schema_metadata({**(t.schema.metadata or {}), b"prunefront.grid": json.dumps(meta).encode()})
     table.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(t, table)
-    print(f"recorded {rows['config_id'].nunique()} configurations x {rows['epoch'].max()} epochs in "
-          f"{meta['seconds']} s -> {table}")
+    took = f"in {meta['seconds']} s" if run else f"from the grid in {out / 'grid'}"
+    print(f"recorded {rows['config_id'].nunique()} configurations x {rows['epoch'].max()} epochs {took} -> {table}")
 
 
 def replay_all(table_path: Path, seeds: int, workers: int) -> dict:
@@ -185,7 +186,7 @@ def main() -> None:
     p.add_argument("--table", default=str(TABLE))
     p.add_argument("--out", default="bench/out/grid")
     p.add_argument("--seeds", type=int, default=30)
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2, help="trials at once (the recording ran 2)")
     p.add_argument("--json", help="also write the replay's numbers here")
     p.add_argument("--plot", type=Path, default=None, help="also draw hypervolume share vs budget to this PNG")
     args = p.parse_args()
