@@ -78,7 +78,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Tune function trainable: run one trial as a Ray Train job.
 
     Args:
-        config: The sampled flat Tune config (keys of ``config.flat_space``).
+        config: The sampled flat Tune config (keys of ``space.flat_space``).
         ctx: Everything trials share (:class:`TrialContext`).
     """
     import ray.train.torch  # noqa: F401 - make_trainer's imports, done before any wait

@@ -1,6 +1,6 @@
 """The validated config's search space and scheduler, as Ray Tune objects.
 
-``orchestrator.config.flat_space`` describes what a trial is drawn from as typed
+``orchestrator.space.flat_space`` describes what a trial is drawn from as typed
 :class:`~orchestrator.config.Choice` / :class:`~orchestrator.config.Range` /
 :class:`~orchestrator.config.Fixed` entries under flat keys (``method`` is the combined
 criterion+granularity+schedule choice, so only valid combinations are ever sampled). This
@@ -54,7 +54,7 @@ def to_domain(param: Param, *, grid: bool) -> Any:
 
 
 def param_space(cfg: SearchConfig) -> dict[str, Any]:
-    """Tune's ``param_space``: the flat keys of ``config.flat_space`` mapped to domains."""
+    """Tune's ``param_space``: the flat keys of ``space.flat_space`` mapped to domains."""
     grid = cfg.search.algorithm == "grid"
     return {key: to_domain(p, grid=grid) for key, p in flat_space(cfg.search).items()}
 
