@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from orchestrator.errors import ConfigError, fmt, one_line, typename
 from orchestrator.params import Choice, Fixed, Param, Range, Searched, SearchedNames, parse_param, values_of
-from reports.contract import DECISION_METRICS, TEST_KEYS
+from reports.contract import COST_METRICS, DECISION_METRICS, TEST_KEYS
 
 __all__ = [
     "ALGORITHMS", "COST_METRICS", "DATASETS", "SCHEDULERS", "Choice", "ClusterSpec", "ConfigError", "DataConfig",
@@ -40,7 +40,6 @@ DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefol
 ALGORITHMS = ("random", "grid", "optuna")
 SCHEDULERS = ("asha", "moasha", "fifo")
 #: Metrics a report front can use as its cost (all minimised).
-COST_METRICS = ("flops", "flops_sparse", "params", "params_nonzero", "size_bytes", "latency_ms")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 

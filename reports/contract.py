@@ -35,6 +35,7 @@ from typing import Any
 
 __all__ = [
     "CONFIG_ORDER",
+    "COST_METRICS",
     "DECISION_METRICS",
     "EXTRA_KEYS",
     "FINISHED_STATUSES",
@@ -83,6 +84,8 @@ METRIC_KEYS: tuple[str, ...] = (
 TEST_KEYS: tuple[str, ...] = ("test_accuracy", "test_loss")
 #: Metrics a scheduler, an objective or a selection may use.
 DECISION_METRICS: tuple[str, ...] = tuple(k for k in METRIC_KEYS if k not in TEST_KEYS)
+#: Metrics a front can use as its cost (all minimised).
+COST_METRICS: tuple[str, ...] = ("flops", "flops_sparse", "params", "params_nonzero", "size_bytes", "latency_ms")
 #: Counts: integers in every table.
 INTEGER_METRICS = frozenset({"params", "params_nonzero", "size_bytes"})
 #: Other keys a result row may carry (kept in the ledger and the tables).

@@ -32,6 +32,7 @@ import pandas as pd
 from reports import pareto
 from reports.contract import (
     CONFIG_ORDER,
+    COST_METRICS,
     FINISHED_STATUSES,
     INTEGER_METRICS,
     METRIC_KEYS,
@@ -48,10 +49,6 @@ DEFAULT_FRONTS: dict[str, str] = {
     "accuracy_flops_sparse": "flops_sparse",
     "accuracy_size": "size_bytes",
 }
-#: Metrics a front can use as its cost (all minimised).
-COST_METRICS: tuple[str, ...] = (
-    "flops", "flops_sparse", "params", "params_nonzero", "size_bytes", "latency_ms",
-)
 _FRONT_NAMES = {"size_bytes": "accuracy_size", "latency_ms": "accuracy_latency"}
 OBJECTIVE = "val_accuracy"
 DIRECTIONS = ("max", "min")
