@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
+from reports.contract import KeptEpoch
 from reports.pareto import nondominated_sort
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -184,6 +185,12 @@ class MultiObjectiveASHA(FIFOScheduler):
         grace_period: First rung; no trial is stopped before it.
         reduction_factor: ``eta``; about ``1/eta`` of the trials continue at each rung.
         stop_last_trials: Stop trials at ``max_t`` (as ``AsyncHyperBandScheduler``).
+        judge_kept: Judge a trial at a rung on its kept epoch so far (the epoch the search
+            would report for it if it stopped now: ``reports.contract.KeptEpoch``, on
+            ``val_accuracy`` and ``sparsity``) rather than on its latest epoch. A trial's
+            contribution to the front is its kept epoch, and a latest epoch trained at a high
+            learning rate can dip below an earlier one (measured in docs/benchmarks.md).
+            Results without ``val_accuracy`` are judged as reported.
 
     Raises:
         ValueError: any argument out of range, with what is allowed.
@@ -198,6 +205,7 @@ class MultiObjectiveASHA(FIFOScheduler):
         grace_period: float = 1,
         reduction_factor: float = 2,
         stop_last_trials: bool = True,
+        judge_kept: bool = True,
     ) -> None:
         if not isinstance(objectives, Mapping) or not objectives:
             raise ValueError("objectives must be a non-empty mapping {metric: 'max' | 'min'}")
@@ -222,6 +230,8 @@ class MultiObjectiveASHA(FIFOScheduler):
         self._max_t = max_t
         self._eta = float(reduction_factor)
         self._stop_last_trials = bool(stop_last_trials)
+        self._judge_kept = bool(judge_kept)
+        self._kept: dict[str, KeptEpoch] = {}  # trial_id -> its kept epoch so far
         rungs: list[float] = []
         k = 0
         while grace_period * self._eta**k < max_t:
@@ -259,6 +269,14 @@ class MultiObjectiveASHA(FIFOScheduler):
         # The objectives are the scheduler's own; a single Tune metric does not apply.
         return True
 
+    def _judged(self, trial_id: str, result: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The row a rung judges: the trial's kept epoch so far (``judge_kept``), else ``result``."""
+        if not self._judge_kept or "val_accuracy" not in result:
+            return result
+        rule = self._kept.setdefault(trial_id, KeptEpoch())
+        rule.observe(result)
+        return rule.kept or result
+
     def _vector(self, result: Mapping[str, Any]) -> tuple[float, ...] | None:
         try:
             vec = tuple(float(result[m]) for m in self._objectives)
@@ -289,9 +307,10 @@ class MultiObjectiveASHA(FIFOScheduler):
         if self._time_attr not in result:
             return TrialScheduler.CONTINUE
         t = float(result[self._time_attr])
+        judged = self._judged(trial.trial_id, result)
         if t >= self._max_t and self._stop_last_trials:
             return TrialScheduler.STOP
-        vec = self._vector(result)
+        vec = self._vector(judged)
         if vec is None:
             logger.warning(
                 "MO-ASHA: result of trial %s lacks a finite value for one of %s; not judged",
@@ -308,7 +327,9 @@ class MultiObjectiveASHA(FIFOScheduler):
         # reached (as in ASHA); the decision itself no longer matters.
         if not result or self._time_attr not in result:
             return
-        vec = self._vector(result)
+        rule = self._kept.get(trial.trial_id)
+        kept = rule.kept if self._judge_kept and rule is not None and rule.kept is not None else result
+        vec = self._vector(kept)
         if vec is not None:
             before = len(self.decisions)
             self._judge(trial.trial_id, float(result[self._time_attr]), vec)

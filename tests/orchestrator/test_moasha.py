@@ -201,3 +201,25 @@ def test_save_and_restore_keep_the_rungs(tmp_path) -> None:
     r = MultiObjectiveASHA(OBJ, max_t=4, grace_period=1, reduction_factor=2)
     r.restore(str(tmp_path / "s.pkl"))
     assert report(r, "t2", 1, 0.8, 200) == STOP
+
+
+def test_a_rung_judges_the_kept_epoch_not_a_later_dip() -> None:
+    # A's epoch 2 dips (trained at a high lr) below its epoch 1; the search would keep A's
+    # epoch 1 (0.90) if it stopped A now, which beats B's best (0.70): A continues.
+    def run(judge_kept: bool) -> str:
+        s = MultiObjectiveASHA({"val_accuracy": "max"}, max_t=4, grace_period=1, reduction_factor=2,
+                               judge_kept=judge_kept)
+        row = lambda e, a: {"epoch": e, "val_accuracy": a, "sparsity": 0.5}  # noqa: E731
+        s.on_trial_result(None, trial("B"), row(1, 0.70))
+        s.on_trial_result(None, trial("A"), row(1, 0.90))
+        s.on_trial_result(None, trial("B"), row(2, 0.70))
+        return s.on_trial_result(None, trial("A"), row(2, 0.60))
+
+    assert run(judge_kept=True) == TrialScheduler.CONTINUE
+    assert run(judge_kept=False) == TrialScheduler.STOP
+    # A new sparsity is a new model: its earlier, less pruned epochs are never the result.
+    s = MultiObjectiveASHA({"val_accuracy": "max"}, max_t=4, grace_period=1, reduction_factor=2)
+    s.on_trial_result(None, trial("B"), {"epoch": 1, "val_accuracy": 0.70, "sparsity": 0.5})
+    s.on_trial_result(None, trial("A"), {"epoch": 1, "val_accuracy": 0.90, "sparsity": 0.2})
+    s.on_trial_result(None, trial("B"), {"epoch": 2, "val_accuracy": 0.70, "sparsity": 0.5})
+    assert s.on_trial_result(None, trial("A"), {"epoch": 2, "val_accuracy": 0.60, "sparsity": 0.5}) == TrialScheduler.STOP
