@@ -328,7 +328,9 @@ def run(cfg: Any, args: Any) -> int:
              f"{counts['errored']} errored, {plan.trials - finished} not finished; "
              f"search {time.time() - t_search:.0f} s, wall time {wall:.0f} s")
         _say(f"results: {ledger_path}")
-        _say(f"report:  {report_dir} (trials.parquet, final.parquet, fronts.parquet, fronts.png, fronts.html)")
+        from reports.build import REPORT_FILES
+
+        _say(f"report:  {report_dir} ({', '.join(REPORT_FILES)})")
         _say(f"models:  {out / 'models'}   dense: {out / dense.DENSE_DIR}   tune: {tune_path}")
         # Tune returns normally after Ctrl-C / SIGTERM; unfinished trials tell it was cut short.
         if dense_failed:
