@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "RayRuntime", "TRAIN_ENV", "cluster_resources", "code_is_installed", "init", "pin_cluster_address",
+    "LOCAL_RAY_ENV", "RayRuntime", "TRAIN_ENV", "cluster_resources", "code_is_installed", "init", "pin_cluster_address",
     "repo_root",
 ]
 
@@ -45,6 +45,17 @@ TRAIN_ENV: dict[str, str] = {
     # Tune's experiment-state snapshot period (default: adaptive, >= 10 s): a short one
     # loses less progress when the driver dies (the ledger guards finished trials anyway).
     "TUNE_GLOBAL_CHECKPOINT_S": "2",
+}
+#: Settings of the embedded local Ray's own processes (its raylet reads them at start). On a
+#: cluster they are the operator's: cluster/README.md says how to set them on each node.
+LOCAL_RAY_ENV: dict[str, str] = {
+    # Ray >= 2.56's memory monitor may kill several workers at once, chosen by how long
+    # their task has run: that takes Train's own actors (placement-group cleaner, autoscaling
+    # coordinator, synchronisation actor) with a trial's worker, the killed run's CPUs are
+    # never released and its retry waits for them until it times out. The group policy kills
+    # one worker at a time, from the newest group of retriable ones: Train restarts that
+    # worker from its last epoch (tests/orchestrator/test_memory_kill.py).
+    "RAY_worker_killing_policy_by_group": "true",
 }
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
@@ -92,7 +103,7 @@ class RayRuntime:
 
 def _local_env() -> None:
     """Environment every process of an embedded Ray inherits (set before ray.init)."""
-    for key, value in TRAIN_ENV.items():
+    for key, value in {**TRAIN_ENV, **LOCAL_RAY_ENV}.items():
         os.environ.setdefault(key, value)
     if not code_is_installed():
         root = str(repo_root())
