@@ -3,14 +3,15 @@ Ray retries it from its last epoch, and the search completes.
 
 The pressure comes from outside Ray, as in the field (another process on the node takes the
 memory): the search runs on its own embedded Ray whose memory monitor threshold sits a few
-GiB above what the machine uses at the start, and once a trial has reported an epoch a
-separate process allocates past that threshold for a second, then exits.
+GiB above what the machine uses at the start, and once a trial has reported its third epoch
+a separate process grows past that threshold until the raylet reports a kill, then exits.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -26,11 +27,24 @@ pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 GIB = 2**30
 HOG = """
-import sys, time
+import os, sys, time
 import numpy as np
-a = np.ones(int(sys.argv[1]), dtype=np.uint8)  # touched: resident
-time.sleep(float(sys.argv[2]))
+# Up to argv[1] bytes at once (below Ray's threshold), then, once the file argv[2] exists,
+# 256 MiB more at a time up to argv[3] bytes (each step touched: resident). The test kills
+# it as soon as the raylet reports a kill, so the pressure ends just past Ray's threshold
+# however Ray counts the node's memory.
+chunks, step = [], 256 * 2**20
+while len(chunks) * step < int(sys.argv[1]):
+    chunks.append(np.ones(step, dtype=np.uint8))
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.05)
+while len(chunks) * step < int(sys.argv[3]):
+    chunks.append(np.ones(step, dtype=np.uint8))
+    time.sleep(0.05)
+time.sleep(60)
 """
+#: What the raylet logs when its memory monitor kills workers (Ray 2.60).
+KILL_LINE = re.compile(r"Killing \d+ worker\(s\), kill details: Memory on the node")
 
 
 def _meminfo() -> tuple[int, int]:
@@ -49,6 +63,18 @@ def _events(out: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().split("\n")[:-1] if x.strip()]
 
 
+def _kills(ray_tmp: str) -> list[str]:
+    """The memory monitor's kill reports in the raylet's log, with the workers it chose."""
+    text = "".join(p.read_text(errors="replace") for p in Path(ray_tmp).rglob("raylet.out"))
+    lines = text.splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if KILL_LINE.search(line):
+            out.append(line[:160])
+            out.extend(ln[:200] for ln in lines[i + 1:i + 40] if ln.startswith("Selected to kill"))
+    return out
+
+
 def test_search_survives_the_memory_monitor_killing_a_trial(tmp_path: Path) -> None:
     total, used = _meminfo()
     if total < 12 * GIB:
@@ -56,7 +82,7 @@ def test_search_survives_the_memory_monitor_killing_a_trial(tmp_path: Path) -> N
     # Room for the search's own processes (a dozen Ray processes of ~0.35 GB each, and
     # margin), far below the machine's limit.
     threshold = min(0.9, (used + 7 * GIB) / total)
-    epochs = 6
+    epochs = 10
     cfg = {
         "name": "oom",
         "data": {"dataset": "digits"},
@@ -76,15 +102,25 @@ def test_search_survives_the_memory_monitor_killing_a_trial(tmp_path: Path) -> N
     log = open(tmp_path / "search.log", "w")
     search = subprocess.Popen([sys.executable, "orchestrator/search.py", "--config", str(tmp_path / "cfg.yaml"),
                                "--output", str(out)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    hogged = False
+    hog, hogged, go = None, False, tmp_path / "go"
     deadline = time.time() + 600
     try:
         while time.time() < deadline and search.poll() is None:
-            if not hogged and any(e["type"] == "result" and e["epoch"] >= 2 for e in _events(out)):
+            events = _events(out)
+            if hog is None and any(e["type"] == "result" for e in events):
+                # A trial is training: come within 1 GiB of the threshold now (fast), ...
                 _, now = _meminfo()
-                size = int(threshold * total - now + 1 * GIB)  # past the threshold by 1 GiB
-                hog = subprocess.run([sys.executable, "-c", HOG, str(max(size, GIB)), "1.5"], timeout=120)
-                assert hog.returncode == 0
+                below, past = int(threshold * total - now - 1 * GIB), int(threshold * total - now + 4 * GIB)
+                hog = subprocess.Popen([sys.executable, "-c", HOG, str(max(below, 0)), str(go), str(past)])
+            if hog is not None and not hogged and any(e["type"] == "result" and e["epoch"] >= 3 for e in events):
+                # ... and once a trial has finished its third epoch, go past it until the
+                # raylet kills something (at most 30 s), then release the memory at once.
+                go.touch()
+                until = time.time() + 30
+                while time.time() < until and hog.poll() is None and not _kills(ray_tmp):
+                    time.sleep(0.1)
+                hog.kill()
+                hog.wait()
                 hogged = True
             time.sleep(0.2)
         try:
@@ -94,6 +130,9 @@ def test_search_survives_the_memory_monitor_killing_a_trial(tmp_path: Path) -> N
             pytest.fail("the search did not end in 600 s; its log ends:\n"
                         + (tmp_path / "search.log").read_text()[-4000:])
     finally:
+        if hog is not None and hog.poll() is None:
+            hog.kill()
+            hog.wait()
         if search.poll() is None:
             search.kill()
             search.wait()
@@ -103,10 +142,9 @@ def test_search_survives_the_memory_monitor_killing_a_trial(tmp_path: Path) -> N
     assert code == 0, text[-4000:]
 
     # Ray's memory monitor did kill something of the search (its raylet says so) ...
-    raylet_logs = "".join(p.read_text(errors="replace") for p in Path(ray_tmp).rglob("raylet*.out"))
-    assert "memory" in raylet_logs.lower() and "kill" in raylet_logs.lower()
-    kills = [ln for ln in raylet_logs.splitlines() if "memory" in ln.lower() and "kill" in ln.lower()]
-    print("\n".join(kills[:10]))
+    kills = _kills(ray_tmp)
+    assert kills, "the memory monitor killed nothing: the test did not test anything"
+    print("\n".join(kills))
     # ... and the search went on: every trial completed, each epoch in the ledger once.
     events = _events(out)
     statuses = [e["status"] for e in events if e["type"] == "status"]
