@@ -83,7 +83,7 @@ class DataConfig(_Model):
     train_subset: int | None = Field(None, ge=1)
     eval_subset: int | None = Field(None, ge=1)
     #: Validation split carved from the training data: a fraction in (0, 1) or a count.
-    val_size: float | int = 0.1
+    val_size: float | int = 0.2
     calibration_batches: int = Field(4, ge=1)
     num_workers: int = Field(0, ge=0)
     image_size: int | None = Field(None, ge=8)

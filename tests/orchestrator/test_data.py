@@ -117,7 +117,7 @@ def test_digits_fixed_stratified_split_and_standardised_inputs():
     # Standardised with the statistics of the training data (validation split included).
     x = torch.stack([ds.train[i][0] for i in range(len(ds.train))] + [ds.val[i][0] for i in range(len(ds.val))])
     assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1.0) < 1e-3
-    assert len(ds.val) == 135  # data.val_size 0.1 of the 1347 training images
+    assert len(ds.val) == 269  # data.val_size 0.2 (the default) of the 1347 training images
     from sklearn.datasets import load_digits
 
     eval_labels = np.array([ds.test[i][1] for i in range(len(ds.test))])
@@ -144,7 +144,7 @@ def test_digits_are_sklearns_arrays_read_without_importing_sklearn():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(Path(data.__file__).resolve().parents[1]))
-    assert out.stdout.split() == ["1212", "False", "False"]
+    assert out.stdout.split() == ["1078", "False", "False"]
 
 
 def test_stratified_split_exact_total_per_class_quota_and_seeded():
