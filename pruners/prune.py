@@ -271,7 +271,7 @@ def _current_mask(module: nn.Module) -> torch.Tensor:
     return mask.detach().bool()
 
 
-def _set_mask(module: nn.Module, keep: torch.Tensor) -> None:
+def set_mask(module: nn.Module, keep: torch.Tensor) -> None:
     """Install ``keep`` as the weight mask (first time through ``torch.nn.utils.prune``).
 
     Later rounds overwrite the existing mask buffer in place instead of stacking another
@@ -323,7 +323,7 @@ def _prune_unstructured(
             new = new.clone()
             new[int(s.argmax())] = False
         keep = (~new).view_as(module.weight).to(module.weight.device)
-        _set_mask(module, keep)
+        set_mask(module, keep)
         after = int((~new).sum())
         layers.append(LayerReport(name, n, after, (n - after) / n))
     return layers, requested

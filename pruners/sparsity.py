@@ -12,9 +12,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import prune as torch_prune
 
-from pruners.prune import find_classifier
+from pruners.prune import find_classifier, set_mask
 
 __all__ = ["achieved_sparsity", "install_masks", "masks_of", "prunable_weight_counts"]
 
@@ -68,11 +67,4 @@ def install_masks(net: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     modules = dict(net.named_modules())
     for name, mask in masks.items():
         m = modules[name]
-        keep = mask.to(device=m.weight.device if not hasattr(m, "weight_orig") else m.weight_orig.device)
-        if hasattr(m, "weight_mask"):
-            with torch.no_grad():
-                m.weight_mask.copy_(keep.to(m.weight_mask.dtype))
-        else:
-            torch_prune.custom_from_mask(m, "weight", keep.to(m.weight.dtype))
-        with torch.no_grad():
-            m.weight = m.weight_orig * m.weight_mask
+        set_mask(m, mask.to(device=m.weight.device if not hasattr(m, "weight_orig") else m.weight_orig.device))
