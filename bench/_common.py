@@ -9,6 +9,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -71,3 +72,12 @@ def verdict(name: str, value: float, target: float, higher_is_better: bool) -> b
     op = ">=" if higher_is_better else "<="
     print(f"RESULT {name} = {value:.3f} (target {op} {target}): {'MEETS' if ok else 'MISSES'} target")
     return ok
+
+
+def save_figure(fig: object, path: str | os.PathLike) -> None:
+    """Write a matplotlib figure to ``path`` (its folder made if missing) and free it."""
+    import matplotlib.pyplot as plt
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)  # type: ignore[attr-defined]
+    plt.close(fig)  # type: ignore[arg-type]

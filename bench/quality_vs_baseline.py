@@ -228,9 +228,7 @@ def plot(results: dict, path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7.5, loc="lower left")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _common.save_figure(fig, path)
 
 
 def main() -> None:

@@ -173,9 +173,7 @@ def plot(results: dict, path: Path) -> None:
     axes[0].set_ylabel("hypervolume / full grid's (median, IQR)")
     axes[0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _common.save_figure(fig, path)
 
 
 def main() -> None:
