@@ -303,6 +303,21 @@ class DenseJob:
         return dict(output["metrics"])
 
 
+def start_relay() -> Any:
+    """A :class:`DenseRelay` actor on this driver's node.
+
+    Its answers (the dense weights every trial starts from, and starts again from after a
+    failure) are stored on the node it runs on and cannot be rebuilt: on a worker node, the
+    loss of that node would leave the trial retried there nothing to start from. The
+    driver's node lives as long as the search does.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0)(DenseRelay).options(scheduling_strategy=here).remote()
+
+
 def start_dense(
     search: Any,
     *,
@@ -333,7 +348,7 @@ def start_dense(
     """
     import ray
 
-    relay = ray.remote(num_cpus=0)(DenseRelay).remote()
+    relay = start_relay()
     # Retried like a trial when its process is lost (a node, the memory monitor).
     task = ray.remote(num_cpus=0, max_retries=search.resources.max_failures)(_dense_job)
     # The ref goes inside a list so Ray hands it to the job as a ref, not as its bytes.

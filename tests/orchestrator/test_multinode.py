@@ -99,6 +99,30 @@ def test_trials_run_on_two_nodes_and_rows_say_where(sim_cluster, tmp_path: Path)
     assert rows["node_id"].notna().all() and set(rows["node_id"]) <= set(workers)
 
 
+RELAYS = """
+import json, sys
+import ray
+from orchestrator.dense import start_relay
+ray.init(address=sys.argv[1])
+relays = [start_relay() for _ in range(6)]
+where = ray.get([r.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()) for r in relays])
+print(json.dumps({"driver": ray.get_runtime_context().get_node_id(), "relays": where}))
+"""
+
+
+def test_the_dense_weights_live_on_the_drivers_node(sim_cluster) -> None:
+    """The relay that hands every trial its dense weights (objects Ray cannot rebuild) runs
+    on the driver's node, never on a worker node whose loss would take the weights with it
+    (a trial retried after its node died failed with ObjectReconstructionFailedError)."""
+    address, head, workers, env, _ = sim_cluster
+    proc = subprocess.run([sys.executable, "-c", RELAYS, address], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["driver"] == head  # a driver attaches to the head, as `ray job submit`'s does
+    assert got["relays"] == [head] * 6
+
+
 def _ledger(out: Path) -> list[dict]:
     path = out / "results.jsonl"
     if not path.is_file():
