@@ -83,16 +83,10 @@ def _side(name: str, model) -> int:
 def child(name: str, amount: float, side: int | None) -> dict:
     """Prune one model in this process; return the measurements (no verdict)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     import pruners
 
     prune_module = importlib.import_module("pruners.prune")
-
-    def flops(model, x) -> int:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-        return counter.get_total_flops()
 
     torch.manual_seed(0)
     t_build = time.perf_counter()
@@ -100,14 +94,12 @@ def child(name: str, amount: float, side: int | None) -> dict:
     build_s = time.perf_counter() - t_build
     side = side or _side(name, model)
     x = torch.randn(1, 3, side, side)
-    # prune would do this first anyway (same outputs); done here so that the dense FLOPs are
-    # counted: in eval mode nn.MultiheadAttention runs a fused kernel FlopCounterMode does
-    # not see (a dense ViT-B/16 would count 22.5 GFLOPs instead of 33.7).
+    # prune would do this first anyway (same outputs); done here, outside the timed prune.
     pruners.convert_attention(model)
     with torch.no_grad():
         shape = tuple(model(x).shape)
     params = sum(p.numel() for p in model.parameters())
-    dense_flops = flops(model, x)
+    dense_flops = pruners.count_flops(model, x)
 
     # The two forward passes inside prune (classifier search, graph trace) are timed apart,
     # by wrapping prune's own helpers (bench-only patch, as bench/prune_speed.py does).
@@ -146,7 +138,7 @@ def child(name: str, amount: float, side: int | None) -> dict:
         "shape_ok": tuple(y.shape) == shape,
         "finite": bool(torch.isfinite(y).all()),
         "flops_before": dense_flops,
-        "flops_after": flops(model, x),
+        "flops_after": pruners.count_flops(model, x),
         "params_before": params,
         "params_after": sum(p.numel() for p in model.parameters()),
         "requested": report.requested_fraction,

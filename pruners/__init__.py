@@ -14,7 +14,7 @@ from pruners.spec import OptimizerConfig, PruneSpec
 from pruners.calibration import CalibrationBatches
 from pruners.pruner import Pruner
 from pruners.finetune import evaluate, finetune
-from pruners.measure import Latency, Metrics, measure, time_forward
+from pruners.measure import Latency, Metrics, count_flops, measure, time_forward
 from pruners.io import load, load_metadata, save
 
 __all__ = [
@@ -51,4 +51,5 @@ __all__ = [
     "score",
     "PrunableMultiheadAttention",
     "convert_attention",
+    "count_flops",
 ]

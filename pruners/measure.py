@@ -3,8 +3,11 @@
 Every trial reports these numbers once per epoch (design.md section 3), so they must be cheap
 and must mean the same thing for dense, unstructured (masked) and structured (smaller) models:
 
-* ``flops`` are **FLOPs = 2 x MACs**, exactly as counted by
-  ``torch.utils.flop_counter.FlopCounterMode`` for one forward pass of ``example_inputs``.
+* ``flops`` are **FLOPs = 2 x MACs**, as counted by ``torch.utils.flop_counter.FlopCounterMode``
+  for one forward pass of ``example_inputs`` in eval mode. Two gaps of the counter are closed
+  while counting: ``nn.MultiheadAttention``'s eval-mode fast path (one fused op the counter
+  has no formula for, so a ViT's attention blocks counted nothing) is switched off, and the
+  CPU kernel of ``scaled_dot_product_attention`` gets torch's own SDPA formula.
 * ``flops_sparse`` scales every counted operation that reads a layer's weight by the fraction
   of that (effective, i.e. masked) weight which is nonzero, since a sparse kernel skips the
   zeros; operations reading no weight (attention score matmuls, ...) count in full.
@@ -34,12 +37,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from torch.utils._pytree import tree_flatten
 
 from pruners._devices import as_tuple, device_of, unwrap
 
-__all__ = ["Latency", "Metrics", "LayerMetrics", "measure", "paired_speedup", "time_forward", "unwrap", "effective_state_dict"]
+__all__ = ["Latency", "Metrics", "LayerMetrics", "count_flops", "measure", "paired_speedup", "time_forward", "unwrap", "effective_state_dict"]
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,20 @@ def effective_state_dict(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
     return out
 
 
+def _sdpa_flops(query_shape: Any, key_shape: Any, value_shape: Any, *_args: Any, out_shape: Any = None,
+                **_kwargs: Any) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+#: Ops ``FlopCounterMode`` has no formula for, counted with torch's own formulas (torch
+#: registers SDPA's CUDA kernels only; on CPU ``scaled_dot_product_attention`` runs this one).
+_MISSING_FORMULAS = {
+    getattr(torch.ops.aten, name): _sdpa_flops
+    for name in ("_scaled_dot_product_flash_attention_for_cpu",)
+    if hasattr(torch.ops.aten, name)
+}
+
+
 class _WeightAttributingFlopCounter(FlopCounterMode):
     """``FlopCounterMode`` that also remembers which layer's weight each counted op read.
 
@@ -157,7 +174,7 @@ class _WeightAttributingFlopCounter(FlopCounterMode):
     """
 
     def __init__(self, owners: dict[int, tuple[str, torch.Tensor]]) -> None:
-        super().__init__(display=False)
+        super().__init__(display=False, custom_mapping=_MISSING_FORMULAS)
         self.owners = owners  # storage data_ptr -> (layer name, tensor), see _count_flops
         self.by_layer: dict[str, int] = {}
         self.unattributed = 0
@@ -210,14 +227,45 @@ def _count_flops(
     for name, m in layers:
         record(name, m)
     handles = [m.register_forward_pre_hook(make_hook(name)) for name, m in layers]
+    # nn.MultiheadAttention's eval-mode fast path is one fused op with no FLOP formula; the
+    # regular path computes the same thing through ops the counter knows.
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         counter = _WeightAttributingFlopCounter(owners)
         with torch.no_grad(), counter:
             model(*args)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
         for h in handles:
             h.remove()
     return counter.get_total_flops(), counter.by_layer, counter.unattributed
+
+
+def _count_flops_eval(model: nn.Module, args: tuple[Any, ...]) -> tuple[int, dict[str, int], int]:
+    """``_count_flops`` in eval mode; every module's training flag is restored after."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+    except NotImplementedError:  # torch.export's module() refuses eval(); it is eval already
+        pass
+    try:
+        return _count_flops(model, args)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def count_flops(model: nn.Module, example_inputs: Any) -> int:
+    """FLOPs (2 x MACs) of one eval-mode forward pass of ``example_inputs``, at their batch
+    size: the ``flops`` column of :func:`measure` without its file and latency. Attention is
+    counted whole (see the module docstring); masks are not (that is ``flops_sparse``).
+
+    >>> count_flops(nn.Linear(8, 4), torch.randn(1, 8))
+    64
+    """
+    model = unwrap(model)
+    return _count_flops_eval(model, _to(as_tuple(example_inputs), device_of(model)))[0]
 
 
 def _batch_of(args: tuple[Any, ...], batch_size: int) -> tuple[Any, ...]:
@@ -371,16 +419,7 @@ def measure(
     device = device_of(model)
     args = _to(as_tuple(example_inputs), device)
 
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-    except NotImplementedError:  # torch.export's module() refuses eval(); it is eval already
-        pass
-    try:
-        flops, by_layer, _ = _count_flops(model, _batch_of(args, 1))
-    finally:
-        for m, training in modes.items():
-            m.training = training
+    flops, by_layer, _ = _count_flops_eval(model, _batch_of(args, 1))
 
     per_layer: list[LayerMetrics] = []
     params = params_nonzero = 0

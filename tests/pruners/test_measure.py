@@ -84,6 +84,31 @@ def test_ops_reading_no_weight_are_not_scaled():
     assert m.flops_sparse == pytest.approx(linear / 4 + bmm)
 
 
+class _SelfAttention(nn.Module):
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+@pytest.mark.parametrize("converted", [False, True], ids=["nn.MultiheadAttention", "PrunableMultiheadAttention"])
+def test_attention_counts_whole_in_eval_mode(converted):
+    # nn.MultiheadAttention's eval fast path counted 0 FLOPs, and the CPU kernel of
+    # scaled_dot_product_attention (what the head-prunable attention runs) had no formula.
+    torch.manual_seed(0)
+    model = _SelfAttention().eval()
+    if converted:
+        pruners.convert_attention(model)
+    tokens, dim = 10, 32
+    by_hand = 2 * (4 * tokens * dim * dim) + 2 * (2 * tokens * tokens * dim)  # q, k, v, out; QK^T and AV
+    x = torch.randn(1, tokens, dim)
+    assert pruners.count_flops(model, x) == by_hand
+    assert measure(model, x, latency_repeats=1, warmup=0).flops == by_hand
+    assert not model.training and torch.backends.mha.get_fastpath_enabled()
+
+
 def test_size_is_the_saved_files_size(tmp_path):
     model = ResidualCNN()
     x = cnn_batch(2)[0]

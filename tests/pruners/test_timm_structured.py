@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import pruners
 
@@ -33,24 +32,18 @@ FAMILIES = [
 ]
 
 
-def _flops(model: torch.nn.Module, x: torch.Tensor) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name,size,kwargs,min_cut", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_timm_family_prunes_and_runs(name, size, kwargs, min_cut):
     model = models.build_model(f"timm:{name}", num_classes=10, in_channels=3, **kwargs).eval()
     x = torch.randn(1, 3, size, size)
-    flops = _flops(model, x)
+    flops = pruners.count_flops(model, x)
     report = pruners.prune(model, criterion="magnitude", granularity="structured", amount=0.5, example_inputs=x)
     with torch.no_grad():
         y = model(x)
     assert y.shape == (1, 10) and torch.isfinite(y).all()
     assert report.achieved == pytest.approx(0.5, abs=0.01)
-    assert 1 - _flops(model, x) / flops >= min_cut
+    assert 1 - pruners.count_flops(model, x) / flops >= min_cut
 
 
 def test_timm_names_are_checked_and_built_with_the_datasets_shape():
