@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
-from reports.contract import KeptEpoch
+from reports.contract import SELECTION_METRIC, KeptEpoch
 from reports.pareto import nondominated_sort
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -271,7 +271,7 @@ class MultiObjectiveASHA(FIFOScheduler):
 
     def _judged(self, trial_id: str, result: Mapping[str, Any]) -> Mapping[str, Any]:
         """The row a rung judges: the trial's kept epoch so far (``judge_kept``), else ``result``."""
-        if not self._judge_kept or "val_accuracy" not in result:
+        if not self._judge_kept or SELECTION_METRIC not in result:
             return result
         rule = self._kept.setdefault(trial_id, KeptEpoch())
         rule.observe(result)

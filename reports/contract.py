@@ -52,6 +52,7 @@ __all__ = [
     "TrialState",
     "flatten_config",
     "kept_epoch",
+    "SELECTION_METRIC",
     "read_events",
     "trial_states",
 ]
@@ -84,6 +85,8 @@ METRIC_KEYS: tuple[str, ...] = (
 TEST_KEYS: tuple[str, ...] = ("test_accuracy", "test_loss")
 #: Metrics a scheduler, an objective or a selection may use.
 DECISION_METRICS: tuple[str, ...] = tuple(k for k in METRIC_KEYS if k not in TEST_KEYS)
+#: The accuracy every choice is made on: kept epoch, fronts, knee, ``reports pick``.
+SELECTION_METRIC = "val_accuracy"
 #: Metrics a front can use as its cost (all minimised).
 COST_METRICS: tuple[str, ...] = ("flops", "flops_sparse", "params", "params_nonzero", "size_bytes", "latency_ms")
 #: Counts: integers in every table.
@@ -284,7 +287,7 @@ class KeptEpoch:
         s, ks = _number(row.get("sparsity")), _number(self.kept.get("sparsity"))
         if not (math.isnan(s) and math.isnan(ks)) and not abs(s - ks) <= SPARSITY_ATOL:
             return True
-        acc, kacc = _number(row.get("val_accuracy")), _number(self.kept.get("val_accuracy"))
+        acc, kacc = _number(row.get(SELECTION_METRIC)), _number(self.kept.get(SELECTION_METRIC))
         return not math.isnan(acc) and (math.isnan(kacc) or acc > kacc)
 
     def observe(self, row: Mapping[str, Any]) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from reports.contract import FINISHED_STATUSES, REFERENCE_STATUS
+from reports.contract import FINISHED_STATUSES, REFERENCE_STATUS, SELECTION_METRIC
 
 #: Compression levels (dense cost / trial cost) the table reports.
 LEVELS: tuple[float, ...] = (1.5, 2.0, 4.0, 8.0, 16.0)
@@ -44,14 +44,14 @@ def methods_table(final: pd.DataFrame, costs: Mapping[str, str]) -> pd.DataFrame
             continue
         dense_cost = float(ref[cost].iloc[0])
         cst = trials[cost].to_numpy(dtype=float, na_value=np.nan)
-        acc = trials["val_accuracy"].to_numpy(dtype=float, na_value=np.nan)
+        acc = trials[SELECTION_METRIC].to_numpy(dtype=float, na_value=np.nan)
         with np.errstate(divide="ignore", invalid="ignore"):
             compression = np.where(cst > 0, dense_cost / cst, np.inf)
         ok = np.isfinite(acc) & np.isfinite(cst)
         for level in LEVELS:
             reached = trials[ok & (compression >= level)].assign(compression=compression[ok & (compression >= level)])
             for method, group in reached.groupby("method", sort=True):
-                best = group.sort_values(["val_accuracy", "compression", "trial_id"],
+                best = group.sort_values([SELECTION_METRIC, "compression", "trial_id"],
                                          ascending=[False, False, True], kind="stable").iloc[0]
                 rows.append({
                     "cost": cost, "level": level, "method": method,

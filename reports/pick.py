@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from reports.contract import CONFIG_ORDER, FINISHED_STATUSES, REFERENCE_STATUS
+from reports.contract import CONFIG_ORDER, FINISHED_STATUSES, REFERENCE_STATUS, SELECTION_METRIC
 from reports.units import COST_LABELS, format_cost
 
 MODEL_FILE = "model.pt2"
@@ -74,26 +74,26 @@ def pick(
     if max_drop is not None and dense is None:
         raise ValueError("--max-drop needs the dense model's accuracy, and dense/metrics.json is missing")
     cand = final[final["status"].isin(FINISHED_STATUSES) & final["model_dir"].notna()]
-    cand = cand[pd.to_numeric(cand["val_accuracy"], errors="coerce").notna()]
+    cand = cand[pd.to_numeric(cand[SELECTION_METRIC], errors="coerce").notna()]
     if cand.empty:
         raise ValueError("no finished trial with a saved model yet")
     ok = pd.Series(True, index=cand.index)
     if max_drop is not None:
-        ok &= cand["val_accuracy"] >= float(dense["val_accuracy"]) - max_drop / 100.0 - 1e-12
+        ok &= cand[SELECTION_METRIC] >= float(dense[SELECTION_METRIC]) - max_drop / 100.0 - 1e-12
     for cost, limit in max_costs.items():
         ok &= pd.to_numeric(cand[cost], errors="coerce") <= limit
     budget = _budget_text(max_drop, max_costs, dense)
     if not ok.any():
-        closest = cand.sort_values(["val_accuracy", by], ascending=[False, True]).iloc[0]
+        closest = cand.sort_values([SELECTION_METRIC, by], ascending=[False, True]).iloc[0]
         raise ValueError(
             f"no saved trial meets {budget}; the most accurate is {closest['trial_id']} at validation "
             f"accuracy {float(closest['val_accuracy']):.4f}, {COST_LABELS.get(by, by)} {format_cost(closest[by], by)}"
         )
     within = cand[ok]
     if max_costs:
-        order = within.sort_values(["val_accuracy", by, "trial_id"], ascending=[False, True, True], kind="stable")
+        order = within.sort_values([SELECTION_METRIC, by, "trial_id"], ascending=[False, True, True], kind="stable")
     else:
-        order = within.sort_values([by, "val_accuracy", "trial_id"], ascending=[True, False, True], kind="stable")
+        order = within.sort_values([by, SELECTION_METRIC, "trial_id"], ascending=[True, False, True], kind="stable")
     best = order.iloc[0]
     path = Path(experiment_dir) / str(best["model_dir"]) / MODEL_FILE
     return Choice(best, dense, budget, by, path.absolute() if path.is_file() else None)

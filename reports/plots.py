@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reports.contract import REFERENCE_STATUS
+from reports.contract import REFERENCE_STATUS, SELECTION_METRIC
 from reports.units import COST_LABELS, format_cost, front_title
 
-OBJECTIVE = "val_accuracy"
+OBJECTIVE = SELECTION_METRIC
 GRANULARITY_MARKERS = {"unstructured": "o", "structured": "s"}
 
 

@@ -38,6 +38,7 @@ from reports.contract import (
     METRIC_KEYS,
     REFERENCE_ID,
     REFERENCE_STATUS,
+    SELECTION_METRIC,
     kept_epoch,
 )
 from reports.ledger import Experiment, is_missing, records_frame
@@ -50,7 +51,7 @@ DEFAULT_FRONTS: dict[str, str] = {
     "accuracy_size": "size_bytes",
 }
 _FRONT_NAMES = {"size_bytes": "accuracy_size", "latency_ms": "accuracy_latency"}
-OBJECTIVE = "val_accuracy"
+OBJECTIVE = SELECTION_METRIC
 DIRECTIONS = ("max", "min")
 
 
