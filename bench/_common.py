@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -81,3 +83,42 @@ def save_figure(fig: object, path: str | os.PathLike) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)  # type: ignore[attr-defined]
     plt.close(fig)  # type: ignore[arg-type]
+
+
+#: The two forward passes inside ``pruners.prune``'s structured path, as (module, name) where
+#: prune looks them up when it runs: the classifier search and Torch-Pruning's traced graph.
+PRUNE_PASSES = {"classifier forward": ("pruners.prune", "find_classifier"),
+                "graph trace": ("pruners.structured", "build_graph")}
+
+
+@contextlib.contextmanager
+def timed_prune_passes() -> Iterator[tuple[dict[str, float], dict[str, float]]]:
+    """Time ``pruners.prune``'s two forward passes apart from the rest (a bench-only patch of
+    the helpers, restored on exit). Yields ``(wall, cpu)``: seconds per pass, accumulated
+    until cleared; "scoring + removal" is a prune's total minus their sum. Raises if a helper
+    moved, so a refactor of ``pruners`` cannot turn the measurement into a silent zero."""
+    wall: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    saved = []
+    for label, (module_name, attr) in PRUNE_PASSES.items():
+        module = importlib.import_module(module_name)
+        fn = getattr(module, attr, None)
+        if not callable(fn):
+            raise RuntimeError(f"{module_name}.{attr} is gone: update bench/_common.PRUNE_PASSES to where "
+                               "pruners.prune calls its forward passes now")
+
+        def wrapper(*a, _fn=fn, _label=label, **kw):
+            t0, c0 = time.perf_counter(), time.process_time()
+            try:
+                return _fn(*a, **kw)
+            finally:
+                wall[_label] = wall.get(_label, 0.0) + time.perf_counter() - t0
+                cpu[_label] = cpu.get(_label, 0.0) + time.process_time() - c0
+
+        saved.append((module, attr, fn))
+        setattr(module, attr, wrapper)
+    try:
+        yield wall, cpu
+    finally:
+        for module, attr, fn in saved:
+            setattr(module, attr, fn)

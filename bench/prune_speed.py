@@ -13,7 +13,6 @@ forward pass measured in the same run as the baseline.
 from __future__ import annotations
 
 import copy
-import importlib
 import statistics
 import time
 
@@ -22,9 +21,6 @@ import torch
 import torchvision
 
 import pruners
-
-# `pruners.prune` is also the name of the function the package exports; take the module.
-prune_module = importlib.import_module("pruners.prune")
 
 TARGET_S = 1.0
 
@@ -43,26 +39,9 @@ def main() -> None:
     with torch.no_grad():
         fwd_ms = _common.median_ms(lambda: base(x), repeats=3, warmup=1)
 
-    # Time the two forward-pass phases by wrapping prune's own helpers (bench-only patch).
-    phases: dict[str, float] = {}
-
-    cpu_phases: dict[str, float] = {}
-
-    def timed(name, fn):
-        def wrapper(*a, **kw):
-            t0, c0 = time.perf_counter(), time.process_time()
-            try:
-                return fn(*a, **kw)
-            finally:
-                phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
-                cpu_phases[name] = cpu_phases.get(name, 0.0) + time.process_time() - c0
-        return wrapper
-
-    orig = {"find_classifier": prune_module.find_classifier, "_build_graph": prune_module._build_graph}
-    prune_module.find_classifier = timed("classifier forward", orig["find_classifier"])
-    prune_module._build_graph = timed("graph trace", orig["_build_graph"])
+    # The two forward passes inside prune (classifier search, graph trace) are timed apart.
     totals, rest, traces, rest_cpu = [], [], [], []
-    try:
+    with _common.timed_prune_passes() as (phases, cpu_phases):
         for _ in range(repeats):
             model = copy.deepcopy(base)
             phases.clear()
@@ -75,9 +54,6 @@ def main() -> None:
             totals.append(total)
             traces.append(sum(phases.values()))
             rest.append(total - sum(phases.values()))
-    finally:
-        prune_module.find_classifier = orig["find_classifier"]
-        prune_module._build_graph = orig["_build_graph"]
 
     n_before = sum(p.numel() for p in base.parameters())
     n_after = sum(p.numel() for p in model.parameters())

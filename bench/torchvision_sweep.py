@@ -25,7 +25,6 @@ them): on a 2-core, 24 GB machine they take minutes per model just to build and 
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import resource
@@ -86,8 +85,6 @@ def child(name: str, amount: float, side: int | None) -> dict:
 
     import pruners
 
-    prune_module = importlib.import_module("pruners.prune")
-
     torch.manual_seed(0)
     t_build = time.perf_counter()
     model = _build(name).eval()
@@ -101,26 +98,11 @@ def child(name: str, amount: float, side: int | None) -> dict:
     params = sum(p.numel() for p in model.parameters())
     dense_flops = pruners.count_flops(model, x)
 
-    # The two forward passes inside prune (classifier search, graph trace) are timed apart,
-    # by wrapping prune's own helpers (bench-only patch, as bench/prune_speed.py does).
-    phases: dict[str, float] = {}
-    cpu_phases: dict[str, float] = {}
-
-    def timed(key, fn):
-        def wrapper(*a, **kw):
-            t0, c0 = time.perf_counter(), time.process_time()
-            try:
-                return fn(*a, **kw)
-            finally:
-                phases[key] = phases.get(key, 0.0) + time.perf_counter() - t0
-                cpu_phases[key] = cpu_phases.get(key, 0.0) + time.process_time() - c0
-        return wrapper
-
-    for key in ("find_classifier", "_build_graph"):
-        setattr(prune_module, key, timed(key, getattr(prune_module, key)))
-    t0, c0 = time.perf_counter(), time.process_time()
-    report = pruners.prune(model, criterion="magnitude", granularity="structured", amount=amount,
-                           example_inputs=x)
+    # The two forward passes inside prune (classifier search, graph trace) are timed apart.
+    with _common.timed_prune_passes() as (phases, cpu_phases):
+        t0, c0 = time.perf_counter(), time.process_time()
+        report = pruners.prune(model, criterion="magnitude", granularity="structured", amount=amount,
+                               example_inputs=x)
     total_s = time.perf_counter() - t0
     total_cpu_s = time.process_time() - c0
     with torch.no_grad():
@@ -134,7 +116,7 @@ def child(name: str, amount: float, side: int | None) -> dict:
         # CPU time of this process (all its threads): what the work costs when no other
         # process competes for the cores (wall time above is what a user waits now).
         "prune_cpu_s": total_cpu_s - sum(cpu_phases.values()),
-        "trace_s": phases.get("_build_graph", 0.0),
+        "trace_s": phases.get("graph trace", 0.0),
         "shape_ok": tuple(y.shape) == shape,
         "finite": bool(torch.isfinite(y).all()),
         "flops_before": dense_flops,

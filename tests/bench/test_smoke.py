@@ -23,6 +23,19 @@ def _run(script: str, *args: str, tmp: Path) -> str:
     return proc.stdout
 
 
+def test_prune_speed(tmp_path: Path) -> None:
+    """Its phase timers patch the helpers prune calls; a rename in pruners made it crash."""
+    out = _run("prune_speed.py", tmp=tmp_path)
+    assert "scoring + structural removal" in out
+
+
+def test_torchvision_sweep(tmp_path: Path) -> None:
+    """Every smoke model prunes in its capped child (a helper the sweep times was renamed
+    once, and every model then failed while the script exited 0)."""
+    out = _run("torchvision_sweep.py", tmp=tmp_path)
+    assert "MEETS target" in out, out
+
+
 def test_file_size(tmp_path: Path) -> None:
     _run("file_size.py", tmp=tmp_path)
 
