@@ -30,7 +30,8 @@ from typing import Any
 from ray.tune import Callback
 
 from orchestrator.space import decode_trial
-from reports.contract import EXTRA_KEYS, FINISHED_STATUSES, LEDGER_FILE, METRIC_KEYS, read_events, trial_states
+from reports.contract import (EXTRA_KEYS, FINISHED_STATUSES, LEDGER_FILE, METRIC_KEYS, KeptEpoch, read_events,
+                              trial_states)
 
 __all__ = [
     "copy_from_storage",
@@ -223,6 +224,7 @@ class LedgerCallback(Callback):
         self._copied: dict[str, str] = {}
         self._last_epoch: dict[str, int] = {}
         self._errors: dict[str, str] = {}
+        self._kept: dict[str, KeptEpoch] = {}  # per trial: the epoch whose model ships (its line shows it)
         self._written: set[tuple[str, int]] = set()  # (trial, epoch) lines in the ledger
         self.counts = {"result": 0, "completed": 0, "stopped": 0, "errored": 0}
 
@@ -283,6 +285,7 @@ class LedgerCallback(Callback):
         if (tid, int(metrics["epoch"])) in self._written:
             return  # a retried trial reports its last checkpointed epoch again: written once
         self._written.add((tid, int(metrics["epoch"])))
+        self._kept.setdefault(tid, KeptEpoch()).observe(metrics)
         event = {"type": "result", "trial_id": tid, **metrics, "config": self._record(trial),
                  "time_total_s": result.get("time_total_s")}
         self.writer.append(event)
@@ -299,7 +302,9 @@ class LedgerCallback(Callback):
         )
         self.counts[status] += 1
         if self.echo:
-            print(_progress_line(trial.trial_id, status, reason, record, trial.last_result or {}), flush=True)
+            kept = self._kept.get(trial.trial_id)
+            shown = kept.kept if kept is not None and kept.kept is not None else (trial.last_result or {})
+            print(_progress_line(trial.trial_id, status, reason, record, shown), flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tid = trial.trial_id
@@ -339,11 +344,11 @@ class LedgerCallback(Callback):
 
 
 def _progress_line(trial_id: str, status: str, reason: str, record: Mapping[str, Any], last: Mapping[str, Any]) -> str:
-    """``prunefront: trial <id> <status>: <method> -> <last metrics> (<reason>)``."""
+    """``prunefront: trial <id> <status>: <method> -> <kept epoch's metrics> (<reason>)``."""
     method = "/".join(str(record.get(k, "?")) for k in ("criterion", "granularity", "schedule"))
     knobs = ", ".join(f"{k} {record[k]:.3g}" for k in ("amount", "lr") if isinstance(record.get(k), (int, float)))
     parts = []
-    for key, fmt in (("epoch", "epoch {}"), ("val_accuracy", "val accuracy {:.4f}"), ("sparsity", "sparsity {:.3f}"),
+    for key, fmt in (("epoch", "kept epoch {}"), ("val_accuracy", "val accuracy {:.4f}"), ("sparsity", "sparsity {:.3f}"),
                      ("flops", "{:.3g} FLOPs"), ("size_bytes", "{:.0f} B file")):
         if isinstance(last.get(key), (int, float)):
             parts.append(fmt.format(last[key]))

@@ -77,6 +77,21 @@ def test_result_and_status_lines(tmp_path: Path) -> None:
         "a": "completed", "b": "stopped"}
 
 
+def test_the_console_line_shows_the_kept_epoch_whose_file_ships(tmp_path: Path, capsys) -> None:
+    """A trial whose last epoch ties the best one keeps the earlier epoch (its model is the one
+    copied to models/); the line printed when it ends must show that epoch's figures, not the
+    last epoch's (it printed the last epoch's size, which no shipped file had)."""
+    cb = LedgerCallback(tmp_path, max_epochs=3, echo=True)
+    cb.setup()
+    a = trial("a")
+    for ep, acc, size in ((1, 0.90, 40), (2, 0.95, 41), (3, 0.95, 42)):
+        a.last_result = result(ep, val_accuracy=acc, size_bytes=size)
+        cb.on_trial_result(0, [], a, a.last_result)
+    cb.on_trial_complete(0, [], a)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "kept epoch 2," in line and "val accuracy 0.9500" in line and "41 B file" in line, line
+
+
 def test_errored_trial_keeps_the_exception_line(tmp_path: Path) -> None:
     err = tmp_path / "error.txt"
     err.write_text("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
