@@ -30,8 +30,7 @@ from typing import Any
 from ray.tune import Callback
 
 from orchestrator.space import decode_trial
-from reports.contract import (EXTRA_KEYS, FINISHED_STATUSES, LEDGER_FILE, METRIC_KEYS, KeptEpoch, read_events,
-                              trial_states)
+from reports.contract import EXTRA_KEYS, FINISHED_STATUSES, LEDGER_FILE, METRIC_KEYS, read_events, trial_states
 
 __all__ = [
     "copy_from_storage",
@@ -224,7 +223,7 @@ class LedgerCallback(Callback):
         self._copied: dict[str, str] = {}
         self._last_epoch: dict[str, int] = {}
         self._errors: dict[str, str] = {}
-        self._kept: dict[str, KeptEpoch] = {}  # per trial: the epoch whose model ships (its line shows it)
+        self._kept: dict[str, dict[str, Any]] = {}  # per trial: the row of the epoch whose model ships
         self._written: set[tuple[str, int]] = set()  # (trial, epoch) lines in the ledger
         self.counts = {"result": 0, "completed": 0, "stopped": 0, "errored": 0}
 
@@ -282,10 +281,11 @@ class LedgerCallback(Callback):
         metrics = row_metrics(result)
         if "epoch" not in metrics:
             return  # not a fine-tuning epoch (nothing reports those today)
+        if result.get("kept"):  # the trial's own decision (its model is the one copied below)
+            self._kept[tid] = metrics
         if (tid, int(metrics["epoch"])) in self._written:
             return  # a retried trial reports its last checkpointed epoch again: written once
         self._written.add((tid, int(metrics["epoch"])))
-        self._kept.setdefault(tid, KeptEpoch()).observe(metrics)
         event = {"type": "result", "trial_id": tid, **metrics, "config": self._record(trial),
                  "time_total_s": result.get("time_total_s")}
         self.writer.append(event)
@@ -302,8 +302,7 @@ class LedgerCallback(Callback):
         )
         self.counts[status] += 1
         if self.echo:
-            kept = self._kept.get(trial.trial_id)
-            shown = kept.kept if kept is not None and kept.kept is not None else (trial.last_result or {})
+            shown = self._kept.get(trial.trial_id) or trial.last_result or {}
             print(_progress_line(trial.trial_id, status, reason, record, shown), flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -87,7 +87,7 @@ def pick(
         closest = cand.sort_values([SELECTION_METRIC, by], ascending=[False, True]).iloc[0]
         raise ValueError(
             f"no saved trial meets {budget}; the most accurate is {closest['trial_id']} at validation "
-            f"accuracy {float(closest['val_accuracy']):.4f}, {COST_LABELS.get(by, by)} {format_cost(closest[by], by)}"
+            f"accuracy {float(closest[SELECTION_METRIC]):.4f}, {COST_LABELS.get(by, by)} {format_cost(closest[by], by)}"
         )
     within = cand[ok]
     if max_costs:

@@ -84,8 +84,9 @@ def test_the_console_line_shows_the_kept_epoch_whose_file_ships(tmp_path: Path, 
     cb = LedgerCallback(tmp_path, max_epochs=3, echo=True)
     cb.setup()
     a = trial("a")
-    for ep, acc, size in ((1, 0.90, 40), (2, 0.95, 41), (3, 0.95, 42)):
-        a.last_result = result(ep, val_accuracy=acc, size_bytes=size)
+    # As the trial reports it: "kept" marks the epochs that became the kept one.
+    for ep, acc, size, kept in ((1, 0.90, 40, 1), (2, 0.95, 41, 1), (3, 0.95, 42, 0)):
+        a.last_result = result(ep, val_accuracy=acc, size_bytes=size, kept=kept)
         cb.on_trial_result(0, [], a, a.last_result)
     cb.on_trial_complete(0, [], a)
     line = capsys.readouterr().out.strip().splitlines()[-1]
