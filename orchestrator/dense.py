@@ -58,7 +58,7 @@ def dense_loop(config: dict[str, Any]) -> None:
     setup = worker_setup(config["search"], config.get("initial_state"))
     cfg, model, device = setup.cfg, setup.model, setup.device
     epochs = 0 if config.get("initial_state") is not None else cfg.dense.epochs
-    opt_cfg = cfg.dense.optimizer.build(cfg.dense.lr)  # a pruners.OptimizerConfig
+    opt_cfg = cfg.dense.optimizer.build(cfg.dense.lr, cfg.dense.epochs)  # a pruners.OptimizerConfig
     opt = opt_cfg.build(model.parameters())
     total_steps = epochs * len(setup.train_loader)
     channels_last = cfg.resources.channels_last and setup.example_inputs.dim() == 4

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
+from orchestrator.steps import rung_milestones
 from reports.contract import SELECTION_METRIC, KeptEpoch
 from reports.pareto import nondominated_sort
 
@@ -232,12 +233,7 @@ class MultiObjectiveASHA(FIFOScheduler):
         self._stop_last_trials = bool(stop_last_trials)
         self._judge_kept = bool(judge_kept)
         self._kept: dict[str, KeptEpoch] = {}  # trial_id -> its kept epoch so far
-        rungs: list[float] = []
-        k = 0
-        while grace_period * self._eta**k < max_t:
-            rungs.append(grace_period * self._eta**k)
-            k += 1
-        self._rungs = tuple(rungs)
+        self._rungs = rung_milestones(grace_period, self._eta, max_t)
         # rung -> [(trial_id, objective vector)] in recording order.
         self._recorded: dict[float, list[tuple[str, tuple[float, ...]]]] = {r: [] for r in self._rungs}
         self.decisions: list[RungDecision] = []

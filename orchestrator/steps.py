@@ -20,6 +20,7 @@ from orchestrator.params import Fixed, Param, parse_param, values_of
 __all__ = [
     "build_schedule",
     "check_rungs_after_targets",
+    "rung_milestones",
     "check_schedules_fit",
     "complete_schedule_params",
     "schedule_params_schema",
@@ -104,6 +105,15 @@ def check_schedules_fit(params: Mapping[str, Mapping[str, Param]], schedules: It
             f"{KEY}.{sched}: {how}, not before fine-tuning ends (search.epochs {min_epochs}); the target "
             "must be reached before the last epoch ends, so shorten the schedule or raise search.epochs"
         )
+
+
+def rung_milestones(grace_period: float, reduction_factor: float, max_t: float) -> tuple[float, ...]:
+    """Where asynchronous successive halving judges trials: ``grace_period * eta**k`` below
+    ``max_t`` (the rungs of ``MultiObjectiveASHA`` and of Ray's ``AsyncHyperBandScheduler``)."""
+    rungs: list[float] = []
+    while grace_period * reduction_factor ** len(rungs) < max_t:
+        rungs.append(grace_period * reduction_factor ** len(rungs))
+    return tuple(rungs)
 
 
 def check_rungs_after_targets(cfg: Any) -> None:

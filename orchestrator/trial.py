@@ -335,7 +335,7 @@ def train_trial(config: dict[str, Any]) -> TrialOutcome:
         from pruners.measure import unwrap
 
         teacher = copy.deepcopy(unwrap(setup.model))
-    optimizer = cfg.search.optimizer.build(trial.lr)  # a pruners.OptimizerConfig
+    optimizer = cfg.trial_optimizer(trial.lr, trial.epochs)  # cosine_restarts: restarts after each rung
     record = trial.record()
     kept = KeptEpoch()
     rows: list[dict[str, Any]] = []

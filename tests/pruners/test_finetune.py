@@ -458,6 +458,27 @@ def test_optimizer_config_validates_and_schedules_the_learning_rate():
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == 0.01
 
 
+def test_cosine_restarts_anneal_to_zero_at_every_cycle_end_and_restart_at_lr():
+    """A rung that judges a trial after epoch 1, 2 or 4 of 8 sees a model trained down to a
+    learning rate near 0, never one taken at a high learning rate mid-way."""
+    sgdr = OptimizerConfig(lr=0.2, lr_schedule="cosine_restarts", cycle_ends=(1 / 8, 1 / 4, 1 / 2))
+    lrs = [sgdr.lr_at(s, 80) for s in range(80)]  # 10 steps per epoch
+    for end in (10, 20, 40):  # the last step of a cycle, then the first of the next
+        assert lrs[end - 1] < 0.01 and lrs[end] == pytest.approx(0.2)
+    assert lrs[0] == pytest.approx(0.2) and lrs[79] < 0.001
+    assert lrs[5] == pytest.approx(0.1) and lrs[30] == pytest.approx(0.1) and lrs[60] == pytest.approx(0.1)
+    # No cycle ends: plain cosine. Warm-up comes first; the cycles share the steps after it.
+    assert [OptimizerConfig(lr=0.2, lr_schedule="cosine_restarts").lr_at(s, 80) for s in range(80)] == pytest.approx(
+        [OptimizerConfig(lr=0.2, lr_schedule="cosine").lr_at(s, 80) for s in range(80)])
+    warm = OptimizerConfig(lr=0.2, lr_schedule="cosine_restarts", warmup=0.2, cycle_ends=(0.5,))
+    assert warm.lr_at(15, 100) < 0.2 and warm.lr_at(20, 100) == pytest.approx(0.2)
+    assert warm.lr_at(59, 100) < 0.001 and warm.lr_at(60, 100) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="cycle_ends is for lr_schedule cosine_restarts"):
+        OptimizerConfig(lr_schedule="cosine", cycle_ends=(0.5,))
+    with pytest.raises(ValueError, match=r"increasing fractions in \(0, 1\), got \[0.5, 0.25\]"):
+        OptimizerConfig(lr_schedule="cosine_restarts", cycle_ends=(0.5, 0.25))
+
+
 def test_bf16_autocast_and_channels_last_train_a_pruned_float32_model(digits):
     """The GPU options: training runs under bfloat16 autocast in channels-last format (kept
     after channels are removed), while the model, its rows and its file stay float32."""
