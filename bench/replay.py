@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from reports.contract import SELECTION_METRIC as SELECTION
 from reports.contract import kept_epoch
 from reports.pareto import hypervolume_2d, nondominated_sort
 
-__all__ = ["SearchRun", "front_hypervolume", "make_scheduler", "simulate"]
+__all__ = ["SearchRun", "front_hypervolume", "make_scheduler", "paired", "rung_rank_correlation", "simulate"]
 
 CONTINUE, STOP = "CONTINUE", "STOP"
 
@@ -148,6 +149,38 @@ def summarize(values: list[float]) -> tuple[float, float, float]:
     """(median, 25th, 75th percentile)."""
     a = np.asarray(values, dtype=float)
     return float(np.median(a)), float(np.percentile(a, 25)), float(np.percentile(a, 75))
+
+
+def paired(mine: list[float], other: list[float]) -> dict[str, float]:
+    """Seed-by-seed comparison of two methods' scores (seed ``i`` of each started the same
+    configurations in the same order): median difference, seeds ahead / behind, and the
+    two-sided Wilcoxon signed-rank p-value (ties dropped; 1.0 when every seed ties)."""
+    from scipy.stats import wilcoxon
+
+    d = np.asarray(mine, dtype=float) - np.asarray(other, dtype=float)
+    ahead, behind = int((d > 0).sum()), int((d < 0).sum())
+    p = float(wilcoxon(d, zero_method="wilcox").pvalue) if ahead + behind else 1.0
+    return {"median_diff": float(np.median(d)), "ahead": ahead, "behind": behind, "seeds": len(d), "p": p}
+
+
+def rung_rank_correlation(table: pd.DataFrame, epochs: list[int], by: str | None = None) -> pd.DataFrame:
+    """Spearman rank correlation, over configurations, of the validation accuracy a rung sees
+    at each of ``epochs`` (the kept epoch so far, as MO-ASHA judges) with the accuracy the
+    configuration ends with (its kept epoch over all epochs); per value of ``by`` if given.
+
+    High means stopping at that epoch keeps the configurations that end best."""
+    rows = []
+    for cid, g in table.groupby("config_id"):
+        g = g.sort_values("epoch").to_dict("records")
+        final = kept_epoch(g)[SELECTION]
+        row = {"config_id": cid, "final": final, **({by: g[0][by]} if by else {})}
+        for e in epochs:
+            row[e] = kept_epoch([r for r in g if r["epoch"] <= e])[SELECTION]
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    groups = df.groupby(by) if by else [("all", df)]
+    out = {key: {e: g[e].corr(g["final"], method="spearman") for e in epochs} for key, g in groups}
+    return pd.DataFrame(out).T
 
 
 def run_method(

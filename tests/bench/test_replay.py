@@ -61,3 +61,26 @@ def test_the_budget_stops_the_search():
     assert run.kept["C"]["epoch"] == 1
     # The front chosen on validation is A (0.92) and C's epoch 1 (0.80), scored on test.
     assert replay.front_hypervolume(run.kept, "flops", REF) == pytest.approx(0.90 * 100 + 0.79 * 50)
+
+
+def test_rung_rank_correlation_sees_a_rung_that_ranks_configurations_backwards():
+    """Epoch 1 ranks the four configurations in the reverse of how they end (a learning rate
+    that looks bad early and ends best), epoch 2 ranks them as they end."""
+    rows = []
+    for i, (first, last) in enumerate([(0.5, 0.6), (0.4, 0.7), (0.3, 0.8), (0.2, 0.9)]):
+        for epoch, val in ((1, first), (2, last), (3, last)):
+            rows.append({"config_id": f"c{i}", "epoch": epoch, "val_accuracy": val, "sparsity": 0.5, "lr": 0.1 * (i % 2)})
+    corr = replay.rung_rank_correlation(pd.DataFrame(rows), [1, 2])
+    assert corr.loc["all", 1] == pytest.approx(-1.0) and corr.loc["all", 2] == pytest.approx(1.0)
+    by_lr = replay.rung_rank_correlation(pd.DataFrame(rows), [1], by="lr")
+    assert list(by_lr.index) == [0.0, 0.1] and by_lr[1].tolist() == pytest.approx([-1.0, -1.0])
+
+
+def test_paired_comparison_counts_seeds_and_tests_the_differences():
+    ahead = replay.paired([0.9] * 10, [0.8] * 10)
+    assert ahead["ahead"] == 10 and ahead["behind"] == 0 and ahead["median_diff"] == pytest.approx(0.1)
+    assert ahead["p"] < 0.01
+    tie = replay.paired([0.5, 0.6, 0.7], [0.5, 0.6, 0.7])
+    assert tie == {"median_diff": 0.0, "ahead": 0, "behind": 0, "seeds": 3, "p": 1.0}
+    mixed = replay.paired([0.9, 0.1, 0.9, 0.1], [0.1, 0.9, 0.1, 0.9])
+    assert mixed["ahead"] == 2 and mixed["behind"] == 2 and mixed["p"] > 0.5
