@@ -18,16 +18,15 @@ bring torch.
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import ConfigError, fmt, one_line, typename
+from orchestrator.optim import OptimizerSettings, check_restarts
 from orchestrator.params import Choice, Fixed, Param, Range, Searched, SearchedNames, parse_param, values_of
 from reports.contract import COST_METRICS, DECISION_METRICS, TEST_KEYS
 
@@ -136,51 +135,6 @@ class ModelConfig(_Model):
             if k in v:
                 raise ConfigError(f"model.kwargs.{k}: set by the dataset; remove it")
         return v
-
-
-class OptimizerSettings(_Model):
-    """``pruners.OptimizerConfig`` without the learning rate (configured or searched apart).
-    A bare name (``sgd``) means its defaults."""
-
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(5e-4, ge=0.0)
-    nesterov: bool = False
-    lr_schedule: Literal["constant", "cosine", "cosine_restarts"] = "constant"
-    warmup: float = Field(0.0, ge=0.0, lt=1.0)
-    #: ``cosine_restarts``: epochs after which the learning rate restarts at ``lr``. Unset in
-    #: ``search.optimizer`` under asha / moasha: the scheduler's rungs, so every model a rung
-    #: judges ends an annealing cycle.
-    restart_epochs: list[int] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bare_name(cls, raw: Any) -> Any:
-        return {"name": raw} if isinstance(raw, str) else raw
-
-    @model_validator(mode="after")
-    def _nesterov(self) -> OptimizerSettings:
-        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
-            raise ValueError("nesterov: true without SGD momentum; needs name sgd with momentum > 0")
-        if self.restart_epochs is not None:
-            if self.lr_schedule != "cosine_restarts":
-                raise ValueError(f"restart_epochs: set for lr_schedule {self.lr_schedule}; it needs cosine_restarts")
-            e = self.restart_epochs
-            if not e or e[0] < 1 or any(b <= a for a, b in zip(e, e[1:])):
-                raise ValueError(f"restart_epochs: {e} is invalid; give increasing epochs >= 1, e.g. [1, 2, 4]")
-        return self
-
-    def build(self, lr: float, epochs: int | None = None, restart_epochs: Sequence[int] | None = None) -> Any:
-        """The ``pruners.OptimizerConfig`` for ``epochs`` epochs at learning rate ``lr``
-        (``cosine_restarts``: restarting after each of ``restart_epochs``, default this
-        section's own, that falls before ``epochs``)."""
-        kwargs = self.model_dump(exclude={"restart_epochs"})
-        if self.lr_schedule == "cosine_restarts":
-            if epochs is None:
-                raise ValueError("cosine_restarts needs the number of epochs its cycles divide")
-            ends = restart_epochs if restart_epochs is not None else (self.restart_epochs or ())
-            kwargs["cycle_ends"] = tuple(e / epochs for e in sorted(set(ends)) if 0 < e < epochs) if epochs else ()
-        return _pruners().OptimizerConfig(lr=float(lr), **kwargs)
 
 
 class DenseConfig(_Model):
@@ -504,32 +458,8 @@ class SearchConfig(_Model):
                     f"({self.search.max_epochs}); must be <= the fine-tune epochs"
                 )
             check_rungs_after_targets(self)
-        if self.dense.optimizer.lr_schedule == "cosine_restarts" and self.dense.optimizer.restart_epochs is None:
-            raise ConfigError("dense.optimizer.restart_epochs: required with lr_schedule cosine_restarts; "
-                              "give the epochs after which the learning rate restarts, e.g. [1, 2, 4]")
-        opt = self.search.optimizer
-        if opt.lr_schedule == "cosine_restarts" and opt.restart_epochs is None and self.scheduler.name == "fifo":
-            raise ConfigError("search.optimizer.restart_epochs: required with lr_schedule cosine_restarts and "
-                              "scheduler fifo (with asha or moasha the restarts default to the rungs), e.g. [1, 2, 4]")
+        check_restarts(self)
         return self
-
-    def trial_optimizer(self, lr: float, epochs: int) -> Any:
-        """The ``pruners.OptimizerConfig`` a trial of ``epochs`` fine-tuning epochs at learning
-        rate ``lr`` trains with (``cosine_restarts``: cycles ending at :attr:`restart_epochs`)."""
-        return self.search.optimizer.build(lr, epochs, self.restart_epochs)
-
-    @property
-    def restart_epochs(self) -> list[int]:
-        """Epochs after which a trial's ``cosine_restarts`` learning rate restarts: those set in
-        ``search.optimizer``, else the epochs the scheduler's rungs judge trials at."""
-        if self.search.optimizer.restart_epochs is not None:
-            return list(self.search.optimizer.restart_epochs)
-        if self.scheduler.name == "fifo":
-            return []
-        from orchestrator.steps import rung_milestones
-
-        rungs = rung_milestones(self.scheduler.grace_period, self.scheduler.reduction_factor, self.search.max_epochs)
-        return sorted({math.ceil(r) for r in rungs})
 
     # -- derived -----------------------------------------------------------------------
     @property

@@ -310,6 +310,7 @@ def train_trial(config: dict[str, Any]) -> TrialOutcome:
     import ray.train
 
     import pruners
+    from orchestrator.optim import trial_optimizer
     from orchestrator.space import decode_trial
     from orchestrator.steps import build_schedule
     from pruners.thresholds import schedule_target
@@ -335,7 +336,7 @@ def train_trial(config: dict[str, Any]) -> TrialOutcome:
         from pruners.measure import unwrap
 
         teacher = copy.deepcopy(unwrap(setup.model))
-    optimizer = cfg.trial_optimizer(trial.lr, trial.epochs)  # cosine_restarts: restarts after each rung
+    optimizer = trial_optimizer(cfg, trial.lr, trial.epochs)  # cosine_restarts: restarts after each rung
     record = trial.record()
     kept = KeptEpoch()
     rows: list[dict[str, Any]] = []

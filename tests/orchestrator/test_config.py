@@ -15,6 +15,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import pruners  # noqa: E402
+from orchestrator.optim import restart_epochs, trial_optimizer  # noqa: E402
 from orchestrator import config as C  # noqa: E402
 from orchestrator.config import (  # noqa: E402
     Choice,
@@ -132,18 +133,18 @@ def test_optimizer_settings_build_the_pruners_optimizer():
 def test_cosine_restarts_default_to_the_rungs_the_scheduler_judges_at():
     cfg = make(search={"epochs": 8, "optimizer": {"lr_schedule": "cosine_restarts"}},
                scheduler={"name": "moasha", "grace_period": 1, "reduction_factor": 2})
-    assert cfg.restart_epochs == [1, 2, 4]
+    assert restart_epochs(cfg) == [1, 2, 4]
     # Each trial's cycles end at those epochs, as fractions of its own epochs.
-    assert cfg.trial_optimizer(0.03, 8).cycle_ends == (1 / 8, 2 / 8, 4 / 8)
-    assert cfg.trial_optimizer(0.03, 3) == pruners.OptimizerConfig(
+    assert trial_optimizer(cfg, 0.03, 8).cycle_ends == (1 / 8, 2 / 8, 4 / 8)
+    assert trial_optimizer(cfg, 0.03, 3) == pruners.OptimizerConfig(
         lr=0.03, momentum=0.9, weight_decay=5e-4, lr_schedule="cosine_restarts", cycle_ends=(1 / 3, 2 / 3))
-    assert make(search={"epochs": 9, "optimizer": {"lr_schedule": "cosine_restarts"}},
-                scheduler={"name": "asha", "grace_period": 2, "reduction_factor": 1.5}).restart_epochs == [2, 3, 5, 7]
+    assert restart_epochs(make(search={"epochs": 9, "optimizer": {"lr_schedule": "cosine_restarts"}},
+                scheduler={"name": "asha", "grace_period": 2, "reduction_factor": 1.5})) == [2, 3, 5, 7]
     explicit = make(search={"epochs": 8, "optimizer": {"lr_schedule": "cosine_restarts", "restart_epochs": [3]}},
                     scheduler={"name": "fifo"})
-    assert explicit.restart_epochs == [3]
-    assert explicit.trial_optimizer(0.1, 6).cycle_ends == (0.5,)
-    assert make().trial_optimizer(0.1, 6).cycle_ends == ()  # constant: no cycles
+    assert restart_epochs(explicit) == [3]
+    assert trial_optimizer(explicit, 0.1, 6).cycle_ends == (0.5,)
+    assert trial_optimizer(make(), 0.1, 6).cycle_ends == ()  # constant: no cycles
     dense = make(dense={"epochs": 4, "optimizer": {"lr_schedule": "cosine_restarts", "restart_epochs": [1, 2]}})
     assert dense.dense.optimizer.build(dense.dense.lr, dense.dense.epochs).cycle_ends == (0.25, 0.5)
 
