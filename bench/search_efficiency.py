@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import yaml
 
 import replay
+from orchestrator.steps import rung_epochs
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "bench" / "data" / "search_grid_restarts.parquet"
@@ -47,14 +48,15 @@ BUDGETS = (0.25, 1 / 3, 0.5, 1.0)
 TARGET = 0.97  # MO-ASHA's share of the grid's hypervolume at 1/3 of its epochs
 METHODS = ("moasha", "asha", "none")
 GRACE, ETA = 1, 2  # the replay's rungs: epochs 1, 2, 4 of 8
+CRITERIA = ("magnitude", "taylor", "random")  # of the recorded grid
 LABELS = {"moasha": "MO-ASHA", "asha": "ASHA (Ray)", "none": "random, no stopping"}
 
 
 def record_config(smoke: bool, epochs: int = 8, lr_schedule: str = "cosine",
-                  criteria: tuple[str, ...] = ("magnitude", "taylor", "random")) -> dict:
+                  criteria: tuple[str, ...] = CRITERIA) -> dict:
     optimizer = {"name": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "lr_schedule": lr_schedule}
     if lr_schedule == "cosine_restarts":  # restart after each epoch a rung of the replay judges
-        optimizer["restart_epochs"] = list(_rung_epochs(epochs if not smoke else 2))
+        optimizer["restart_epochs"] = rung_epochs(GRACE, ETA, epochs if not smoke else 2)
     return {
         "name": "search-grid",
         "seed": 0,
@@ -80,14 +82,8 @@ def record_config(smoke: bool, epochs: int = 8, lr_schedule: str = "cosine",
     }
 
 
-def _rung_epochs(max_t: int) -> tuple[int, ...]:
-    from orchestrator.steps import rung_milestones
-
-    return tuple(int(r) for r in rung_milestones(GRACE, ETA, max_t))
-
-
 def record(out: Path, table: Path, smoke: bool, run: bool = True, epochs: int = 8, lr_schedule: str = "cosine",
-           criteria: tuple[str, ...] = ("magnitude", "taylor", "random")) -> None:
+           criteria: tuple[str, ...] = CRITERIA) -> None:
     """Run the grid with the real search (``run``; else it has run in ``out/grid``) and store
     every epoch of every trial."""
     out.mkdir(parents=True, exist_ok=True)
@@ -113,7 +109,7 @@ def record(out: Path, table: Path, smoke: bool, run: bool = True, epochs: int = 
     flags = " --smoke-test" if smoke else f" --epochs {epochs}"
     if lr_schedule != "cosine":
         flags += f" --lr-schedule {lr_schedule}"
-    if tuple(criteria) != ("magnitude", "taylor", "random"):
+    if tuple(criteria) != CRITERIA:
         flags += f" --criteria {','.join(criteria)}"
     meta = {"command": f"python bench/search_efficiency.py --record{flags} --table {table.name}",
             "config": cfg, "recorded_at": time.strftime("%Y-%m-%d"),
@@ -140,7 +136,7 @@ def replay_all(table_path: Path, seeds: int, workers: int, verdict: bool = True)
     print(f"# table: {table['config_id'].nunique()} configurations x {max_t} epochs = {grid_epochs} epochs "
           f"(recorded {meta['recorded_at']}: {meta['command']}); {workers} workers, {seeds} seeds")
     print("# full grid hypervolume: " + ", ".join(f"{c} {full_hv[c]:.4g}" for c in COSTS))
-    rungs = list(_rung_epochs(max_t))
+    rungs = rung_epochs(GRACE, ETA, max_t)
     corr = pd.concat([replay.rung_rank_correlation(table, rungs), replay.rung_rank_correlation(table, rungs, by="lr")])
     print(f"# rank correlation (Spearman) of the validation accuracy a rung judges (kept epoch so far) with the "
           f"final one, at epochs {rungs}: " + "; ".join(
@@ -165,21 +161,20 @@ def replay_all(table_path: Path, seeds: int, workers: int, verdict: bool = True)
     print("# seed by seed (each seed starts the same configurations in the same order for every method): "
           "MO-ASHA minus the other method, median difference, seeds ahead / behind, Wilcoxon p")
     for other in ("none", "asha"):
+        calls = []
         for frac in (b for b in BUDGETS if b < 1):
             cmp = {c: replay.paired(raw[("moasha", frac)][c], raw[(other, frac)][c]) for c in COSTS}
             results["paired"].setdefault(other, {})[f"{frac:.3f}"] = cmp
             cells = "   ".join(f"{c} {x['median_diff']:+.3f} ({x['ahead']}/{x['behind']}, p={x['p']:.2g})"
                                for c, x in cmp.items())
             print(f"  vs {LABELS[other]:<20} {frac:>6.3f}  {cells}")
-    for other in ("none", "asha"):
-        calls = []
-        for frac in (b for b in BUDGETS if b < 1):
-            xs = results["paired"][other][f"{frac:.3f}"].values()
-            word = ("ahead" if all(x["median_diff"] > 0 and x["p"] < 0.05 for x in xs) else
-                    "behind" if any(x["median_diff"] < 0 and x["p"] < 0.05 for x in xs) else "tied")
+            word = ("ahead" if all(x["median_diff"] > 0 and x["p"] < 0.05 for x in cmp.values()) else
+                    "behind" if any(x["median_diff"] < 0 and x["p"] < 0.05 for x in cmp.values()) else "tied")
             calls.append(f"{word} at {frac:.3g}")
         results["paired"][other]["verdict"] = calls
-        print(f"# MO-ASHA against {LABELS[other]}, seed by seed on both fronts (Wilcoxon p < 0.05): {', '.join(calls)}")
+    for other in ("none", "asha"):
+        print(f"# MO-ASHA against {LABELS[other]}, seed by seed on both fronts (Wilcoxon p < 0.05): "
+              f"{', '.join(results['paired'][other]['verdict'])}")
     third = f"{1 / 3:.3f}"
     mo = min(results["methods"]["moasha"][third][c][0] for c in COSTS)
 
@@ -255,7 +250,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=8, help="with --record: fine-tuning epochs per configuration")
     p.add_argument("--lr-schedule", default="cosine_restarts", choices=("cosine", "cosine_restarts"),
                    help="with --record: the trials' learning-rate schedule (cosine_restarts: restarts after each rung)")
-    p.add_argument("--criteria", default="magnitude,taylor,random", help="with --record: the criteria of the grid")
+    p.add_argument("--criteria", default=",".join(CRITERIA), help="with --record: the criteria of the grid")
     p.add_argument("--table", default=str(TABLE))
     p.add_argument("--out", default="bench/out/grid")
     p.add_argument("--seeds", type=int, default=30)

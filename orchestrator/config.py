@@ -23,11 +23,12 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import ConfigError, fmt, one_line, typename
 from orchestrator.optim import OptimizerSettings, check_restarts
 from orchestrator.params import Choice, Fixed, Param, Range, Searched, SearchedNames, parse_param, values_of
+from orchestrator.params import Section as _Model
 from reports.contract import COST_METRICS, DECISION_METRICS, TEST_KEYS
 
 __all__ = [
@@ -47,10 +48,6 @@ _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 Dataset = Literal["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder"]
 Mode = Literal["max", "min"]
 Cost = Literal[COST_METRICS]  # type: ignore[valid-type]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 def _absolute(path: str | None) -> str | None:

@@ -3,22 +3,21 @@ learning-rate restarts of ``cosine_restarts``, which default to the scheduler's 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from orchestrator.errors import ConfigError
+from orchestrator.params import Section
+from orchestrator.steps import rung_epochs
 
 __all__ = ["OptimizerSettings", "check_restarts", "restart_epochs", "trial_optimizer"]
 
 
-class OptimizerSettings(BaseModel):
+class OptimizerSettings(Section):
     """``pruners.OptimizerConfig`` without the learning rate (configured or searched apart).
     A bare name (``sgd``) means its defaults."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)  # as config._Model
 
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
@@ -70,10 +69,7 @@ def restart_epochs(cfg: Any) -> list[int]:
         return list(cfg.search.optimizer.restart_epochs)
     if cfg.scheduler.name == "fifo":
         return []
-    from orchestrator.steps import rung_milestones
-
-    rungs = rung_milestones(cfg.scheduler.grace_period, cfg.scheduler.reduction_factor, cfg.search.max_epochs)
-    return sorted({math.ceil(r) for r in rungs})
+    return rung_epochs(cfg.scheduler.grace_period, cfg.scheduler.reduction_factor, cfg.search.max_epochs)
 
 
 def trial_optimizer(cfg: Any, lr: float, epochs: int) -> Any:

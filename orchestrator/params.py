@@ -3,7 +3,8 @@
 :class:`Choice`, :class:`Range` and :class:`Fixed` are what the config holds for every
 searched key; :data:`Searched` is the pydantic field type that parses, serialises and
 describes them (JSON schema). The Ray side maps them onto Tune domains
-(``orchestrator.tune_space``). Nothing here imports torch or Ray.
+(``orchestrator.tune_space``). :class:`Section` is the pydantic base of every config
+section. Nothing here imports torch or Ray.
 """
 
 from __future__ import annotations
@@ -13,11 +14,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator, WithJsonSchema
 
 from orchestrator.errors import fmt, typename
 
-__all__ = ["Choice", "Fixed", "Param", "Range", "Searched", "SearchedNames", "names_in", "parse_param", "values_of"]
+__all__ = ["Choice", "Fixed", "Param", "Range", "Searched", "SearchedNames", "Section", "names_in", "parse_param",
+           "values_of"]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys refused, no type coercion, frozen, no inf / nan."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 def _json(v: Any) -> Any:

@@ -11,6 +11,7 @@ its schedule did. Nothing here is written per schedule.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ from orchestrator.params import Fixed, Param, parse_param, values_of
 __all__ = [
     "build_schedule",
     "check_rungs_after_targets",
+    "rung_epochs",
     "rung_milestones",
     "check_schedules_fit",
     "complete_schedule_params",
@@ -114,6 +116,11 @@ def rung_milestones(grace_period: float, reduction_factor: float, max_t: float) 
     while grace_period * reduction_factor ** len(rungs) < max_t:
         rungs.append(grace_period * reduction_factor ** len(rungs))
     return tuple(rungs)
+
+
+def rung_epochs(grace_period: float, reduction_factor: float, max_t: float) -> list[int]:
+    """The epochs whose results the rungs judge: a rung at ``r`` judges the first epoch >= ``r``."""
+    return sorted({math.ceil(r) for r in rung_milestones(grace_period, reduction_factor, max_t)})
 
 
 def check_rungs_after_targets(cfg: Any) -> None:
