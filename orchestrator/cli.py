@@ -203,9 +203,9 @@ def check_environment(cfg: SearchConfig, *, resuming: bool, local: bool) -> None
             _check_writable("storage", Path(local_storage))
 
     if local:
-        from orchestrator import data
+        from orchestrator import datasets
 
-        data.locate(cfg.data)  # raises ConfigError saying where it looked
+        datasets.locate(cfg.data)  # raises ConfigError saying where it looked
         if cfg.dense.checkpoint is not None and not Path(cfg.dense.checkpoint).exists():
             raise ConfigError(
                 f"dense.checkpoint: {cfg.dense.checkpoint!r} does not exist; give a state_dict (.pt) or "

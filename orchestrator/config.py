@@ -32,20 +32,18 @@ from orchestrator.params import Section as _Model
 from reports.contract import COST_METRICS, DECISION_METRICS, TEST_KEYS
 
 __all__ = [
-    "ALGORITHMS", "COST_METRICS", "DATASETS", "SCHEDULERS", "Choice", "ClusterSpec", "ConfigError", "DataConfig",
+    "ALGORITHMS", "COST_METRICS", "SCHEDULERS", "Choice", "ClusterSpec", "ConfigError", "DataConfig",
     "DenseConfig", "Fixed", "MetricsConfig", "ModelConfig", "OptimizerSettings", "Range", "ReportConfig",
     "ResourcesConfig", "SchedulerConfig", "SearchConfig", "SearchSettings", "SpaceConfig", "default_output",
     "parse_param",
 ]
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
 ALGORITHMS = ("random", "grid", "optuna")
 SCHEDULERS = ("asha", "moasha", "fifo")
 #: Metrics a report front can use as its cost (all minimised).
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
-Dataset = Literal["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder"]
 Mode = Literal["max", "min"]
 Cost = Literal[COST_METRICS]  # type: ignore[valid-type]
 
@@ -61,6 +59,16 @@ def _pruners() -> Any:
     return pruners
 
 
+def _datasets() -> Any:
+    from orchestrator import datasets  # brings torch, like the pruners registries
+
+    return datasets.DATASETS
+
+
+def _dataset_choices(schema: dict[str, Any]) -> None:
+    schema["enum"] = _datasets().names()  # read when the schema is made: every registered dataset
+
+
 def _check_names(key: str, p: Param, valid: list[str]) -> None:
     if isinstance(p, Range):
         raise ConfigError(f"{key}: a range needs numbers; give a list of names from: {', '.join(valid)}")
@@ -73,7 +81,9 @@ def _check_names(key: str, p: Param, valid: list[str]) -> None:
 class DataConfig(_Model):
     """Which dataset, where it lives, how it is split and batched (``data:``)."""
 
-    dataset: Dataset = "digits"
+    #: A name registered in ``orchestrator.datasets``, checked against the registry when validated
+    #: (not a Literal frozen at import, which would refuse a dataset registered later).
+    dataset: str = Field("digits", json_schema_extra=_dataset_choices)
     root: str | None = None
     download: bool = False
     batch_size: int = Field(64, ge=1)
@@ -86,6 +96,13 @@ class DataConfig(_Model):
     num_workers: int = Field(0, ge=0)
     image_size: int | None = Field(None, ge=8)
     augment: bool = True
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if v not in _datasets():
+            raise ValueError(f"unknown value {fmt(v)}; valid choices: {', '.join(_datasets().names())}")
+        return v
 
     @field_validator("root")
     @classmethod
@@ -102,10 +119,10 @@ class DataConfig(_Model):
         raise ValueError(f"{fmt(v)} is out of range; give a fraction in (0, 1) or a count >= 1 of training examples")
 
     @model_validator(mode="after")
-    def _imagefolder_root(self) -> DataConfig:
-        if self.dataset == "imagefolder" and self.root is None:
-            raise ConfigError("data.root: imagefolder needs a root directory; it must hold train/ and val/ "
-                              "with one sub-directory per class")
+    def _dataset_rules(self) -> DataConfig:
+        from orchestrator.datasets import source
+
+        source(self).check()  # e.g. imagefolder needs data.root
         return self
 
 

@@ -59,7 +59,7 @@ CASES = [
     Case("negative-epochs", BASE + "dense: {epochs: -2}\n", (), "dense.epochs: -2 is too small; must be an integer >= 0"),
     Case("negative-search-epochs", BASE, ("--set", "search.epochs=-1"), "search.epochs: -1 is too small"),
     Case("unknown-dataset", BASE + "data: {dataset: svhn}\n", (),
-         "data.dataset: unknown value 'svhn'; valid choices: digits, mnist, fashion_mnist"),
+         "data.dataset: unknown value 'svhn'; valid choices: cifar10, cifar100, digits"),
     Case("workers-never-fit", BASE + "resources: {workers: 64, cpus_per_worker: 1}\n", (),
          "resources.workers=64 needs 64 CPUs per trial but the cluster has"),
     Case("unwritable-storage", BASE + "storage: /proc/prunefront-storage\n", (), "storage: cannot write to '/proc'"),

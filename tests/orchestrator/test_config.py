@@ -254,7 +254,7 @@ def test_parse_param_errors(raw, fragment):
     [
         ({"bogus": 1}, "bogus: unknown key; allowed keys: name, seed, output, storage, data, model"),
         ({"data": {"batchsize": 3}}, "data.batchsize: unknown key; allowed keys: dataset, root,"),
-        ({"data": {"dataset": "svhn"}}, "data.dataset: unknown value 'svhn'; valid choices: digits, mnist, fashion_mnist, cifar10, cifar100, imagefolder"),
+        ({"data": {"dataset": "svhn"}}, "data.dataset: unknown value 'svhn'; valid choices: cifar10, cifar100, digits, fashion_mnist, imagefolder, mnist"),
         ({"data": {"batch_size": "64"}}, "data.batch_size: got a string '64'; expected an integer"),
         ({"data": {"batch_size": 0}}, "data.batch_size: 0 is too small; must be an integer >= 1"),
         ({"data": {"dataset": "imagefolder"}}, "data.root: imagefolder needs a root directory"),

@@ -20,7 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from orchestrator import data  # noqa: E402
+from orchestrator import data, datasets  # noqa: E402
+from orchestrator.datasets import digits, idx  # noqa: E402
 from orchestrator.config import ConfigError, DataConfig  # noqa: E402
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -56,18 +57,31 @@ def write_idx_set(directory: Path, n_train: int = 30, n_eval: int = 12, gz: bool
     return arrays
 
 
+# The archives' layouts (https://www.cs.toronto.edu/~kriz/cifar.html): folder, train and test files.
+CIFAR_LAYOUT = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]),
+    "cifar100": ("cifar-100-python", ["train"], ["test"]),
+}
+
+
 def write_cifar(directory: Path, dataset: str = "cifar10", per_file: int = 4, seed: int = 0):
+    """CIFAR batches of random images; returns (folder, {file: (images, labels)}). CIFAR-100's
+    files hold 100 fine labels and, like the real ones, 20 coarse labels (which differ)."""
     rng = np.random.default_rng(seed)
-    folder, train, test, key, _ = data._CIFAR[dataset]
+    folder, train, test = CIFAR_LAYOUT[dataset]
     d = directory / folder
     d.mkdir(parents=True, exist_ok=True)
-    classes = 10 if dataset == "cifar10" else 100
     written = {}
     for name in train + test:
         images = rng.integers(0, 256, (per_file, 3 * 32 * 32), dtype=np.uint8)
-        labels = rng.integers(0, classes, per_file).tolist()
+        entry = {"data": images, "batch_label": name}
+        if dataset == "cifar10":
+            entry["labels"] = labels = rng.integers(0, 10, per_file).tolist()
+        else:
+            entry["fine_labels"] = labels = rng.integers(20, 100, per_file).tolist()
+            entry["coarse_labels"] = rng.integers(0, 20, per_file).tolist()
         with open(d / name, "wb") as f:
-            pickle.dump({"data": images, key: labels, "batch_label": name}, f)
+            pickle.dump(entry, f)
         written[name] = (images, labels)
     return d, written
 
@@ -133,7 +147,7 @@ def test_digits_fixed_stratified_split_and_standardised_inputs():
 def test_digits_are_sklearns_arrays_read_without_importing_sklearn():
     from sklearn.datasets import load_digits
 
-    x, y = data.read_digits()
+    x, y = digits.read_digits()
     ref_x, ref_y = load_digits(return_X_y=True)
     assert np.array_equal(x, ref_x) and np.array_equal(y, ref_y)
     # Every Train worker loads digits: scikit-learn + SciPy would cost each one ~2 s.
@@ -149,12 +163,12 @@ def test_digits_are_sklearns_arrays_read_without_importing_sklearn():
 
 def test_stratified_split_exact_total_per_class_quota_and_seeded():
     y = np.array([0] * 5 + [1] * 3 + [2] * 2)
-    tr, ev = data.stratified_split(y, 0.25, seed=0)
+    tr, ev = datasets.stratified_split(y, 0.25, seed=0)
     assert len(ev) == 3 and len(tr) == 7 and set(tr).isdisjoint(ev)
     # quotas 1.25, 0.75, 0.5 -> floors 1, 0, 0; two more places by largest fraction: 1, 2
     assert sorted(np.bincount(y[ev], minlength=3)) == [1, 1, 1]
-    assert np.array_equal(data.stratified_split(y, 0.25, seed=0)[1], ev)
-    assert any(not np.array_equal(data.stratified_split(y, 0.25, seed=s)[1], ev) for s in range(1, 6))
+    assert np.array_equal(datasets.stratified_split(y, 0.25, seed=0)[1], ev)
+    assert any(not np.array_equal(datasets.stratified_split(y, 0.25, seed=s)[1], ev) for s in range(1, 6))
 
 
 def test_subsets_are_seeded_and_capped():
@@ -209,12 +223,12 @@ def test_read_idx_rejects_truncated_files(tmp_path):
     p = tmp_path / "bad-idx"
     p.write_bytes(idx_bytes(np.zeros((4, 3, 3), np.uint8))[:-5])
     with pytest.raises(ValueError, match="expected 36 values"):
-        data.read_idx(p)
+        idx.read_idx(p)
 
 
 def test_missing_dataset_says_where_it_looked(tmp_path):
     with pytest.raises(ConfigError) as e:
-        data.locate(DataConfig(dataset="mnist", root=str(tmp_path)))
+        datasets.locate(DataConfig(dataset="mnist", root=str(tmp_path)))
     msg = str(e.value)
     assert msg.startswith("data.dataset: mnist not found; looked in ")
     assert str(tmp_path / "MNIST" / "raw") in msg and "data.download: true" in msg
@@ -222,11 +236,9 @@ def test_missing_dataset_says_where_it_looked(tmp_path):
 
 def test_missing_default_places_include_debian_for_fashion_mnist(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEFRONT_DATA", str(tmp_path))
-    from orchestrator import datafiles
-
-    monkeypatch.setattr(datafiles, "_IDX_DATASETS", {**datafiles._IDX_DATASETS, "fashion_mnist": ("FashionMNIST", str(tmp_path / "debian"))})
+    monkeypatch.setattr(idx.FashionMNIST, "system_dir", tmp_path / "debian")
     with pytest.raises(ConfigError) as e:
-        data.locate(DataConfig(dataset="fashion_mnist"))
+        datasets.locate(DataConfig(dataset="fashion_mnist"))
     assert str(tmp_path / "FashionMNIST" / "raw") in str(e.value)
     assert str(tmp_path / "debian") in str(e.value)
     assert "install Debian's dataset-fashion-mnist" in str(e.value)
@@ -235,11 +247,11 @@ def test_missing_default_places_include_debian_for_fashion_mnist(tmp_path, monke
 @pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_found_in_debian_package(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNEFRONT_DATA", str(tmp_path))  # nothing there: falls through to Debian
-    assert data.locate(DataConfig(dataset="fashion_mnist")) == DEBIAN_FASHION
+    assert datasets.locate(DataConfig(dataset="fashion_mnist")) == DEBIAN_FASHION
     ds = data.load_datasets(DataConfig(dataset="fashion_mnist", train_subset=64, eval_subset=64))
     assert (len(ds.train), len(ds.test), ds.num_classes, ds.input_shape) == (64, 64, 10, (1, 28, 28))
     # Fashion-MNIST's full training set has 6000 images of each of its 10 classes.
-    labels = data.read_idx(DEBIAN_FASHION / "train-labels-idx1-ubyte.gz")
+    labels = idx.read_idx(DEBIAN_FASHION / "train-labels-idx1-ubyte.gz")
     assert labels.shape == (60000,) and np.bincount(labels).tolist() == [6000] * 10
 
 
@@ -252,7 +264,7 @@ def test_fashion_mnist_download_with_torchvision(tmp_path, monkeypatch, http_mir
     monkeypatch.setattr(tvd.FashionMNIST, "mirrors", [url])
     monkeypatch.setattr(tvd.FashionMNIST, "resources", resources)
     cfg = DataConfig(dataset="fashion_mnist", root=str(tmp_path / "data"), download=True)
-    assert data.locate(cfg) is None  # not there yet, but allowed to download
+    assert datasets.locate(cfg) is None  # not there yet, but allowed to download
     ds = data.load_datasets(cfg)
     raw = tmp_path / "data" / "FashionMNIST" / "raw"
     assert (raw / "train-images-idx3-ubyte").is_file()  # torchvision's layout, unpacked
@@ -260,7 +272,7 @@ def test_fashion_mnist_download_with_torchvision(tmp_path, monkeypatch, http_mir
     first_train = ds.train.indices[0]  # the validation split took some images out
     assert ds.train[0][1] == int(arrays["train-labels-idx1-ubyte"][first_train])
     # Found locally from now on, without downloading again.
-    assert data.locate(DataConfig(dataset="fashion_mnist", root=str(tmp_path / "data"))) == raw
+    assert datasets.locate(DataConfig(dataset="fashion_mnist", root=str(tmp_path / "data"))) == raw
 
 
 def test_concurrent_prepares_download_once(tmp_path, monkeypatch, http_mirror):
@@ -272,13 +284,13 @@ def test_concurrent_prepares_download_once(tmp_path, monkeypatch, http_mirror):
     arrays = write_idx_set(mirror, gz=True)
     monkeypatch.setattr(tvd.MNIST, "mirrors", [url])
     monkeypatch.setattr(tvd.MNIST, "resources", [(n + ".gz", md5(mirror / (n + ".gz"))) for n in arrays])
-    data.prepare(DataConfig(dataset="mnist", root=str(tmp_path / "alone"), download=True))
+    datasets.prepare(DataConfig(dataset="mnist", root=str(tmp_path / "alone"), download=True))
     one_download = sorted(requests)  # torchvision may ask twice per file (redirect check)
     assert set(one_download) == {f"/{n}.gz" for n in arrays}
     requests.clear()
     cfg = DataConfig(dataset="mnist", root=str(tmp_path / "d"), download=True)
     with ThreadPoolExecutor(4) as pool:  # like the DDP workers of one node
-        found = list(pool.map(lambda _: data.prepare(cfg), range(4)))
+        found = list(pool.map(lambda _: datasets.prepare(cfg), range(4)))
     assert found == [tmp_path / "d" / "MNIST" / "raw"] * 4
     assert sorted(requests) == one_download  # downloaded once, not four times
 
@@ -330,9 +342,13 @@ def test_cifar10_from_pickle_batches(tmp_path):
 
 
 def test_cifar100_uses_fine_labels(tmp_path):
-    write_cifar(tmp_path, "cifar100", per_file=6)
+    _, written = write_cifar(tmp_path, "cifar100", per_file=6)  # fine labels 20..99, coarse 0..19
     ds = data.load_datasets(DataConfig(dataset="cifar100", root=str(tmp_path), augment=False))
     assert (len(ds.train) + len(ds.val), len(ds.test), ds.num_classes) == (6, 6, 100)
+    assert [ds.test[i][1] for i in range(6)] == written["test"][1]
+    train = {**dict(zip(ds.train.indices, (ds.train[i][1] for i in range(len(ds.train))))),
+             **dict(zip(ds.val.indices, (ds.val[i][1] for i in range(len(ds.val)))))}
+    assert [train[i] for i in range(6)] == written["train"][1]
     assert torch.equal(ds.train[0][0], ds.train[0][0])  # no augmentation
 
 
@@ -402,13 +418,13 @@ def test_validation_images_are_not_augmented(tmp_path):
 
 def test_imagefolder_accepts_test_instead_of_val(tmp_path):
     write_imagefolder(tmp_path, splits=("train", "test"))
-    assert data.locate(DataConfig(dataset="imagefolder", root=str(tmp_path))) == tmp_path
+    assert datasets.locate(DataConfig(dataset="imagefolder", root=str(tmp_path))) == tmp_path
 
 
 def test_imagefolder_without_val_is_refused(tmp_path):
     write_imagefolder(tmp_path, splits=("train",))
     with pytest.raises(ConfigError, match=r"has no val/ \(or test/\); imagefolder needs train/ and val/"):
-        data.locate(DataConfig(dataset="imagefolder", root=str(tmp_path)))
+        datasets.locate(DataConfig(dataset="imagefolder", root=str(tmp_path)))
 
 
 def test_imagefolder_with_different_classes_is_refused(tmp_path):
@@ -451,3 +467,63 @@ def test_single_process_shuffle_is_seeded():
     assert order(1) == order(1) and order(1) != order(2)
     with pytest.raises(ValueError, match="0 <= rank < world_size"):
         data.build_loader(_dataset(4), 2, shuffle=False, rank=2, world_size=2)
+
+
+# --------------------------------------------------------------------------------------
+# The registry: a dataset is one module
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def throwaway(monkeypatch):
+    """Register a dataset the way a new module of orchestrator/datasets would (removed after)."""
+    from orchestrator.datasets import DATASETS, DatasetInfo, DatasetSource, Splits
+    from orchestrator.datasets.base import tensor_splits
+
+    monkeypatch.setattr(DATASETS, "_entries", dict(DATASETS._entries))  # restored after the test
+
+    @DATASETS.register("throwaway")
+    class Throwaway(DatasetSource):
+        info = DatasetInfo(2, 3, 6, (0.5, 0.5), (0.25, 0.25))
+
+        def check(self) -> None:
+            if self.cfg.download:
+                raise ConfigError("data.download: throwaway cannot be downloaded")
+
+        def locate(self) -> Path | None:
+            return None  # generated, no files
+
+        def read(self, directory: Path | None) -> Splits:
+            g = torch.Generator().manual_seed(0)
+            train = (torch.randint(0, 256, (40, 2, 6, 6), generator=g, dtype=torch.uint8), torch.arange(40) % 3)
+            test = (torch.randint(0, 256, (9, 2, 6, 6), generator=g, dtype=torch.uint8), torch.arange(9) % 3)
+            return tensor_splits(train, test, self.info.mean, self.info.std, 3, None, None)
+
+    return Throwaway
+
+
+def test_a_registered_dataset_needs_no_other_file(throwaway):
+    from orchestrator.config import SearchConfig
+    from orchestrator.loading import json_schema
+
+    cfg = SearchConfig.from_dict({"data": {"dataset": "throwaway", "val_size": 10}})
+    schema = json_schema()["$defs"]["DataConfig"]["properties"]["dataset"]
+    assert "throwaway" in schema["enum"] and "digits" in schema["enum"]
+    with pytest.raises(ConfigError, match="data.download: throwaway cannot be downloaded"):
+        SearchConfig.from_dict({"data": {"dataset": "throwaway", "download": True}})  # its own config rule
+    ds = data.load_datasets(cfg.data, seed=0)
+    assert (len(ds.train), len(ds.val), len(ds.test), ds.num_classes, ds.input_shape) == (30, 10, 9, 3, (2, 6, 6))
+    # Validation is carved stratified from its training set: classes 0, 1, 2 of 14, 13, 13.
+    assert sorted(np.bincount([ds.val[i][1] for i in range(10)]).tolist()) == [3, 3, 4]
+    x, y = next(iter(data.build_loader(ds.train, 8, shuffle=True, seed=0)))
+    assert x.shape == (8, 2, 6, 6) and x.dtype == torch.float32 and y.shape == (8,)
+    assert datasets.locate(cfg.data) is None
+
+
+def test_unregistered_dataset_is_refused_with_the_registered_choices():
+    from orchestrator.config import SearchConfig
+    from orchestrator.datasets import DATASETS
+
+    with pytest.raises(ConfigError) as e:
+        SearchConfig.from_dict({"data": {"dataset": "throwaway"}})
+    assert str(e.value) == f"data.dataset: unknown value 'throwaway'; valid choices: {', '.join(DATASETS.names())}"
