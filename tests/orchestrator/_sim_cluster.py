@@ -11,11 +11,11 @@ would), ``add`` starts a new 1-CPU worker node.
 
 ``Cluster`` records its head's address in ``<Ray's default temp dir>/ray_current_cluster``
 (``/tmp/ray`` unless ``RAY_TMPDIR`` says otherwise), whatever ``temp_dir`` its nodes get,
-and removes it only in a clean ``shutdown()``. That file is what every Ray call given no
-address on the machine goes to (tests/ray_lookup.py); when this helper was killed first
-(the test fixture's SIGKILL after its grace period), it named a dead cluster and made a
-later ``list_actors()`` time out waiting for that GCS. So the default temp dir here is
-TEMP_DIR itself: the file lives and dies with it.
+and removes it only in a clean ``shutdown()``. That file is where every Ray call given no
+address on the machine goes (tests/ray_lookup.py): a helper killed first (the fixture's
+SIGKILL after its grace period) left it naming a dead cluster, and any later
+``list_actors()`` given no address, in any test run on the machine, timed out waiting for
+that GCS. So Ray's default temp dir here is TEMP_DIR: the file lives and dies with it.
 """
 
 from __future__ import annotations
