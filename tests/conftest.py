@@ -5,7 +5,12 @@ Ray (lazily: a run of only non-Ray tests never starts it), every later one reuse
 it is shut down at the end of the session. It is started the way the search starts its
 embedded Ray (``orchestrator.ray_runtime.init``: same worker environment, 2 CPUs), so a
 search run in-process by a test (``search.main([...])``) simply uses it. Its address is
-the ``ray_address`` fixture, for drivers started in subprocesses (``--address``).
+the ``ray_address`` fixture, for drivers started in subprocesses (``--address``) and for
+the state API (``list_actors(address=...)``, with ``exact_ray_address``).
+
+No test may move Ray's own address lookup (``ray_lookup``): a test that leaves
+``RAY_ADDRESS`` changed, or ``/tmp/ray/ray_current_cluster`` naming a cluster it killed, errors
+at teardown (and the lookup is put back), instead of misdirecting some later test's call.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import os
 import sys
 
 import pytest
+
+import ray_lookup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -39,6 +46,34 @@ def ray_session():
 def ray_address(ray_session) -> str:
     """GCS address of the shared Ray, for ``--address`` in subprocess drivers."""
     return ray_session.get_runtime_context().gcs_address
+
+
+@pytest.fixture
+def no_address_override(monkeypatch) -> None:
+    """Unset ``RAY_ADDRESS`` / ``RAY_API_SERVER_ADDRESS`` for the test: the state-API and
+    job-API clients take them over the address they are given
+    (``ray.dashboard.utils.get_address_for_submission_client``)."""
+    for name in ray_lookup.OVERRIDE_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def exact_ray_address(ray_address, no_address_override) -> str:
+    """``ray_address``, for a state-API or job-API call that must reach the shared Ray
+    (``list_actors(address=exact_ray_address)``): nothing in the environment overrides it."""
+    return ray_address
+
+
+@pytest.fixture(autouse=True)
+def _ray_lookup_unchanged():
+    """Error a test that leaves Ray's address lookup misdirected (see ``ray_lookup``)."""
+    before = ray_lookup.snapshot()
+    yield
+    problems = ray_lookup.leaks(before, ray_lookup.snapshot())
+    if problems:
+        ray_lookup.restore(before)
+        pytest.fail("this test left Ray's address lookup misdirected (now put back): " + "; ".join(problems),
+                    pytrace=False)
 
 
 @pytest.fixture(autouse=True)

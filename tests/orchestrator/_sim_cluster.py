@@ -8,11 +8,20 @@ closes. Run as its own process, so its Ray never meets the test session's shared
 Commands on stdin, one per line, each answered by one JSON line: ``remove <node id>``
 kills that worker node (its raylet and every worker process on it, as a lost machine
 would), ``add`` starts a new 1-CPU worker node.
+
+``Cluster`` records its head's address in ``<Ray's default temp dir>/ray_current_cluster``
+(``/tmp/ray`` unless ``RAY_TMPDIR`` says otherwise), whatever ``temp_dir`` its nodes get,
+and removes it only in a clean ``shutdown()``. That file is where every Ray call given no
+address on the machine goes (tests/ray_lookup.py): a helper killed first (the fixture's
+SIGKILL after its grace period) left it naming a dead cluster, and any later
+``list_actors()`` given no address, in any test run on the machine, timed out waiting for
+that GCS. So Ray's default temp dir here is TEMP_DIR: the file lives and dies with it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from ray.cluster_utils import Cluster
@@ -21,6 +30,8 @@ MB = 2**20
 
 
 def main(temp_dir: str) -> None:
+    os.environ["RAY_TMPDIR"] = temp_dir  # read when Cluster writes ray_current_cluster
+    os.makedirs(os.path.join(temp_dir, "ray"), exist_ok=True)
     common = {"object_store_memory": 100 * MB, "temp_dir": temp_dir}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, **common})
     try:

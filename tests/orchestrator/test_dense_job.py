@@ -118,16 +118,18 @@ def test_dense_watch_reports_the_metrics_when_the_job_succeeds(ray_session, tmp_
 
 
 @pytest.mark.slow
-def test_real_dense_job_stores_its_files_and_leaves_no_train_actors(ray_session, tmp_path):
+def test_real_dense_job_stores_its_files_and_leaves_no_train_actors(ray_session, exact_ray_address, tmp_path):
     """The whole path the search takes: start, gate, store; Train's controller (which
     ``fit()`` pins through a SIGINT handler) must not outlive the job in the pooled task
-    process."""
+    process. The actors are listed on the shared Ray by its address: given none, the state
+    API asks whatever cluster /tmp/ray/ray_current_cluster names (a dead one once made this
+    test time out waiting for its GCS)."""
     from ray.util.state import list_actors
 
     from orchestrator.config import SearchConfig
 
     def train_actors() -> set[str]:
-        return {a.actor_id for a in list_actors(filters=[("state", "=", "ALIVE")])
+        return {a.actor_id for a in list_actors(address=exact_ray_address, filters=[("state", "=", "ALIVE")])
                 if a.class_name in ("TrainController", "DatasetManager")}
 
     before = train_actors()  # other tests' Train runs, if any, are not this job's

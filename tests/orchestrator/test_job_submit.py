@@ -39,8 +39,10 @@ def _free_ports(n: int) -> list[int]:
 
 
 @pytest.fixture
-def head_cluster():
-    """A 2-CPU ``ray start --head --block`` with token auth; yields (dashboard URL, token)."""
+def head_cluster(no_address_override):
+    """A 2-CPU ``ray start --head --block`` with token auth; yields (dashboard URL, token).
+
+    ``no_address_override``: JobSubmissionClient would take ``RAY_ADDRESS`` over the URL."""
     token = secrets.token_hex(16)
     # Short: Ray's socket paths live under it and must stay below ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="pfray", dir="/tmp")
