@@ -17,14 +17,18 @@ structure the verdict needs between arrivals and gives the *same* ``(position, r
   dominates form one contiguous run; they move one layer down and push out the run of
   that layer they dominate, and so on until nothing is pushed (Yakupov and Buzdalov,
   "Incremental non-dominated sorting with O(N) insertion for the two-dimensional case",
-  CEC 2015). The results ahead of the new one are the sizes of the better layers (a
-  Fenwick tree) plus the members of its own layer with a larger crowding distance, whose
-  neighbours along a staircase are the same in both objectives.
+  CEC 2015). The results ahead of the new one are the sizes of the better layers plus the members of its own layer with a larger crowding distance, whose
+  neighbours along a staircase are the same in both objectives. When a whole layer is
+  dominated the rest of the cascade is known (every layer below moves down one), so a
+  point that dominates a chain is one list insertion, not one step per layer.
 * three or more (:class:`FullRung`): the reference computation over every recorded point.
 
-Cost per result with two objectives: ``O(log^2 n)`` to find the rank, ``O(log n)`` per layer
-the new point pushes down, plus the crowding distances of its own layer and the list
-splices, both array work (numpy, ``memmove``) linear in the layer's size. Arithmetic is
+Cost per result with two objectives: ``O(log^2 n)`` Python steps to find the rank and
+``O(log n)`` per layer the new point pushes a partial run of, plus array work done in C
+(numpy, ``memmove``, ``sum``) linear in the sizes involved: its layer's crowding distances,
+the list splices and the sum of the better layers' sizes. Not a worst-case bound: a point
+that pushes a partial run through every one of ``L`` layers costs ``O(L log n)``
+(``bench/driver_scale.py`` measures the growth on stand-in searches). Arithmetic is
 done exactly as :func:`~orchestrator.moasha.crowding_distance` does it (same differences,
 same divisions, same order of the two sums), so equal keys stay equal and the verdicts
 are identical, ties included.
@@ -38,33 +42,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 __all__ = ["FullRung", "SortedRung", "StaircaseRung", "make_rung_index"]
-
-
-class _Fenwick:
-    """Prefix sums over a growing list of counts (one per Pareto layer)."""
-
-    def __init__(self) -> None:
-        self._tree = [0] * 16
-
-    def add(self, i: int, delta: int) -> None:
-        if i + 1 >= len(self._tree):  # grow: rebuild at twice the size (amortized O(1))
-            values = [self.prefix(j + 1) - self.prefix(j) for j in range(len(self._tree) - 1)]
-            self._tree = [0] * (2 * len(self._tree))
-            for j, v in enumerate(values):
-                if v:
-                    self.add(j, v)
-        i += 1
-        while i < len(self._tree):
-            self._tree[i] += delta
-            i += i & -i
-
-    def prefix(self, i: int) -> int:
-        """Sum of the counts of indices ``< i``."""
-        s = 0
-        while i > 0:
-            s += self._tree[i]
-            i -= i & -i
-        return s
 
 
 def _minimisation_signs(directions: Sequence[str]) -> tuple[float, ...]:
@@ -107,7 +84,7 @@ class StaircaseRung:
         self._xs: list[list[float]] = []
         self._nys: list[list[float]] = []
         self._counts: list[list[int]] = []
-        self._sizes = _Fenwick()
+        self._sizes: list[int] = []  # results per layer (a C-speed sum gives the better ones)
         self._n = 0
 
     def __len__(self) -> int:
@@ -138,23 +115,28 @@ class StaircaseRung:
                 hi = mid
         return lo
 
-    def _resize(self, k: int, delta: int) -> None:
-        if delta:
-            self._sizes.add(k, delta)
+    def _insert_layer(self, k: int, xs: list[float], nys: list[float], counts: list[int]) -> None:
+        self._xs.insert(k, xs), self._nys.insert(k, nys), self._counts.insert(k, counts)
+        self._sizes.insert(k, sum(counts))
 
     def _push_down(self, k: int, xs: list[float], nys: list[float], counts: list[int]) -> None:
         """Move the run ``(xs, nys, counts)`` (dominated in layer ``k - 1``) into layer ``k``,
         pushing the run of layer ``k`` it dominates further down."""
         while xs:
             if k == len(self._xs):
-                self._xs.append(xs), self._nys.append(nys), self._counts.append(counts)
-                self._resize(k, sum(counts))
+                self._insert_layer(k, xs, nys, counts)
                 return
             lx, lny, lc = self._xs[k], self._nys[k], self._counts[k]
             lo, hi = bisect_left(lx, xs[0]), bisect_right(lny, nys[-1])
+            if lo == 0 and hi == len(lx):
+                # The whole layer is dominated, so it pushes the whole next one (each of
+                # whose points some point of it dominates), and so on: the run is a new
+                # layer and every layer from k on moves down one (a chain costs O(1) steps).
+                self._insert_layer(k, xs, nys, counts)
+                return
             out = (lx[lo:hi], lny[lo:hi], lc[lo:hi])
             lx[lo:hi], lny[lo:hi], lc[lo:hi] = xs, nys, counts
-            self._resize(k, sum(counts) - sum(out[2]))
+            self._sizes[k] += sum(counts) - sum(out[2])
             xs, nys, counts = out
             k += 1
 
@@ -163,21 +145,23 @@ class StaircaseRung:
         self._n += 1
         k = self._layer_of(x, ny)
         if k == len(self._xs):
-            self._xs.append([x]), self._nys.append([ny]), self._counts.append([1])
-            self._resize(k, 1)
-            return 1 + self._sizes.prefix(k), k + 1
+            self._insert_layer(k, [x], [ny], [1])
+            return 1 + sum(self._sizes[:k]), k + 1
         lx, lny, lc = self._xs[k], self._nys[k], self._counts[k]
         lo = bisect_left(lx, x)
         if lo < len(lx) and lx[lo] == x and lny[lo] == ny:  # a copy of a member: nothing moves
             lc[lo] += 1
-            self._resize(k, 1)
+            self._sizes[k] += 1
         else:
             hi = bisect_right(lny, ny)  # [lo, hi): the members this point dominates
+            if lo == 0 and hi == len(lx):  # dominates its whole layer: see _push_down
+                self._insert_layer(k, [x], [ny], [1])
+                return 1 + sum(self._sizes[:k]), k + 1
             out = (lx[lo:hi], lny[lo:hi], lc[lo:hi])
             lx[lo:hi], lny[lo:hi], lc[lo:hi] = [x], [ny], [1]
-            self._resize(k, 1 - sum(out[2]))
+            self._sizes[k] += 1 - sum(out[2])
             self._push_down(k + 1, *out)
-        return 1 + self._sizes.prefix(k) + self._more_crowded(k, lo), k + 1
+        return 1 + sum(self._sizes[:k]) + self._more_crowded(k, lo), k + 1
 
     def _more_crowded(self, k: int, i: int) -> int:
         """Results in layer ``k`` whose crowding distance exceeds that of distinct point ``i``.
