@@ -112,9 +112,12 @@ def _hooks(kind: str, out: Path, trials: int) -> tuple[Any, dict[str, Any]]:
 
 
 def _timed(spent: dict[str, float], name: str, fn: Any, *args: Any) -> Any:
-    t0 = time.perf_counter()
+    """Call ``fn``; add its wall seconds to ``spent[name]`` and its CPU seconds (this thread:
+    what a busy machine's preemptions do not inflate) to ``spent["cpu"]``."""
+    t0, c0 = time.perf_counter(), time.thread_time()
     value = fn(*args)
     spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+    spent["cpu"] = spent.get("cpu", 0.0) + time.thread_time() - c0
     return value
 
 
@@ -187,10 +190,12 @@ def run_step(trials: int, kind: str, root: Path, *, workers: int, errored: float
 
 
 def summary(costs: list[dict[str, float]], names: tuple[str, ...]) -> dict[str, tuple[float, float, float]]:
-    """(median, p99, max) in ms, per component and for their sum ("total")."""
+    """(median, p99, max) in ms, per component, for their sum ("total", wall) and the CPU
+    time of the whole ("cpu")."""
     out = {}
-    for name in (*names, "total"):
-        v = np.array([sum(c.values()) if name == "total" else c.get(name, 0.0) for c in costs]) * 1e3
+    for name in (*names, "total", "cpu"):
+        v = np.array([sum(v for k, v in c.items() if k != "cpu") if name == "total" else c.get(name, 0.0)
+                      for c in costs]) * 1e3
         out[name] = (float(np.median(v)), float(np.percentile(v, 99)), float(v.max())) if len(v) else (math.nan,) * 3
     return out
 
@@ -286,9 +291,10 @@ def _print_step(row: dict[str, Any]) -> None:
     for name, (med, p99, mx) in row["prunefront"].items():
         print(f"{name:<22}{med:>11.3f}{p99:>10.3f}{mx:>10.1f}")
     for kind, label in (("moasha", "MO-ASHA alone"), ("fifo", "floor: Ray FIFO"), ("asha", "Ray ASHA alone")):
-        med, p99, mx = row[kind]["total"]
         note = f" ({row[kind + '_results']} results{', STOPPED' if row[kind + '_partial'] else ''})"
-        print(f"{label:<22}{med:>11.4f}{p99:>10.4f}{mx:>10.2f}{note}")
+        for what in ("total", "cpu"):
+            med, p99, mx = row[kind][what]
+            print(f"{label + (' CPU' if what == 'cpu' else ''):<22}{med:>11.4f}{p99:>10.4f}{mx:>10.2f}{note}")
     print("reports CLI s: " + ", ".join(f"{k} {v:.2f}" for k, v in row["cli"].items()))
 
 
@@ -320,6 +326,10 @@ def _verdicts(table: list[dict[str, Any]]) -> int:
     mo_med, mo_p99 = last["moasha"]["total"][:2]
     _common.verdict(f"driver_scale.moasha_alone_median_ms_at_{n1}", mo_med, 1.0, higher_is_better=False)
     _common.verdict(f"driver_scale.moasha_alone_p99_ms_at_{n1}", mo_p99, 10.0, higher_is_better=False)
+    _common.verdict(f"driver_scale.moasha_alone_cpu_p99_ms_at_{n1}", last["moasha"]["cpu"][1], 10.0,
+                    higher_is_better=False)
+    print(f"# same run, Ray's own ASHA alone: median {last['asha']['total'][0]:.3f} ms, p99 {last['asha']['total'][1]:.3f} ms "
+          f"(CPU p99 {last['asha']['cpu'][1]:.3f} ms)")
     _common.verdict(f"driver_scale.moasha_alone_median_growth_{n0}_to_{n1}",
                     mo_med / first["moasha"]["total"][0], round(log_ratio, 3), higher_is_better=False)
     if last["prunefront_partial"]:
