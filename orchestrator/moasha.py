@@ -23,8 +23,13 @@ continues a trial whose metric equals its cutoff (it stops only results strictly
 the ``1 - 1/eta`` quantile of the earlier results at the rung). With one objective the
 rank alone decides: the top ``ceil(n / eta)`` of the rung and everything tied with them.
 
-The decision is a pure function (:func:`rung_decision`) over a points array; the scheduler
-only does bookkeeping, so it is tested by driving ``on_trial_result`` with fake trials.
+The decision is a pure function (:func:`rung_decision`) over a points array, the
+definition. The scheduler reaches the same verdicts without recomputing it: each rung keeps
+an index of its results (:mod:`orchestrator.rung_index`; for two objectives the Pareto
+layers as staircases, updated in place) that answers a new result's place in the order in
+about ``O(log n)`` steps instead of ``O(n^2)``. A randomized test holds the two equal on
+thousands of rung histories with ties. The scheduler is tested by driving
+``on_trial_result`` with fake trials.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
+from orchestrator.rung_index import make_rung_index
 from orchestrator.steps import rung_milestones
 from reports.contract import SELECTION_METRIC, KeptEpoch
 from reports.pareto import nondominated_sort
@@ -234,10 +240,21 @@ class MultiObjectiveASHA(FIFOScheduler):
         self._judge_kept = bool(judge_kept)
         self._kept: dict[str, KeptEpoch] = {}  # trial_id -> its kept epoch so far
         self._rungs = rung_milestones(grace_period, self._eta, max_t)
-        # rung -> [(trial_id, objective vector)] in recording order.
+        # rung -> [(trial_id, objective vector)] in recording order: the state; the rest is
+        # derived from it (and rebuilt on restore instead of checkpointed).
         self._recorded: dict[float, list[tuple[str, tuple[float, ...]]]] = {r: [] for r in self._rungs}
         self.decisions: list[RungDecision] = []
         self._num_stopped = 0
+        self._index_rungs()
+
+    def _index_rungs(self) -> None:
+        """The derived state: who was judged at each rung, each rung's index, early stops."""
+        self._judged_at: dict[float, set[str]] = {r: {tid for tid, _ in self._recorded[r]} for r in self._rungs}
+        self._index: dict[float, Any] = {}
+        for r in self._rungs:
+            self._index[r] = make_rung_index(self._directions, rung_decision)
+            self._index[r].load([vec for _, vec in self._recorded[r]])
+        self._stops = {d.trial_id: d for d in self.decisions if d.action == TrialScheduler.STOP}
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -255,10 +272,8 @@ class MultiObjectiveASHA(FIFOScheduler):
 
     def stop_reason(self, trial_id: str) -> str | None:
         """Why the scheduler stopped ``trial_id`` early, or None if it did not."""
-        for d in reversed(self.decisions):
-            if d.trial_id == trial_id and d.action == TrialScheduler.STOP:
-                return d.reason()
-        return None
+        d = self._stops.get(trial_id)
+        return d.reason() if d is not None else None
 
     # -- Tune hooks -----------------------------------------------------------------------
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -282,21 +297,24 @@ class MultiObjectiveASHA(FIFOScheduler):
             return None
         return vec
 
-    def _judge(self, trial_id: str, t: float, vec: tuple[float, ...]) -> str | None:
+    def _judge(self, trial_id: str, t: float, vec: tuple[float, ...]) -> RungDecision | None:
         """Record ``vec`` at the highest rung <= ``t`` this trial was not judged at.
 
-        Returns the action, or None if there is no such rung.
+        Returns the decision (what :func:`rung_decision` gives over the rung's results, from
+        the rung's index), or None if there is no such rung.
         """
         for rung in reversed(self._rungs):
-            recorded = self._recorded[rung]
-            if t < rung or any(tid == trial_id for tid, _ in recorded):
+            if t < rung or trial_id in self._judged_at[rung]:
                 continue
-            recorded.append((trial_id, vec))
-            n = len(recorded)
-            go, position, kept, rank = rung_decision([v for _, v in recorded], self._directions, n - 1, self._eta)
-            action = TrialScheduler.CONTINUE if go else TrialScheduler.STOP
-            self.decisions.append(RungDecision(trial_id, rung, t, action, rank, position, kept, n))
-            return action
+            self._recorded[rung].append((trial_id, vec))
+            self._judged_at[rung].add(trial_id)
+            position, rank = self._index[rung].add(vec)
+            n = len(self._recorded[rung])
+            kept = max(1, math.ceil(n / self._eta))
+            # Continues iff fewer than `kept` results are strictly ahead of it (the cut is not
+            # strictly better), as in rung_decision.
+            action = TrialScheduler.CONTINUE if position <= kept else TrialScheduler.STOP
+            return RungDecision(trial_id, rung, t, action, rank, position, kept, n)
         return None
 
     def on_trial_result(self, tune_controller: TuneController, trial: Trial, result: dict) -> str:
@@ -313,23 +331,27 @@ class MultiObjectiveASHA(FIFOScheduler):
                 trial.trial_id, list(self._objectives),
             )
             return TrialScheduler.CONTINUE
-        action = self._judge(trial.trial_id, t, vec) or TrialScheduler.CONTINUE
-        if action == TrialScheduler.STOP:
+        decision = self._judge(trial.trial_id, t, vec)
+        if decision is None:
+            return TrialScheduler.CONTINUE
+        self.decisions.append(decision)
+        if decision.action == TrialScheduler.STOP:
             self._num_stopped += 1
-        return action
+            self._stops[decision.trial_id] = decision
+        return decision.action
 
     def on_trial_complete(self, tune_controller: TuneController, trial: Trial, result: dict) -> None:
         # A finished trial's last result still informs later trials at the rungs it
         # reached (as in ASHA); the decision itself no longer matters.
         if not result or self._time_attr not in result:
             return
-        rule = self._kept.get(trial.trial_id)
+        # The trial reports no more: its kept-epoch rule is done with (the checkpoint stays
+        # the size of the running trials, not of the search).
+        rule = self._kept.pop(trial.trial_id, None)
         kept = rule.kept if self._judge_kept and rule is not None and rule.kept is not None else result
         vec = self._vector(kept)
         if vec is not None:
-            before = len(self.decisions)
             self._judge(trial.trial_id, float(result[self._time_attr]), vec)
-            del self.decisions[before:]
 
     def debug_string(self) -> str:
         rungs = " | ".join(f"rung {r:g}: {len(self._recorded[r])} recorded" for r in self._rungs)
@@ -338,10 +360,21 @@ class MultiObjectiveASHA(FIFOScheduler):
     def decisions_as_dicts(self) -> list[dict[str, Any]]:
         return [asdict(d) for d in self.decisions]
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The rungs' recorded results are the state; their indexes are rebuilt from them.
+        state = dict(self.__dict__)
+        for derived in ("_judged_at", "_index", "_stops"):
+            state.pop(derived, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._index_rungs()
+
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+            pickle.dump(self.__getstate__(), f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+            self.__setstate__(pickle.load(f))
