@@ -30,7 +30,7 @@ from typing import Any
 from ray.tune import Callback
 
 from orchestrator.space import decode_trial
-from reports.contract import EXTRA_KEYS, FINISHED_STATUSES, LEDGER_FILE, METRIC_KEYS, read_events, trial_states
+from reports.contract import EXTRA_KEYS, FINISHED_STATUSES, LEDGER_FILE, METRIC_KEYS, read_events, torn_tail, trial_states
 
 __all__ = [
     "copy_from_storage",
@@ -124,15 +124,23 @@ class LedgerWriter:
             os.fsync(self._file.fileno())
 
     def _repair_torn_tail(self) -> None:
-        # A driver killed mid-write leaves a last line without its newline: an event that
-        # was never acknowledged. Readers skip it, but appending after it would glue the
-        # next event onto it, so it is cut off.
+        # The last line without its newline follows reports.contract.torn_tail, the rule
+        # every reader applies: a whole JSON object lost only its newline (an editor, a disk
+        # full at the last byte) and is completed, since readers count it and the run may
+        # have acted on it (a finished trial is never rerun); anything else is a write in
+        # progress, never acknowledged, and is cut so the next event does not glue onto it.
         with open(self.path, "rb+") as f:
             data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
-                f.flush()
-                os.fsync(f.fileno())
+            end, complete = torn_tail(data)
+            if end == len(data):
+                return
+            if complete:
+                f.seek(0, os.SEEK_END)
+                f.write(b"\n")
+            else:
+                f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
 
     def close(self) -> None:
         with self._lock:
