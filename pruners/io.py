@@ -31,7 +31,7 @@ from torch.nn.utils import prune as torch_prune
 from pruners._archive_check import ModelFileError, UnsafeModelFile, check_archive
 from pruners._devices import as_tuple, unwrap
 
-__all__ = ["save", "load", "load_metadata", "make_permanent_copy", "ModelFileError", "UnsafeModelFile"]
+__all__ = ["save", "load", "load_metadata", "check_model_file", "make_permanent_copy", "ModelFileError", "UnsafeModelFile"]
 
 FORMAT = "prunefront.model/1"
 _META = "prunefront.json"
@@ -182,6 +182,12 @@ def load(path: str | os.PathLike[str]) -> nn.Module:
     module.train = types.MethodType(_train_eval_only, module)  # type: ignore[method-assign]
     module.eval = types.MethodType(lambda self: self, module)  # type: ignore[method-assign]
     return module
+
+
+def check_model_file(path: str | os.PathLike[str]) -> None:
+    """Raise ``UnsafeModelFile`` / ``ModelFileError`` unless ``load`` would accept ``path``
+    (the archive checks only: torch is not asked to load anything)."""
+    _checked_bytes(path)
 
 
 def _checked_bytes(path: str | os.PathLike[str]) -> tuple[str, bytes]:
