@@ -21,7 +21,9 @@ imports it for :class:`KeptEpoch`).
   line and key, so a percentage or a negative cost never reaches a front.
 * **Trial status** (:func:`trial_states`): a trial's status is its last status line,
   unless a result line follows it (the trial was retried), or it has no status line: then
-  it is ``running``. On resume an epoch may be reported again: the last line wins.
+  it is ``running``. On resume an epoch may be reported again: the last line wins. A result
+  line equal to the one already recorded for its epoch is the same event twice (a copied
+  line; the writer never repeats an epoch), not a retry.
 * **Kept epoch** (:class:`KeptEpoch`, :func:`kept_epoch`): the epoch whose model a trial
   keeps and reports is the best *validation* accuracy among the trailing run of epochs at
   its final achieved sparsity (ties to the earliest). The trial applies it incrementally
@@ -297,7 +299,11 @@ def trial_states(events: Iterable[tuple[int, Mapping[str, Any]]], where: str = "
         if kind == "result":
             epoch = _epoch_of(loc, ev)
             check_metrics(loc, ev)
-            st.results[epoch] = {**ev, "epoch": epoch, "_seq": seq}
+            row = {**ev, "epoch": epoch}
+            prev = st.results.get(epoch)
+            if prev is not None and {k: v for k, v in prev.items() if k != "_seq"} == row:
+                continue  # the same event twice (a copied line), not a retry
+            st.results[epoch] = {**row, "_seq": seq}
             st._result_seq = seq
         else:
             status = ev.get("status")
