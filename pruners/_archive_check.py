@@ -170,9 +170,11 @@ def _check_sample_inputs(path: str, blob: bytes) -> None:
     try:
         obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any refusal by the safe unpickler
-        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+        # torch's first line advises weights_only=False; the line naming the object is the one to show.
+        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "global" in ln.lower()]
+        why = lines[0].removeprefix("WeightsUnpickler error: ")[:160] if lines else e.__class__.__name__
         raise UnsafeModelFile(
-            f"{path}: refused: entry 'data/sample_inputs/{_MODEL}.pt' needs full pickle ({first})"
+            f"{path}: refused: entry 'data/sample_inputs/{_MODEL}.pt' needs full pickle, which would run code on load ({why})"
         ) from None
     if not isinstance(obj, (tuple, dict)):
         raise ModelFileError(f"{path}: entry 'data/sample_inputs/{_MODEL}.pt' is not a tuple of inputs")

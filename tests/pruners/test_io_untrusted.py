@@ -180,3 +180,15 @@ def test_missing_file_is_one_line(tmp_path):
 def test_errors_are_exported_and_are_value_errors():
     assert issubclass(pruners.UnsafeModelFile, pruners.ModelFileError)
     assert issubclass(pruners.ModelFileError, ValueError)
+
+
+def test_a_graph_calling_anything_but_aten_is_refused(tmp_path):
+    """torch would resolve 'torch.ops.load_library' by getattr and call it when the model runs."""
+    def edit(e):
+        text = e["models/model.json"].decode()
+        assert '"torch.ops.aten.relu.default"' in text
+        e["models/model.json"] = text.replace('"torch.ops.aten.relu.default"', '"torch.ops.load_library"', 1).encode()
+
+    bad = _rewrite(_saved(tmp_path), tmp_path / "bad.pt2", edit)
+    with pytest.raises(UnsafeModelFile, match=r"calls 'torch.ops.load_library', not an ATen operator"):
+        load(bad)
