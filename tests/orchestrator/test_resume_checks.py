@@ -1,5 +1,5 @@
 """--resume refuses a damaged experiment directory while parsing (before Ray starts), with
-one line naming the file and line."""
+one line naming the file and line; dense.checkpoint refuses a model file that would run code."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.pruners.test_io_untrusted import _pickled_weight, _rewrite, _saved
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = """\
@@ -67,3 +69,14 @@ def test_a_torn_dense_metrics_file_is_refused_at_parse_time(experiment, capsys):
     dense.write_text('{"val_accuracy": 0.9, "fl')
     err = _error(["--resume", str(experiment), "--dry-run"], capsys)
     assert err.startswith(f"error: --resume: {dense}: not valid JSON")
+
+
+def test_dense_checkpoint_refuses_the_crafted_file_before_anything_runs(tmp_path):
+    """`dense.checkpoint: that.pt2` reached pruners.load before 'does not fit model'."""
+    from orchestrator.dense import load_checkpoint_state
+
+    marker = tmp_path / "pwned"
+    bad = _rewrite(_saved(tmp_path), tmp_path / "bad.pt2", _pickled_weight(marker))
+    with pytest.raises(ValueError, match=r"^dense.checkpoint: .*bad.pt2: refused: .*use_pickle"):
+        load_checkpoint_state(str(bad), search=None)
+    assert not marker.exists()

@@ -192,3 +192,4 @@ def test_a_graph_calling_anything_but_aten_is_refused(tmp_path):
     bad = _rewrite(_saved(tmp_path), tmp_path / "bad.pt2", edit)
     with pytest.raises(UnsafeModelFile, match=r"calls 'torch.ops.load_library', not an ATen operator"):
         load(bad)
+
