@@ -217,6 +217,16 @@ def check_environment(cfg: SearchConfig, *, resuming: bool, local: bool) -> None
     models.check_model_name(cfg.model.name)
 
 
+def _check_resumable(exp: Path) -> None:
+    """A damaged ledger line or dense/metrics.json is named now, not after Ray started."""
+    from reports.ledger import check_experiment_dir
+
+    try:
+        check_experiment_dir(exp)
+    except ValueError as e:
+        raise ConfigError(f"--resume: {e}; repair or remove it, then resume again") from None
+
+
 def _load(args: argparse.Namespace) -> tuple[SearchConfig, bool]:
     """Read the config (from --config, the default file, or a resumed experiment)."""
     if args.resume is not None:
@@ -242,6 +252,7 @@ def _load(args: argparse.Namespace) -> tuple[SearchConfig, bool]:
                 f"--resume: {str(exp_file)!r} is unreadable or has no 'config' ({e.__class__.__name__}); "
                 "it must be written by prunefront"
             ) from None
+        _check_resumable(exp)
         raw = apply_overrides(raw, args.overrides)
         raw["output"] = str(exp)
         return SearchConfig.from_dict(raw), True

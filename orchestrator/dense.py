@@ -149,6 +149,8 @@ def load_checkpoint_state(path: str, search: Any) -> bytes:
 
         try:
             state = pruners.load(path).state_dict()
+        except pruners.UnsafeModelFile as e:  # names the entry refused (docs/security.md)
+            raise ValueError(f"dense.checkpoint: {e}") from None
         except Exception as e:
             raise ValueError(
                 f"dense.checkpoint: {path!r} is neither a state_dict (.pt) nor a pruners.save file ({e.__class__.__name__})"

@@ -23,6 +23,8 @@ import math
 import os
 import shutil
 import threading
+import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from typing import Any
 from ray.tune import Callback
 
 from orchestrator.space import decode_trial
-from reports.contract import EXTRA_KEYS, FINISHED_STATUSES, LEDGER_FILE, METRIC_KEYS, read_events, trial_states
+from reports.contract import EXTRA_KEYS, FINISHED_STATUSES, LEDGER_FILE, METRIC_KEYS, read_events, torn_tail, trial_states
 
 __all__ = [
     "copy_from_storage",
@@ -124,15 +126,23 @@ class LedgerWriter:
             os.fsync(self._file.fileno())
 
     def _repair_torn_tail(self) -> None:
-        # A driver killed mid-write leaves a last line without its newline: an event that
-        # was never acknowledged. Readers skip it, but appending after it would glue the
-        # next event onto it, so it is cut off.
+        # The last line without its newline follows reports.contract.torn_tail, the rule
+        # every reader applies: a whole JSON object lost only its newline (an editor, a disk
+        # full at the last byte) and is completed, since readers count it and the run may
+        # have acted on it (a finished trial is never rerun); anything else is a write in
+        # progress, never acknowledged, and is cut so the next event does not glue onto it.
         with open(self.path, "rb+") as f:
             data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
-                f.flush()
-                os.fsync(f.fileno())
+            end, complete = torn_tail(data)
+            if end == len(data):
+                return
+            if complete:
+                f.seek(0, os.SEEK_END)
+                f.write(b"\n")
+            else:
+                f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
 
     def close(self) -> None:
         with self._lock:
@@ -232,6 +242,7 @@ class LedgerCallback(Callback):
         # On resume: the finished trials the ledger holds results of are replayed, not run
         # again (orchestrator.trial); nothing more is written for them.
         # An errored one is retried (resume_errored): it reports again.
+        recover_swaps(self.experiment_dir / "models")  # a driver killed mid-swap
         self.skip = {t for t, v in finished_trials(self.writer.path).items()
                      if v["result"] is not None and v["status"] != "errored"}
         self._written = {(e["trial_id"], int(e["epoch"])) for _, e in read_events(self.writer.path)
@@ -258,17 +269,12 @@ class LedgerCallback(Callback):
     def _copy_model(self, trial_id: str, src: str) -> None:
         if self._copied.get(trial_id) == src:
             return
-        dst = self.experiment_dir / "models" / trial_id
-        tmp = dst.with_name(f".{trial_id}.tmp")
         try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            copy_from_storage(self.storage, src, tmp, files=("model.pt2", "row.json"))
-            shutil.rmtree(dst, ignore_errors=True)
-            os.replace(tmp, dst)
+            copy_from_storage(self.storage, src, self.experiment_dir / "models" / trial_id,
+                              files=("model.pt2", "row.json"))
             self._copied[trial_id] = src
         except Exception:  # a failed copy must never stop the search
             logger.warning("could not copy the model of trial %s from %s", trial_id, src, exc_info=True)
-            shutil.rmtree(tmp, ignore_errors=True)
 
     # -- Tune hooks ---------------------------------------------------------------
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -360,15 +366,28 @@ def copy_from_storage(
     storage: str | None, src: str, dst: str | os.PathLike[str], files: tuple[str, ...] | None = None
 ) -> None:
     """Copy directory ``src`` of the Tune/Train storage (or just ``files`` of it) to the local
-    directory ``dst``.
+    directory ``dst``, replacing it atomically.
 
     ``src`` is a path on the storage's file system (as Train reports checkpoint paths,
     without a URI scheme); ``storage`` is the storage URI or path it belongs to (None or a
-    plain path: the local disk).
+    plain path: the local disk). The copy is written to a folder of a unique name beside
+    ``dst``, fsynced, and swapped in by :func:`replace_dir`: a reader (or a crash) sees the
+    old folder or the new one, whole, and two processes never share a temporary folder.
     """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        _copy_tree(storage, src, tmp, files)
+        fsync_tree(tmp)
+        replace_dir(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_tree(storage: str | None, src: str, dst: Path, files: tuple[str, ...] | None) -> None:
     import pyarrow.fs as pafs
 
-    dst = Path(dst)
     local = storage is None or "://" not in storage or storage.startswith("file://")
     if files is None and local:
         shutil.copytree(src, dst)
@@ -381,6 +400,70 @@ def copy_from_storage(
     for name in files:
         pafs.copy_files(f"{src.rstrip('/')}/{name}", str(dst / name), source_filesystem=fs,
                         destination_filesystem=pafs.LocalFileSystem())
+
+
+def fsync_tree(path: str | os.PathLike[str]) -> None:
+    """fsync every file under ``path`` and every folder, ``path`` included (bottom up)."""
+    for root, _dirs, names in os.walk(path, topdown=False):
+        for name in names:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(root)
+
+
+def _fsync_dir(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_dir(new: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Put folder ``new`` at ``dst``; a folder already there goes only once ``new`` is in place.
+
+    The old folder is renamed aside (``.<name>.<unique>.old``), the new one renamed in, the
+    parent fsynced, then the old one removed. A crash between the two renames leaves the old
+    copy aside, whole: :func:`recover_swaps` puts it back. If the second rename fails (another
+    process put its copy there first) the old folder is put back or dropped, never lost
+    while ``dst`` is empty.
+    """
+    new, dst = Path(new), Path(dst)
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.old")
+        os.rename(dst, old)
+    try:
+        os.rename(new, dst)
+    except OSError:
+        if old is not None and not dst.exists():
+            os.rename(old, dst)
+            old = None
+        raise
+    finally:
+        _fsync_dir(dst.parent)
+        if old is not None and dst.exists():
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_swaps(folder: str | os.PathLike[str], stale_s: float = 600.0) -> None:
+    """After a crash: put back an old copy :func:`replace_dir` had set aside when nothing
+    replaced it, drop the ones that were replaced, and temporary copies older than ``stale_s``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for p in sorted(folder.iterdir()):
+        parts = p.name.split(".")
+        if not (p.name.startswith(".") and len(parts) >= 4 and parts[-1] in ("old", "tmp")):
+            continue
+        target = folder / ".".join(parts[1:-2])
+        if parts[-1] == "old" and not target.exists():
+            os.rename(p, target)
+        elif parts[-1] == "old" or time.time() - p.stat().st_mtime > stale_s:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def now_iso() -> str:

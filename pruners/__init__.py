@@ -15,9 +15,12 @@ from pruners.calibration import CalibrationBatches
 from pruners.pruner import Pruner
 from pruners.finetune import evaluate, finetune
 from pruners.measure import Latency, Metrics, count_flops, measure, time_forward
-from pruners.io import load, load_metadata, save
+from pruners.io import ModelFileError, UnsafeModelFile, check_model_file, load, load_metadata, save
 
 __all__ = [
+    "ModelFileError",
+    "UnsafeModelFile",
+    "check_model_file",
     "CalibrationBatches",
     "Latency",
     "Pruner",

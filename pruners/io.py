@@ -28,9 +28,10 @@ from torch import nn
 from torch.export import Dim
 from torch.nn.utils import prune as torch_prune
 
+from pruners._archive_check import ModelFileError, UnsafeModelFile, check_archive
 from pruners._devices import as_tuple, unwrap
 
-__all__ = ["save", "load", "load_metadata", "make_permanent_copy"]
+__all__ = ["save", "load", "load_metadata", "check_model_file", "make_permanent_copy", "ModelFileError", "UnsafeModelFile"]
 
 FORMAT = "prunefront.model/1"
 _META = "prunefront.json"
@@ -165,14 +166,40 @@ def write_compressed(archive: bytes, path: str | os.PathLike[str], level: int = 
 def load(path: str | os.PathLike[str]) -> nn.Module:
     """Load a model written by ``save``: a plain ``nn.Module`` (eval-mode graph) on CPU.
 
-    Needs only PyTorch: no Prunefront code, no pickled Python classes. ``eval()`` (and
+    Needs only PyTorch: no Prunefront code, no pickled Python classes. The archive is checked
+    first (``pruners/_archive_check.py``): a file that would make torch unpickle, exec or eval
+    anything raises ``UnsafeModelFile``, a damaged one ``ModelFileError``, each one line naming
+    the file and the entry; torch then loads the very bytes that were checked. ``eval()`` (and
     ``train(False)``) are accepted as no-ops, since the graph was exported in eval mode;
     ``train()`` raises, since an exported graph cannot switch to training behaviour.
     """
-    module = torch.export.load(os.fspath(path)).module()
+    name, data = _checked_bytes(path)
+    try:
+        module = torch.export.load(io.BytesIO(data)).module()
+    except Exception as e:  # noqa: BLE001 - torch's many failure types become one line
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ModelFileError(f"{name}: torch cannot load this model file ({e.__class__.__name__}: {first})") from None
     module.train = types.MethodType(_train_eval_only, module)  # type: ignore[method-assign]
     module.eval = types.MethodType(lambda self: self, module)  # type: ignore[method-assign]
     return module
+
+
+def check_model_file(path: str | os.PathLike[str]) -> None:
+    """Raise ``UnsafeModelFile`` / ``ModelFileError`` unless ``load`` would accept ``path``
+    (the archive checks only: torch is not asked to load anything)."""
+    _checked_bytes(path)
+
+
+def _checked_bytes(path: str | os.PathLike[str]) -> tuple[str, bytes]:
+    """The file's bytes, read once, after ``check_archive`` accepted them."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ModelFileError(f"{name}: cannot read model file ({e.strerror or e})") from None
+    check_archive(name, data)
+    return name, data
 
 
 def _train_eval_only(self: nn.Module, mode: bool = True) -> nn.Module:
@@ -184,7 +211,19 @@ def _train_eval_only(self: nn.Module, mode: bool = True) -> nn.Module:
 
 
 def load_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The JSON metadata ``save`` stored in the archive (``{}`` for a foreign .pt2 file)."""
-    extra = {_META: ""}
-    torch.export.load(os.fspath(path), extra_files=extra)
-    return json.loads(extra[_META]) if extra[_META] else {}
+    """The JSON metadata ``save`` stored in the archive (``{}`` for a foreign .pt2 file).
+
+    Read from the checked archive as JSON only: torch is not asked to load the program.
+    """
+    name, data = _checked_bytes(path)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        entry = next((n for n in zf.namelist() if n.split("/", 1)[-1] == f"extra/{_META}"), None)
+        if entry is None:
+            return {}
+        try:
+            meta = json.loads(zf.read(entry).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise ModelFileError(f"{name}: entry {entry!r} is not valid JSON ({e.__class__.__name__})") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{name}: entry {entry!r} is not a JSON object")
+    return meta

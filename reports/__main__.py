@@ -140,11 +140,24 @@ def main(argv: list[str] | None = None) -> int:
         # Output piped into `head` and closed early: stop quietly, like other tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (ValueError, OSError) as exc:
-        # Bad input gets one line, not a traceback.
-        print(f"python -m reports {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:  # noqa: BLE001 - every failure on bad input is one line, exit 2
+        print(f"python -m reports {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line. The reports' own errors (ValueError, OSError) name the file, line
+    and key already; anything else is unexpected data in a file, named by its type."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror or exc}"
+    elif isinstance(exc, (ValueError, OSError)):
+        text = str(exc)
+    elif isinstance(exc, KeyError):
+        text = f"missing key {exc.args[0]!r} in the data read"
+    else:
+        text = f"{exc.__class__.__name__}: {exc}"
+    return " ".join(text.split()) or exc.__class__.__name__
 
 
 if __name__ == "__main__":

@@ -11,11 +11,19 @@ imports it for :class:`KeptEpoch`).
 * **Events.** The ledger is one JSON object per line, in the order things happened:
   ``{"type": "result", "trial_id", "epoch", <metrics>, "config": {...}, "time_total_s"}`` and
   ``{"type": "status", "trial_id", "status", "reason", "config": {...}}``.
-  :func:`read_events` skips a torn last line (a write in progress); any other line that
-  is not a JSON object is an error (:class:`LedgerError`), for every reader.
+  :func:`torn_tail` is the one rule for the last line, used by every reader and by the
+  writer: a last line without its newline that is a whole JSON object is an event (an
+  editor dropped the newline, or the disk filled at the last byte; the writer completes it
+  with a newline), anything else there is a write in progress (readers skip it, the writer
+  cuts it). Any other line that is not a JSON object is an error (:class:`LedgerError`).
+* **Ranges** (:func:`check_metrics`): accuracies and sparsities lie in [0, 1], every other
+  metric is >= 0, all finite (None: not measured); a value outside is refused, naming file,
+  line and key, so a percentage or a negative cost never reaches a front.
 * **Trial status** (:func:`trial_states`): a trial's status is its last status line,
   unless a result line follows it (the trial was retried), or it has no status line: then
-  it is ``running``. On resume an epoch may be reported again: the last line wins.
+  it is ``running``. On resume an epoch may be reported again: the last line wins. A result
+  line equal to the one already recorded for its epoch is the same event twice (a copied
+  line; the writer never repeats an epoch), not a retry.
 * **Kept epoch** (:class:`KeptEpoch`, :func:`kept_epoch`): the epoch whose model a trial
   keeps and reports is the best *validation* accuracy among the trailing run of epochs at
   its final achieved sparsity (ties to the earliest). The trial applies it incrementally
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +63,8 @@ __all__ = [
     "kept_epoch",
     "SELECTION_METRIC",
     "read_events",
+    "torn_tail",
+    "check_metrics",
     "trial_states",
 ]
 
@@ -124,44 +135,86 @@ REFERENCE_STATUS = "reference"
 #: Epochs whose achieved sparsity is within this of another count as the same sparsity
 #: (a ratio of integer counts: real changes between pruning steps are far larger).
 SPARSITY_ATOL = 1e-6
-
+#: Metrics that are fractions; every other metric is a loss, count, cost or ratio (>= 0).
+UNIT_INTERVAL_METRICS = frozenset({"val_accuracy", "test_accuracy", "sparsity", "requested_sparsity"})
 
 class LedgerError(ValueError):
     """The ledger (or a file beside it) is malformed; the message names file and line."""
 
 
+def torn_tail(data: bytes) -> tuple[int, bool]:
+    """The ledger's one torn-line rule, shared by every reader and the writer.
+
+    Returns ``(end, complete)``: ``data[:end]`` is every newline-terminated line; the bytes
+    after ``end`` are the last line, unterminated. ``complete`` says that line is a whole
+    JSON object: an event that lost only its newline (readers keep it; the writer appends
+    the newline). Otherwise it is a write in progress (readers skip it; the writer cuts it).
+    """
+    end = data.rfind(b"\n") + 1
+    tail = data[end:]
+    if not tail.strip():
+        return end, False
+    try:
+        return end, isinstance(json.loads(tail.decode("utf-8")), dict)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return end, False
+
+
+def _parse_line(where: str, raw: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise LedgerError(f"{where}: not UTF-8 text; the ledger is damaged at this line") from None
+    except RecursionError:
+        raise LedgerError(f"{where}: JSON nested too deeply; the ledger is damaged at this line") from None
+    except ValueError:  # JSONDecodeError, or an integer too long to convert
+        raise LedgerError(f"{where}: not valid JSON; the ledger is damaged at this line") from None
+    if not isinstance(obj, dict):
+        raise LedgerError(f"{where}: expected a JSON object per line")
+    return obj
+
+
 def read_events(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]:
     """The ledger's events in order, as ``(line number, object)``.
 
-    A last line without its newline is a write in progress and is skipped; a missing file
-    has no events.
+    The last line follows :func:`torn_tail`; a missing file has no events.
 
     Raises:
-        LedgerError: a line other than the last is not a JSON object.
+        LedgerError: a line (other than a torn last one) is not a UTF-8 JSON object, or the
+            file cannot be read; the message names file and line.
     """
     p = Path(path)
     if not p.is_file():
         return []
-    text = p.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    torn = not text.endswith("\n")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise LedgerError(f"{p}: cannot read the ledger ({e.strerror or e})") from None
+    end, complete = torn_tail(data)
+    body = data if complete else data[:end]
     events = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        last = i == len(lines) - 1
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            if last and torn:
-                continue
-            raise LedgerError(f"{p}:{i + 1}: not valid JSON; the ledger is damaged at this line") from None
-        if not isinstance(obj, dict):
-            if last and torn:
-                continue
-            raise LedgerError(f"{p}:{i + 1}: expected a JSON object per line")
-        events.append((i + 1, obj))
+    for i, raw in enumerate(body.split(b"\n")):
+        if raw.strip():
+            events.append((i + 1, _parse_line(f"{p}:{i + 1}", raw)))
     return events
+
+
+def check_metrics(where: str, row: Mapping[str, Any]) -> None:
+    """Refuse a metric outside its range (module docstring); None (not measured) passes.
+
+    Raises:
+        LedgerError: naming ``where`` (file and line) and the key.
+    """
+    for key in METRIC_KEYS:
+        value = row.get(key)
+        if value is None:
+            continue
+        unit = key in UNIT_INTERVAL_METRICS
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (0 <= value <= 1 if unit else value >= 0)
+        if not ok:
+            want = "a number in [0, 1]" if unit else "a finite number >= 0"
+            raise LedgerError(f"{where}: {key!r} is {value!r}; expected {want}")
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -245,7 +298,12 @@ def trial_states(events: Iterable[tuple[int, Mapping[str, Any]]], where: str = "
             st.config = flatten_config(config)
         if kind == "result":
             epoch = _epoch_of(loc, ev)
-            st.results[epoch] = {**ev, "epoch": epoch, "_seq": seq}
+            check_metrics(loc, ev)
+            row = {**ev, "epoch": epoch}
+            prev = st.results.get(epoch)
+            if prev is not None and {k: v for k, v in prev.items() if k != "_seq"} == row:
+                continue  # the same event twice (a copied line), not a retry
+            st.results[epoch] = {**row, "_seq": seq}
             st._result_seq = seq
         else:
             status = ev.get("status")

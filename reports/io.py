@@ -235,7 +235,16 @@ def load(path: str | Path) -> dict[str, pd.DataFrame]:
     """
     report_dir = resolve_report_dir(path)
     present = [t for t in TABLES if (report_dir / f"{t}.parquet").is_file()]
-    frames = {t: pd.read_parquet(report_dir / f"{t}.parquet") for t in present}
+    from reports.ledger import check_frame
+
+    frames = {}
+    for t in present:
+        file = report_dir / f"{t}.parquet"
+        try:
+            frames[t] = pd.read_parquet(file)
+        except (OSError, ValueError, pa.ArrowException) as e:  # damaged or not Parquet
+            raise ValueError(f"{file}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
+        check_frame(file, t, frames[t])
     builds = {parquet_metadata(report_dir / f"{t}.parquet").get("report", {}).get("build_id") for t in present}
     if len(builds) > 1:
         # Each file is replaced atomically, but a reader can land between two renames.

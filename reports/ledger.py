@@ -17,8 +17,10 @@ import pandas as pd
 from reports.contract import (
     LEDGER_FILE,
     METRIC_KEYS,
+    UNIT_INTERVAL_METRICS,
     LedgerError,
     TrialState,
+    check_metrics,
     flatten_config,
     read_events,
     trial_states,
@@ -93,12 +95,78 @@ def is_experiment_dir(path: str | Path) -> bool:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise LedgerError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise LedgerError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise LedgerError(f"{path}: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer too long to convert
+        raise LedgerError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise LedgerError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def read_dense(path: str | Path) -> dict[str, Any] | None:
+    """``dense/metrics.json`` of an experiment directory, range-checked; None if absent.
+
+    Raises:
+        LedgerError: the file is damaged or a metric is out of range (file and key named).
+    """
+    dense_path = Path(path) / "dense" / "metrics.json"
+    if not dense_path.is_file():
+        return None
+    dense = _read_json(dense_path)
+    check_metrics(str(dense_path), dense)
+    return dense
+
+
+def check_experiment_dir(path: str | Path) -> None:
+    """Everything a resume or a report reads from an experiment directory parses and is in
+    range: ``experiment.json``, ``dense/metrics.json``, every ledger line (torn tail per
+    ``reports.contract.torn_tail``). Cheap; call it before starting anything.
+
+    Raises:
+        LedgerError: the first damaged file, line or value, named.
+    """
+    read_experiment(path)
+
+
+#: Columns every reader of a report table relies on.
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "trials": ("trial_id", "status", "epoch"),
+    "final": ("trial_id", "status", "epoch", "model_dir", "val_accuracy"),
+    "fronts": ("front", "trial_id", "status", "pareto_rank", "val_accuracy"),
+    "methods": ("cost", "method"),
+}
+
+
+def check_frame(path: str | Path, table: str, df: pd.DataFrame) -> None:
+    """A report table read from Parquet has the columns readers use and in-range metrics.
+
+    Raises:
+        LedgerError: naming the file, the row (1-based) and the column.
+    """
+    missing = [c for c in REQUIRED_COLUMNS.get(table, ()) if c not in df.columns]
+    if missing:
+        raise LedgerError(f"{path}: not a Prunefront {table} table (no column {missing[0]!r})")
+    for key in METRIC_KEYS:
+        if key not in df.columns:
+            continue
+        col = df[key]
+        values = pd.to_numeric(col, errors="coerce").astype(float)
+        if key in UNIT_INTERVAL_METRICS:
+            ok = (values >= 0) & (values <= 1)
+        else:
+            ok = (values >= 0) & (values < math.inf)
+        bad = (col.notna() & ~ok).to_numpy()
+        if bad.any():
+            i = int(bad.argmax())
+            value = col.iloc[i].item() if hasattr(col.iloc[i], "item") else col.iloc[i]
+            want = "a number in [0, 1]" if key in UNIT_INTERVAL_METRICS else "a finite number >= 0"
+            raise LedgerError(f"{path}: row {i + 1}: {key!r} is {value!r}; expected {want}")
 
 
 def _result_record(where: str, row: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -130,8 +198,7 @@ def read_experiment(path: str | Path) -> Experiment:
             f"nor {LEDGER_FILE})"
         )
     info = _read_json(root / "experiment.json") if (root / "experiment.json").is_file() else {}
-    dense_path = root / "dense" / "metrics.json"
-    dense = _read_json(dense_path) if dense_path.is_file() else None
+    dense = read_dense(root)
 
     ledger = root / LEDGER_FILE
     states = trial_states(read_events(ledger), where=str(ledger))

@@ -96,7 +96,21 @@ def pick(
         order = within.sort_values([by, SELECTION_METRIC, "trial_id"], ascending=[True, False, True], kind="stable")
     best = order.iloc[0]
     path = Path(experiment_dir) / str(best["model_dir"]) / MODEL_FILE
+    if path.is_file():
+        check_model_file(path)
     return Choice(best, dense, budget, by, path.absolute() if path.is_file() else None)
+
+
+def check_model_file(path: Path) -> None:
+    """Refuse to recommend a file that would not load safely: the checks ``pruners.load``
+    makes before torch reads it (no pickle, no exec/eval, not damaged; docs/security.md).
+
+    Raises:
+        ValueError: ``pruners.ModelFileError`` / ``UnsafeModelFile``, one line naming the file.
+    """
+    from pruners.io import check_model_file as check
+
+    check(path)
 
 
 def _acc(value: Any) -> str:

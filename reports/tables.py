@@ -66,8 +66,10 @@ def fronts_for(config: Mapping[str, Any] | None) -> dict[str, str]:
     config = config or {}
     listed = (config.get("report") or {}).get("fronts") if isinstance(config.get("report"), Mapping) else None
     if listed:
-        costs = [c for c in listed if c in COST_METRICS]
-        return {front_name(c): c for c in costs}
+        if not isinstance(listed, list) or any(not isinstance(c, str) or c not in COST_METRICS for c in listed):
+            raise ValueError(f"experiment.json: report.fronts is {listed!r}; expected a list of costs from: "
+                             f"{', '.join(COST_METRICS)}")
+        return {front_name(c): c for c in listed}
     fronts = dict(DEFAULT_FRONTS)
     sched = config.get("scheduler") if isinstance(config.get("scheduler"), Mapping) else {}
     for metric, mode in (sched.get("objectives") or {}).items():

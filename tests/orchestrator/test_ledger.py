@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator.ledger import LedgerCallback, LedgerWriter, finished_trials
+from orchestrator.ledger import LedgerCallback, LedgerWriter, finished_trials, status_summary
 from reports import contract
 from reports.ledger import read_experiment
 
@@ -110,6 +110,40 @@ def test_torn_last_line_is_cut_before_appending(tmp_path: Path) -> None:
     LedgerWriter(path).append({"type": "status", "trial_id": "b", "status": "stopped"})
     assert [e["trial_id"] for e in read_events(path)] == ["a", "b"]
     assert path.read_text().endswith("\n") and path.read_text().count("\n") == 2
+
+
+def test_a_complete_last_line_without_newline_is_completed_not_cut(tmp_path: Path) -> None:
+    """The issue's case: 2 completed, 2 stopped, the last status line lost its newline (an
+    editor, a disk full at the last byte). Readers count it, so the resumed run skips that
+    trial; the writer must keep it too, or the trial shows as running forever."""
+    first = LedgerCallback(tmp_path, max_epochs=1)
+    first.setup()
+    for tid in ("a", "b", "c", "d"):
+        first.on_trial_result(0, [], trial(tid), result(1))
+    first._status(trial("a"), "completed", "")
+    first._status(trial("c"), "stopped", "asha")
+    first._status(trial("d"), "stopped", "asha")
+    first._status(trial("b"), "completed", "")  # the last line, which loses its newline
+    ledger = tmp_path / "results.jsonl"
+    ledger.write_bytes(ledger.read_bytes().rstrip(b"\n"))
+    assert status_summary(ledger) == {"completed": 2, "stopped": 2, "errored": 0, "running": 0}
+
+    again = LedgerCallback(tmp_path, max_epochs=1)
+    again.setup()
+    assert again.skip == {"a", "b", "c", "d"}
+    again.on_trial_result(0, [], trial("e"), result(1))  # the first append repairs the tail
+    assert status_summary(ledger) == {"completed": 2, "stopped": 2, "errored": 0, "running": 1}
+    assert ledger.read_bytes().count(b"\n") == len(read_events(ledger))  # every line whole
+
+
+def test_torn_tail_is_one_rule_for_readers_and_writer() -> None:
+    line = b'{"type": "status", "trial_id": "a", "status": "completed"}'
+    assert contract.torn_tail(b"") == (0, False)
+    assert contract.torn_tail(line + b"\n") == (len(line) + 1, False)
+    assert contract.torn_tail(line + b"\n" + line) == (len(line) + 1, True)    # lost its newline
+    assert contract.torn_tail(line + b"\n" + line[:-1]) == (len(line) + 1, False)  # write in progress
+    assert contract.torn_tail(line + b"\n[1, 2]") == (len(line) + 1, False)    # not an event
+    assert contract.torn_tail(b"\n\xff\xfe") == (1, False)
 
 
 def test_resume_skips_finished_trials_only(tmp_path: Path) -> None:

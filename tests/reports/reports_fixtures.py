@@ -73,7 +73,27 @@ class ExperimentWriter:
     def save_model(self, trial_id: str) -> None:
         d = self.root / "models" / trial_id
         d.mkdir(parents=True, exist_ok=True)
-        (d / "model.pt2").write_bytes(b"exported program of " + trial_id.encode())
+        (d / "model.pt2").write_bytes(model_file_bytes())
+
+
+_MODEL_BYTES: list[bytes] = []
+
+
+def model_file_bytes() -> bytes:
+    """A real ``pruners.save`` file of a tiny model (``reports pick`` checks what it names),
+    exported once per test process."""
+    if not _MODEL_BYTES:
+        import tempfile
+
+        import torch
+
+        from pruners.io import save
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.pt2"
+            save(torch.nn.Linear(4, 2), path, torch.zeros(2, 4))
+            _MODEL_BYTES.append(path.read_bytes())
+    return _MODEL_BYTES[0]
 
 
 def metrics(acc: float, sparsity: float, flops: int, flops_sparse: int, size: int,

@@ -123,7 +123,7 @@ def test_cli_compare(two_experiments):
 
 def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
     proc = _run("show", str(tmp_path / "nowhere"))
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "nowhere: no such directory" in proc.stderr
@@ -142,7 +142,7 @@ def test_cli_errors_in_process(tmp_path, capsys, command, message):
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main([a.format(empty=empty) for a in command]) == 1
+    assert main([a.format(empty=empty) for a in command]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
 
@@ -170,7 +170,7 @@ def test_cli_without_a_dense_baseline_says_what_is_missing(make_experiment, caps
     from reports.__main__ import main
 
     w = make_experiment("nodense", dense=None)
-    assert main(["show", str(w.root)]) == 1
+    assert main(["show", str(w.root)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "the dense baseline (dense/metrics.json) is not written yet" in err
@@ -204,7 +204,7 @@ def test_pick_the_most_accurate_trial_within_a_size_budget(experiment_dir, capsy
     assert main(["pick", str(experiment_dir), "--max-size", "20KiB"]) == 0
     out = capsys.readouterr().out
     assert "a1b2c_00002" in out.splitlines()[1]  # 17.9 KiB at 0.9583 beats 5.1 KiB at 0.9306
-    assert main(["pick", str(experiment_dir), "--max-size", "1KiB"]) == 1
+    assert main(["pick", str(experiment_dir), "--max-size", "1KiB"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no saved trial meets file size <= 1.0KiB" in err
 
@@ -217,7 +217,7 @@ def test_pick_the_most_accurate_trial_within_a_size_budget(experiment_dir, capsy
 def test_pick_bad_budgets_are_one_line(experiment_dir, capsys, argv, message):
     from reports.__main__ import main
 
-    assert main(["pick", str(experiment_dir), *argv]) == 1
+    assert main(["pick", str(experiment_dir), *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
 

@@ -209,5 +209,5 @@ def test_non_numeric_metric_is_named(make_experiment):
     w = make_experiment("badmetric")
     row = {**metrics(0.875, 0.5, 8832, 8832, 18370, 4522, 4522), "val_accuracy": "high"}
     w.result("t1", cfg("taylor", "structured", 0.5, "one_shot"), 1, **row)
-    with pytest.raises(ValueError, match="metric 'val_accuracy' must be numeric, got 'high'"):
+    with pytest.raises(ValueError, match=r"results.jsonl:1: 'val_accuracy' is 'high'; expected a number in \[0, 1\]"):
         build_tables(read_experiment(w.root))
