@@ -91,8 +91,9 @@ def _check_dense_fits(cfg: Any, state_file: Path) -> None:
     have = {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
     for key in sorted(set(want) | set(have)):
         if want.get(key) != have.get(key):
-            what = (f"key {key!r} is missing" if key not in have else f"key {key!r} is not in the model"
-                    if key not in want else f"key {key!r} has shape {list(have[key])}, the model {list(want[key])}")
+            what = (f"the model's {key!r} is not in the file" if key not in have
+                    else f"the file's {key!r} is not in the model" if key not in want
+                    else f"{key!r} has shape {list(have[key])} in the file, {list(want[key])} in the model")
             raise ConfigError(
                 f"--resume: {str(state_file)!r} does not fit model.name {cfg.model.name!r} ({what}); dense/ was "
                 "trained for another model: resume with the experiment's own config, or start a new experiment"

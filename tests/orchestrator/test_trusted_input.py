@@ -198,17 +198,20 @@ def test_resume_set_that_changes_the_results_is_refused(override, line, tmp_path
                           "resources.* (not resources.bf16) may change on --resume"), err
 
 
-def test_resume_with_a_dense_baseline_of_another_model_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("model, classes, what", [
+    ("small_resnet", 10, "the model's 'classifier.bias' is not in the file"),
+    ("small_cnn", 100, "'classifier.bias' has shape [100] in the file, [10] in the model"),
+])
+def test_resume_with_a_dense_baseline_of_another_model_is_refused(model, classes, what, tmp_path, capsys):
     from orchestrator.models import build_model
     from orchestrator.trial import state_dict_bytes
 
     out = _experiment(tmp_path)
-    (out / "dense" / "state_dict.pt").write_bytes(state_dict_bytes(build_model("small_resnet", 10, 1)))
+    (out / "dense" / "state_dict.pt").write_bytes(state_dict_bytes(build_model(model, classes, 1)))
     err = _error(["--resume", str(out), "--dry-run"], capsys)
-    assert err.startswith(f"error: --resume: '{out / 'dense' / 'state_dict.pt'}' does not fit model.name "
-                          "'small_cnn' (key "), err
-    assert err.endswith("dense/ was trained for another model: resume with the experiment's own config, or start "
-                        "a new experiment")
+    assert err == (f"error: --resume: '{out / 'dense' / 'state_dict.pt'}' does not fit model.name 'small_cnn' "
+                   f"({what}); dense/ was trained for another model: resume with the experiment's own config, or "
+                   "start a new experiment")
 
 
 @pytest.mark.parametrize("damage, line", [
