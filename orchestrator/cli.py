@@ -34,6 +34,8 @@ __all__ = [
     "cluster_for",
     "describe",
     "fail",
+    "locate_factory",
+    "lock_output",
     "parse",
     "resolve_experiment",
 ]
@@ -176,7 +178,39 @@ def cluster_for(cfg: SearchConfig, args: argparse.Namespace):  # -> plan.Cluster
     return Cluster.uniform(nodes, cpus, gpus)
 
 
-def check_environment(cfg: SearchConfig, *, resuming: bool, local: bool) -> None:
+def locate_factory(name: str) -> str:
+    """Where the module of ``package.module:factory`` lives, found without importing it.
+
+    A config's ``model.name`` is code: the search imports the module and calls the factory
+    (as Hydra's ``_target_`` does). ``--dry-run`` only locates the module's file: each
+    package level is looked up on its parent's ``__path__`` (``importlib.util.find_spec`` on
+    a dotted name would import the parents, running their ``__init__``).
+
+    Raises:
+        ConfigError: the module cannot be found.
+    """
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    module, _, _attr = name.partition(":")
+    parts = module.split(".")
+    spec = None
+    for i, part in enumerate(parts):
+        if i == 0:
+            spec = importlib.util.find_spec(part) if part not in sys.modules else sys.modules[part].__spec__
+        else:
+            locations = spec.submodule_search_locations if spec is not None else None
+            spec = importlib.machinery.PathFinder.find_spec(part, list(locations)) if locations else None
+        if spec is None:
+            raise ConfigError(
+                f"model.name: cannot find module {'.'.join(parts[: i + 1])!r} (searched without importing it); "
+                "package.module:factory must be importable (on PYTHONPATH) on every node"
+            )
+    return spec.origin or "a namespace package"
+
+
+def check_environment(cfg: SearchConfig, *, resuming: bool, local: bool, dry_run: bool = False) -> None:
     """Checks that need the file system or imports, in cheap-first order.
 
     Output and storage are writable (nothing is created), an existing experiment is never
@@ -191,6 +225,10 @@ def check_environment(cfg: SearchConfig, *, resuming: bool, local: bool) -> None
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output: {str(out)!r} is a file; choose a directory")
     exp_file = out / EXPERIMENT_FILE
+    if out.is_dir():
+        from orchestrator.lock import live_holder
+
+        live_holder(out)  # another driver runs on it (a record; run's lock is the real check)
     if not resuming and exp_file.exists():
         raise ConfigError(
             f"output: {str(out)!r} already holds an experiment; continue it with --resume {out} "
@@ -202,6 +240,10 @@ def check_environment(cfg: SearchConfig, *, resuming: bool, local: bool) -> None
         if local_storage is not None:
             _check_writable("storage", Path(local_storage))
 
+    if resuming:
+        from orchestrator.resume import check_state
+
+        check_state(cfg)  # the ledger and dense/ read back, before Ray starts
     if local:
         from orchestrator import datasets
 
@@ -214,17 +256,23 @@ def check_environment(cfg: SearchConfig, *, resuming: bool, local: bool) -> None
 
     from orchestrator import models
 
-    models.check_model_name(cfg.model.name)
+    if dry_run and ":" in cfg.model.name and models.timm_model_name(cfg.model.name) is None:
+        locate_factory(cfg.model.name)  # a dry run runs none of the config's code
+    else:
+        models.check_model_name(cfg.model.name)
 
 
-def _check_resumable(exp: Path) -> None:
-    """A damaged ledger line or dense/metrics.json is named now, not after Ray started."""
-    from reports.ledger import check_experiment_dir
+def lock_output(cfg: SearchConfig):  # -> lock.Held
+    """Take the output's driver lock (``orchestrator.lock``) before anything is written there.
+
+    Another driver on the output: one line naming it (pid, host, start time) and exit 2.
+    """
+    from orchestrator import lock
 
     try:
-        check_experiment_dir(exp)
-    except ValueError as e:
-        raise ConfigError(f"--resume: {e}; repair or remove it, then resume again") from None
+        return lock.acquire(cfg.output_dir)
+    except ConfigError as e:
+        fail(str(e))
 
 
 def _load(args: argparse.Namespace) -> tuple[SearchConfig, bool]:
@@ -252,10 +300,14 @@ def _load(args: argparse.Namespace) -> tuple[SearchConfig, bool]:
                 f"--resume: {str(exp_file)!r} is unreadable or has no 'config' ({e.__class__.__name__}); "
                 "it must be written by prunefront"
             ) from None
-        _check_resumable(exp)
-        raw = apply_overrides(raw, args.overrides)
-        raw["output"] = str(exp)
-        return SearchConfig.from_dict(raw), True
+        from orchestrator.resume import check_overrides
+
+        cfg = SearchConfig.from_dict({**raw, "output": str(exp)}) if isinstance(raw, dict) else None
+        if cfg is None:
+            raise ConfigError(f"--resume: {str(exp_file)!r} has no 'config' mapping; it must be written by prunefront")
+        resumed = SearchConfig.from_dict({**apply_overrides(raw, args.overrides), "output": str(exp)})
+        check_overrides(cfg, resumed)  # --set may change resources only
+        return resumed, True
 
     path = args.config if args.config is not None else DEFAULT_CONFIG
     if args.output is not None:
@@ -314,10 +366,17 @@ def parse(argv: Sequence[str] | None = None, *, prog: str | None = None) -> tupl
             or cfg.resources.cluster is not None
         )
         args.checked_files = args.local and not other_cluster
-        check_environment(cfg, resuming=resuming, local=args.checked_files)
+        check_environment(cfg, resuming=resuming, local=args.checked_files, dry_run=args.dry_run)
     except ConfigError as e:
         fail(str(e))
     return cfg, args
+
+
+def _factory_note(name: str) -> list[str]:
+    if ":" not in name or name.startswith("timm:"):
+        return []
+    return [f"code:        model.name imports {name.partition(':')[0]!r} ({locate_factory(name)}) and calls "
+            f"{name.partition(':')[2]!r} when the search starts; not run by --dry-run (configs are trusted code)"]
 
 
 def describe(cfg: SearchConfig, args: argparse.Namespace) -> str:
@@ -328,6 +387,7 @@ def describe(cfg: SearchConfig, args: argparse.Namespace) -> str:
         f"storage:     {cfg.storage_path}" + ("" if cfg.storage else "  (Tune experiment under <output>/tune)"),
         f"data:        {cfg.data.dataset}  model: {cfg.model.name}  dense: "
         + (cfg.dense.checkpoint or f"{cfg.dense.epochs} epoch(s) at lr {cfg.dense.lr:g}"),
+        *_factory_note(cfg.model.name),
         f"search:      {s.algorithm}, {s.num_samples} sample(s), {s.max_epochs} fine-tune epoch(s) max, "
         f"scheduler {cfg.scheduler.name}"
         + (f" on {cfg.scheduler.metric} ({cfg.scheduler.mode})" if cfg.scheduler.name == "asha" else "")

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import ConfigError, fmt, one_line, typename
+from orchestrator.limits import LIMITS
 from orchestrator.optim import OptimizerSettings, check_restarts
 from orchestrator.params import Choice, Fixed, Param, Range, Searched, SearchedNames, parse_param, values_of
 from orchestrator.params import Section as _Model
@@ -86,15 +87,15 @@ class DataConfig(_Model):
     dataset: str = Field("digits", json_schema_extra=_dataset_choices)
     root: str | None = None
     download: bool = False
-    batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(64, ge=1, le=LIMITS["data.batch_size"])
+    eval_batch_size: int = Field(256, ge=1, le=LIMITS["data.eval_batch_size"])
     train_subset: int | None = Field(None, ge=1)
     eval_subset: int | None = Field(None, ge=1)
     #: Validation split carved from the training data: a fraction in (0, 1) or a count.
     val_size: float | int = 0.2
-    calibration_batches: int = Field(4, ge=1)
-    num_workers: int = Field(0, ge=0)
-    image_size: int | None = Field(None, ge=8)
+    calibration_batches: int = Field(4, ge=1, le=LIMITS["data.calibration_batches"])
+    num_workers: int = Field(0, ge=0, le=LIMITS["data.num_workers"])
+    image_size: int | None = Field(None, ge=8, le=LIMITS["data.image_size"])
     augment: bool = True
 
     @field_validator("dataset")
@@ -155,7 +156,7 @@ class DenseConfig(_Model):
     """The dense baseline every trial starts from (``dense:``)."""
 
     checkpoint: str | None = None
-    epochs: int = Field(5, ge=0)
+    epochs: int = Field(5, ge=0, le=LIMITS["dense.epochs"])
     lr: float = Field(0.05, gt=0.0)
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
 
@@ -224,7 +225,7 @@ class SearchSettings(_Model):
     config sets (criteria have their own defaults in ``pruners``).
     """
 
-    num_samples: int = Field(6, ge=1)
+    num_samples: int = Field(6, ge=1, le=LIMITS["search.num_samples"])
     algorithm: Literal["random", "grid", "optuna"] = "random"
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     schedule_params: ParamTable = Field(default_factory=dict, validate_default=True)
@@ -244,6 +245,8 @@ class SearchSettings(_Model):
                 raise ValueError(f"got {typename(v)} {fmt(v)}; expected an integer")
             if v < 1:
                 raise ValueError(f"{v} is too small; must be an integer >= 1")
+            if v > LIMITS["search.epochs"]:
+                raise ValueError(f"{v} is too large; must be <= {LIMITS['search.epochs']} (bounds: orchestrator/limits.py)")
         return p
 
     @field_validator("schedule_params", mode="before")
@@ -323,7 +326,7 @@ class SchedulerConfig(_Model):
     metric: str = "val_accuracy"
     mode: Mode = "max"
     objectives: dict[str, Mode] = Field(default_factory=lambda: {"val_accuracy": "max", "size_bytes": "min"})
-    grace_period: int = Field(1, ge=1)
+    grace_period: int = Field(1, ge=1, le=LIMITS["scheduler.grace_period"])
     reduction_factor: float = Field(2.0, gt=1.0)
 
     @field_validator("metric")
@@ -362,7 +365,7 @@ class SchedulerConfig(_Model):
 class ClusterSpec(_Model):
     """The cluster ``--dry-run`` plans for when it cannot ask Ray (per node)."""
 
-    nodes: int = Field(1, ge=1)
+    nodes: int = Field(1, ge=1, le=LIMITS["resources.cluster.nodes"])
     cpus: float = Field(1.0, gt=0.0)
     gpus: float = Field(0.0, ge=0.0)
 
@@ -371,15 +374,15 @@ class ResourcesConfig(_Model):
     """What one trial needs (``resources:``): a driver (``driver_cpus``) and a Train job of
     ``workers`` DDP workers. ``gpus_per_worker`` defaults to 1 with ``use_gpu``."""
 
-    workers: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1, le=LIMITS["resources.workers"])
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)
     gpus_per_worker: float | None = Field(None, ge=0.0)
     driver_cpus: float = Field(0.1, ge=0.01)
-    max_concurrent_trials: int | None = Field(None, ge=1)
+    max_concurrent_trials: int | None = Field(None, ge=1, le=LIMITS["resources.max_concurrent_trials"])
     #: Retries of a trial after a failure outside its code (a lost worker or node, a process
     #: killed for memory), each from the trial's last finished epoch.
-    max_failures: int = Field(2, ge=0)
+    max_failures: int = Field(2, ge=0, le=LIMITS["resources.max_failures"])
     #: Train under bfloat16 autocast / in channels-last memory format (GPU speed-ups;
     #: validation and measurements stay float32, on the saved model).
     bf16: bool = False
@@ -401,9 +404,9 @@ class ResourcesConfig(_Model):
 class MetricsConfig(_Model):
     """How latency is measured (``metrics:``): the saved file, loaded back and timed."""
 
-    latency_batch_size: int = Field(1, ge=1)
-    latency_repeats: int = Field(50, ge=1)
-    latency_threads: int = Field(1, ge=1)
+    latency_batch_size: int = Field(1, ge=1, le=LIMITS["metrics.latency_batch_size"])
+    latency_repeats: int = Field(50, ge=1, le=LIMITS["metrics.latency_repeats"])
+    latency_threads: int = Field(1, ge=1, le=LIMITS["metrics.latency_threads"])
 
 
 class ReportConfig(_Model):
@@ -422,7 +425,7 @@ class SearchConfig(_Model):
     """A validated search configuration (the whole YAML file)."""
 
     name: str = "digits-default"
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=LIMITS["seed"])
     output: str | None = None
     storage: str | None = None
     data: DataConfig = Field(default_factory=DataConfig)

@@ -130,6 +130,8 @@ def format_validation_error(err: Any, fields_of: Any = None) -> str:
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         if isinstance(value, int) and not isinstance(value, bool) and "ge" in ctx and isinstance(ctx["ge"], int):
             return f"{key}: {value} is too small; must be an integer >= {ctx['ge']}"
+        if isinstance(value, int) and not isinstance(value, bool) and isinstance(ctx.get("le"), int):
+            return f"{key}: {value} is too large; must be <= {ctx['le']} (bounds: orchestrator/limits.py)"
         return f"{key}: {fmt(value)} is out of range; must be {_range_text(ctx)}"
     if kind == "finite_number" or (isinstance(value, float) and not math.isfinite(value)):
         return f"{key}: {fmt(value)} is not a finite number; give a finite number"

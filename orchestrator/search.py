@@ -78,10 +78,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print(cli.describe(cfg, args))
         return 0
+    # One driver per output, from before its first write to its exit (orchestrator/lock.py).
     try:
+        held = cli.lock_output(cfg)
+    except cli.ErrorExit as e:
+        return int(e.code)
+    try:
+        if held.note() is not None:
+            _say(f"note: {held.note()}")
         return run(cfg, args)
     except cli.ErrorExit as e:
         return int(e.code)
+    finally:
+        held.release()
 
 
 def _ray_fault(error: BaseException) -> str | None:
@@ -125,7 +134,14 @@ def _record_experiment(out: Path, info: dict[str, Any], resuming: bool) -> None:
         old.setdefault("resumed_at", []).append(now_iso())
         write_json(path, old)
     else:
-        write_json(path, info)
+        from orchestrator.lock import create_exclusive
+
+        try:
+            create_exclusive(path, info)  # never replaces another search's record
+        except FileExistsError:
+            from orchestrator.errors import fail
+
+            fail(f"output: {str(out)!r} already holds an experiment; continue it with --resume {out}")
 
 
 def run(cfg: Any, args: Any) -> int:
