@@ -30,6 +30,7 @@ from orchestrator.optim import OptimizerSettings, check_restarts
 from orchestrator.params import Choice, Fixed, Param, Range, Searched, SearchedNames, parse_param, values_of
 from orchestrator.params import Section as _Model
 from reports.contract import COST_METRICS, DECISION_METRICS, TEST_KEYS
+from reports.layout import RESULTS_DIR
 
 __all__ = [
     "ALGORITHMS", "COST_METRICS", "DATASETS", "SCHEDULERS", "Choice", "ClusterSpec", "ConfigError", "DataConfig",
@@ -398,7 +399,7 @@ class ReportConfig(_Model):
 
 def default_output(name: str) -> str:
     """Where an experiment goes without ``output``/``--output``: ./prunefront-results/<name>."""
-    return str(Path("prunefront-results", name).absolute())
+    return str(Path(RESULTS_DIR, name).absolute())
 
 
 class SearchConfig(_Model):

@@ -38,7 +38,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TABLES = ("trials", "final", "fronts", "methods")
+from reports.layout import REPORT_DIR, REPORT_TABLES
+
+TABLES = REPORT_TABLES
 #: Tables every report has (``methods`` came with format 2).
 CORE_TABLES = ("trials", "final", "fronts")
 FORMAT_VERSION = 2
@@ -212,13 +214,13 @@ def resolve_report_dir(path: str | Path) -> Path:
         ValueError: neither ``path`` nor ``path/report`` holds a report.
     """
     p = Path(path)
-    for candidate in (p, p / "report"):
+    for candidate in (p, p / REPORT_DIR):
         if all((candidate / f"{t}.parquet").is_file() for t in CORE_TABLES):
             return candidate
     if not p.exists():
         raise ValueError(f"{p}: no such directory")
     raise ValueError(
-        f"{p} holds no report (trials/final/fronts.parquet), nor does {p / 'report'}; "
+        f"{p} holds no report (trials/final/fronts.parquet), nor does {p / REPORT_DIR}; "
         "build one with: python -m reports build EXPERIMENT_DIR"
     )
 

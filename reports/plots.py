@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from reports.contract import REFERENCE_STATUS, SELECTION_METRIC
+from reports.layout import DENSE_DIR, MODEL_FILE
 from reports.units import COST_LABELS, format_cost, front_title
 
 OBJECTIVE = SELECTION_METRIC
@@ -199,9 +200,9 @@ def point_info(fronts: pd.DataFrame, costs: Mapping[str, str], experiment_dir: s
             tid = "dense" if ref else str(r["trial_id"])
             model = None
             if ref:
-                model = "dense/model.pt2"
+                model = f"{DENSE_DIR}/{MODEL_FILE}"
             elif isinstance(r.get("model_dir"), str):
-                model = f"{r['model_dir']}/model.pt2"
+                model = f"{r['model_dir']}/{MODEL_FILE}"
             if model and experiment_dir:
                 model = f"{experiment_dir.rstrip('/')}/{model}"
             info[point_id(front, tid)] = {

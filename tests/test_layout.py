@@ -104,3 +104,49 @@ def test_the_result_contract_lives_in_one_module():
                 if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                     assert node.name not in {"KeptEpoch", "kept_epoch", "read_events", "trial_states",
                                              "BestModelRule", "_chosen_epoch"}, (name, node.name)
+
+
+#: Files and folders of an experiment directory (reports/layout.py owns their names).
+LAYOUT_NAMES = ("experiment.json", "results.jsonl", "model.pt2", "row.json", "state_dict.pt", "metrics.json",
+                "prunefront-results")
+SOURCE_DIRS = PACKAGES + ("bench", "cluster")
+
+
+def _string_literals(path: Path) -> list[tuple[int, str]]:
+    """Every string constant of a module except docstrings (f-string parts included)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant) and isinstance(node.body[0].value.value, str)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def _modules_spelling(names: tuple[str, ...], roots: tuple[str, ...] = SOURCE_DIRS) -> dict[str, set[str]]:
+    spelled: dict[str, set[str]] = {n: set() for n in names}
+    for top in roots:
+        for path in sorted((ROOT / top).rglob("*.py")):
+            for line, text in _string_literals(path):
+                for n in names:
+                    if n in text:
+                        spelled[n].add(f"{path.relative_to(ROOT)}:{line}")
+    return spelled
+
+
+def test_only_the_layout_module_spells_experiment_file_names():
+    """experiment.json, results.jsonl, model.pt2 (and the rest of design.md section 4) are
+    string literals in reports/layout.py only; everything else imports the names."""
+    spelled = _modules_spelling(LAYOUT_NAMES)
+    elsewhere = {n: sorted(w for w in where if not w.startswith("reports/layout.py:")) for n, where in spelled.items()}
+    assert all(spelled[n] for n in LAYOUT_NAMES), "reports/layout.py must name every file"
+    assert not any(elsewhere.values()), f"spell these through reports.layout: { {n: w for n, w in elsewhere.items() if w} }"
+
+
+def test_the_file_name_check_sees_a_literal(tmp_path, monkeypatch):
+    """The check above finds a literal outside docstrings (so it can fail)."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text('"""Writes experiment.json."""\nPATH = "out/" + "results.jsonl"\n')
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    spelled = _modules_spelling(("experiment.json", "results.jsonl"), roots=("pkg",))
+    assert spelled == {"experiment.json": set(), "results.jsonl": {"pkg/m.py:2"}}
