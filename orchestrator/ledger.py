@@ -19,7 +19,6 @@ import datetime as _dt
 import importlib.metadata
 import json
 import logging
-import math
 import os
 import shutil
 import threading
@@ -30,7 +29,17 @@ from typing import Any
 from ray.tune import Callback
 
 from orchestrator.space import decode_trial
-from reports.contract import EXTRA_KEYS, FINISHED_STATUSES, LEDGER_FILE, METRIC_KEYS, read_events, trial_states
+from reports.contract import (
+    EXTRA_KEYS,
+    FINISHED_STATUSES,
+    METRIC_KEYS,
+    TrialCounts,
+    ledger_counts,
+    read_events,
+    trial_counts,
+    trial_states,
+)
+from reports.layout import LEDGER_FILE, TRIAL_MODEL_FILES, Layout, json_safe, replace_dir, staging_dir, write_json
 
 __all__ = [
     "copy_from_storage",
@@ -58,36 +67,6 @@ CHECKPOINT_PATH_KEY = "checkpoint_path"
 TRIAL_ERROR_KEY = "trial_error"
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN / inf become None (JSON has neither), numpy scalars plain numbers."""
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        try:
-            value = value.item()
-        except (TypeError, ValueError):
-            pass
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
-def write_json(path: str | os.PathLike[str], obj: Mapping[str, Any]) -> Path:
-    """Write ``obj`` as JSON atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(_clean(dict(obj)), f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
-
-
 def package_versions() -> dict[str, str]:
     """Versions of the packages a result depends on (for ``experiment.json``)."""
     out: dict[str, str] = {}
@@ -112,7 +91,7 @@ class LedgerWriter:
         self._lock = threading.Lock()
 
     def append(self, event: Mapping[str, Any]) -> None:
-        line = json.dumps(_clean(dict(event)), allow_nan=False) + "\n"
+        line = json.dumps(json_safe(dict(event)), allow_nan=False) + "\n"
         with self._lock:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -258,13 +237,12 @@ class LedgerCallback(Callback):
     def _copy_model(self, trial_id: str, src: str) -> None:
         if self._copied.get(trial_id) == src:
             return
-        dst = self.experiment_dir / "models" / trial_id
+        dst = Layout(self.experiment_dir).model_dir(trial_id)
         tmp = dst.with_name(f".{trial_id}.tmp")
         try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            copy_from_storage(self.storage, src, tmp, files=("model.pt2", "row.json"))
-            shutil.rmtree(dst, ignore_errors=True)
-            os.replace(tmp, dst)
+            tmp = staging_dir(dst)
+            copy_from_storage(self.storage, src, tmp, files=TRIAL_MODEL_FILES)
+            replace_dir(tmp, dst)
             self._copied[trial_id] = src
         except Exception:  # a failed copy must never stop the search
             logger.warning("could not copy the model of trial %s from %s", trial_id, src, exc_info=True)
@@ -388,14 +366,10 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def status_summary(path: str | os.PathLike[str]) -> dict[str, int]:
-    """How many trials the ledger records per final status (plus ``running``)."""
-    out = {s: 0 for s in FINISHED}
-    out["running"] = 0
-    for st in trial_states(read_events(path), where=str(path)).values():
-        if st.finished:
-            out[st.status] += 1
-        elif st.results:
-            out["running"] += 1
-    return out
+def status_summary(path: str | os.PathLike[str], planned: int | None = None) -> TrialCounts:
+    """How many trials the ledger records in each state (``reports.contract.trial_counts``);
+    ``planned`` trials it has no line of are ``pending``."""
+    if not Path(path).is_file():
+        return trial_counts({}, planned)
+    return ledger_counts(trial_states(read_events(path), where=str(path)), planned)
 

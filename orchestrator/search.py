@@ -117,9 +117,10 @@ def _experiment_info(cfg: Any, args: Any, plan: Any, tune_path: str, runtime: An
 def _record_experiment(out: Path, info: dict[str, Any], resuming: bool) -> None:
     import json
 
-    from orchestrator.ledger import now_iso, write_json
+    from orchestrator.ledger import now_iso
+    from reports.layout import Layout, write_json
 
-    path = out / "experiment.json"
+    path = Layout(out).experiment
     if resuming and path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
         old.setdefault("resumed_at", []).append(now_iso())
@@ -168,11 +169,12 @@ def run(cfg: Any, args: Any) -> int:
     from orchestrator.ledger import LEDGER_FILE, LedgerCallback, finished_trials, status_summary
     from orchestrator.monitor import MonitorCallback
     from orchestrator.trial import TrialContext, run_trial
+    from reports.layout import REPORT_FILES, TRAIN_DIR, TUNE_DIR, Layout
 
-    tune_name = "tune" if cfg.storage is None else cfg.name
+    tune_name = TUNE_DIR if cfg.storage is None else cfg.name
     storage = cfg.storage_path
     tune_path = f"{storage.rstrip('/')}/{tune_name}"
-    train_storage = f"{tune_path}/train"
+    train_storage = f"{tune_path}/{TRAIN_DIR}"
 
     # 3. The experiment record (kept, with a resume time added, on --resume).
     out.mkdir(parents=True, exist_ok=True)
@@ -300,7 +302,7 @@ def run(cfg: Any, args: Any) -> int:
                         and watch.error is not None)
         # 6. The report, from the ledger (also after an interruption). It needs no Ray: a Ray
         # this run started shuts down meanwhile (mostly waiting for its processes to exit).
-        report_dir = out / "report"
+        report_dir = Layout(out).report
         report_error: list[Exception] = []
 
         def build() -> None:
@@ -322,16 +324,15 @@ def run(cfg: Any, args: Any) -> int:
             _say(f"warning: could not build the report ({e.__class__.__name__}: {e}); "
                  f"retry with: python -m reports build {out}")
         counts = status_summary(ledger_path)
-        finished = counts["completed"] + counts["stopped"] + counts["errored"]
+        finished = counts.finished
         wall = time.time() - t0
-        _say(f"trials: {counts['completed']} completed, {counts['stopped']} stopped early, "
-             f"{counts['errored']} errored, {plan.trials - finished} not finished; "
+        _say(f"trials: {counts.completed} completed, {counts.stopped} stopped early, "
+             f"{counts.errored} errored, {plan.trials - finished} not finished; "
              f"search {time.time() - t_search:.0f} s, wall time {wall:.0f} s")
         _say(f"results: {ledger_path}")
-        from reports.build import REPORT_FILES
 
         _say(f"report:  {report_dir} ({', '.join(REPORT_FILES)})")
-        _say(f"models:  {out / 'models'}   dense: {out / dense.DENSE_DIR}   tune: {tune_path}")
+        _say(f"models:  {Layout(out).models}   dense: {Layout(out).dense}   tune: {tune_path}")
         # Tune returns normally after Ctrl-C / SIGTERM; unfinished trials tell it was cut short.
         if dense_failed:
             print(f"error: {watch.error}", file=sys.stderr, flush=True)
@@ -341,7 +342,7 @@ def run(cfg: Any, args: Any) -> int:
         return 1
     if finished < plan.trials:
         return 130
-    return 1 if finished and counts["errored"] == finished else 0
+    return 1 if finished and counts.errored == finished else 0
 
 
 if __name__ == "__main__":

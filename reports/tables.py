@@ -40,7 +40,9 @@ from reports.contract import (
     REFERENCE_STATUS,
     SELECTION_METRIC,
     kept_epoch,
+    ledger_counts,
 )
+from reports.layout import DENSE_DIR, METRICS_FILE
 from reports.ledger import Experiment, is_missing, records_frame
 
 #: The fronts a report builds when the config names none (``report.fronts``): front name
@@ -132,6 +134,8 @@ class ReportTables:
     versions: dict[str, Any] = field(default_factory=dict)
     dense: dict[str, Any] | None = None
     experiment: dict[str, Any] = field(default_factory=dict)
+    #: Trials per state (``contract.ledger_counts``): trials without a result row included.
+    trial_counts: dict[str, int] = field(default_factory=dict)
 
 
 def normalize_column(values: pd.Series) -> pd.Series:
@@ -330,13 +334,13 @@ def default_reference(dense: dict[str, Any] | None, cost: str) -> tuple[float, f
     """The default hypervolume reference: accuracy 0 and the dense model's cost."""
     if dense is None:
         raise ValueError(
-            f"no hypervolume reference for {cost!r}: the dense baseline (dense/metrics.json) "
+            f"no hypervolume reference for {cost!r}: the dense baseline ({DENSE_DIR}/{METRICS_FILE}) "
             f"is not written yet; build the report once it is, or pass reference={{{cost!r}: value}}"
         )
     value = dense.get(cost)
     if not _is_number(value) or not math.isfinite(float(value)) or float(value) <= 0:
         raise ValueError(
-            f"no hypervolume reference for {cost!r}: dense/metrics.json has {cost!r} = {value!r}, "
+            f"no hypervolume reference for {cost!r}: {DENSE_DIR}/{METRICS_FILE} has {cost!r} = {value!r}, "
             f"not a positive number; pass reference={{{cost!r}: value}}"
         )
     return (0.0, float(value))
@@ -481,4 +485,5 @@ def build_tables(
         versions=exp.versions,
         dense=exp.dense,
         experiment=exp.info,
+        trial_counts=ledger_counts(exp.trials).to_dict(),
     )
