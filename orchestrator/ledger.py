@@ -51,6 +51,7 @@ __all__ = [
     "LedgerWriter",
     "finished_trials",
     "package_versions",
+    "replayed_trials",
     "row_metrics",
     "trial_record",
     "write_json",
@@ -142,6 +143,20 @@ def finished_trials(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def replayed_trials(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """The trials a resumed search replays instead of running: ``trial_id -> last result``.
+
+    Finished trials with a result line, errored ones excepted: a restored search retries
+    those from their last epoch (``resume_errored``), so they report (and are written) again.
+    The one rule for ``search.py`` (what ``orchestrator.trial`` replays) and
+    :class:`LedgerCallback` (what it writes nothing more for).
+    """
+    if not Path(path).is_file():
+        return {}
+    return {tid: v["result"] for tid, v in finished_trials(path).items()
+            if v["result"] is not None and v["status"] != "errored"}
+
+
 def trial_record(config: Mapping[str, Any]) -> dict[str, Any]:
     """A trial's flat config keys (design.md section 3) from its sampled Tune config."""
     return decode_trial(config).record()
@@ -211,8 +226,7 @@ class LedgerCallback(Callback):
         # On resume: the finished trials the ledger holds results of are replayed, not run
         # again (orchestrator.trial); nothing more is written for them.
         # An errored one is retried (resume_errored): it reports again.
-        self.skip = {t for t, v in finished_trials(self.writer.path).items()
-                     if v["result"] is not None and v["status"] != "errored"}
+        self.skip = set(replayed_trials(self.writer.path))
         self._written = {(e["trial_id"], int(e["epoch"])) for _, e in read_events(self.writer.path)
                          if e.get("type") == "result" and "epoch" in e} if self.writer.path.is_file() else set()
 

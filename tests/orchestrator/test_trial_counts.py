@@ -48,3 +48,14 @@ def test_the_search_reports_show_and_the_monitor_count_alike(tmp_path):
     live = [SimpleNamespace(trial_id="a1b2c_00007", status="RUNNING")]
     counts, _ = monitor._states(live)
     assert counts == expected
+
+
+def test_the_exit_code_comes_from_the_counts_and_errors_exit():
+    from orchestrator.errors import EXIT
+    from orchestrator.search import exit_code
+    from reports.contract import TrialCounts
+
+    assert exit_code(TrialCounts(completed=3, errored=1), planned=4, dense_failed=False) == EXIT["ok"] == 0
+    assert exit_code(TrialCounts(errored=4), planned=4, dense_failed=False) == EXIT["failed"] == 1
+    assert exit_code(TrialCounts(completed=4), planned=4, dense_failed=True) == EXIT["failed"]
+    assert exit_code(TrialCounts(completed=2, running=1), planned=4, dense_failed=False) == EXIT["interrupted"] == 130
