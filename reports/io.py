@@ -38,7 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from reports.layout import REPORT_DIR, REPORT_TABLES
+from reports.layout import REPORT_DIR, REPORT_TABLES, UMASK
 
 TABLES = REPORT_TABLES
 #: Tables every report has (``methods`` came with format 2).
@@ -47,11 +47,9 @@ FORMAT_VERSION = 2
 META_PREFIX = "prunefront."
 META_KEYS = ("config", "versions", "dense", "experiment", "report")
 
-# Files made by mkstemp are private (0600); give renamed report files the mode an
-# ordinary open() would, so other users of a shared results directory can read
-# them. Read once, at import, because os.umask can only be read by setting it.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+# Files made by mkstemp are private (0600): staged report files get the mode an ordinary
+# open() would (reports.layout reads the umask once).
+_UMASK = UMASK
 
 
 class AtomicFiles:

@@ -39,7 +39,7 @@ from typing import IO, Any
 
 __all__ = [
     "DENSE_DIR", "DENSE_FILES", "DENSE_STATE_FILE", "EXPERIMENT_FILE", "LEDGER_FILE", "METRICS_FILE", "MODELS_DIR",
-    "MODEL_FILE", "REPORT_DIR", "REPORT_FILES", "REPORT_TABLES", "RESULTS_DIR", "ROW_FILE", "STATE_FILE", "TRAIN_DIR",
+    "MODEL_FILE", "REPORT_DIR", "REPORT_FILES", "REPORT_TABLES", "RESULTS_DIR", "ROW_FILE", "STATE_FILE", "TRAIN_DIR", "UMASK",
     "TRIAL_MODEL_FILES", "TUNE_DIR", "Layout", "json_safe", "model_dir_name", "replace_dir", "staging_dir", "write_atomic",
     "write_json",
 ]
@@ -134,11 +134,11 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _umask() -> int:
-    # os.umask can only be read by setting it.
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+# Files made by mkstemp are private (0600); written files get the mode an ordinary open()
+# would. The umask is read once, at import: os.umask can only be read by setting it, which
+# would race with other threads creating files.
+UMASK = os.umask(0)
+os.umask(UMASK)
 
 
 def write_atomic(path: str | os.PathLike[str], writer: Callable[[IO[bytes]], None]) -> Path:
@@ -153,7 +153,7 @@ def write_atomic(path: str | os.PathLike[str], writer: Callable[[IO[bytes]], Non
             writer(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
