@@ -34,7 +34,7 @@ def test_parquet_round_trip_with_pandas_and_pyarrow_dataset(experiment_dir):
         assert via_dataset.schema.equals(pq.read_schema(path), check_metadata=True)
         pd.testing.assert_frame_equal(via_dataset.to_pandas(), expected)
         meta = rio.parquet_metadata(path)
-        assert meta["config"]["search"]["scheduler"] == "asha"
+        assert meta["config"]["scheduler"]["name"] == "asha"
         assert meta["versions"]["torch"] == "2.14.1"
         assert meta["dense"] == DENSE
         assert meta["experiment"]["started_at"] == "2026-11-22T07:50:00+00:00"
