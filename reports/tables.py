@@ -53,7 +53,6 @@ DEFAULT_FRONTS: dict[str, str] = {
     "accuracy_size": "size_bytes",
 }
 _FRONT_NAMES = {"size_bytes": "accuracy_size", "latency_ms": "accuracy_latency"}
-OBJECTIVE = SELECTION_METRIC
 DIRECTIONS = ("max", "min")
 
 
@@ -347,7 +346,7 @@ def default_reference(dense: dict[str, Any] | None, cost: str) -> tuple[float, f
 
 
 def _points(df: pd.DataFrame, cost: str) -> tuple[np.ndarray, np.ndarray]:
-    acc = df[OBJECTIVE].to_numpy(dtype=float, na_value=np.nan) if OBJECTIVE in df else np.full(len(df), np.nan)
+    acc = df[SELECTION_METRIC].to_numpy(dtype=float, na_value=np.nan) if SELECTION_METRIC in df else np.full(len(df), np.nan)
     cst = df[cost].to_numpy(dtype=float, na_value=np.nan) if cost in df else np.full(len(df), np.nan)
     ok = np.isfinite(acc) & np.isfinite(cst)
     return np.column_stack([acc, cst]), ok
