@@ -12,7 +12,7 @@ from reports.io import FORMAT_VERSION, TABLES, AtomicFiles, remove_stale_tempora
 from reports.ledger import read_experiment
 from reports.tables import ReportTables, build_tables
 
-from reports.layout import REPORT_DIR, REPORT_FILES, Layout
+from reports.layout import REPORT_DIR, REPORT_FILES, Layout  # noqa: F401 - REPORT_FILES re-exported
 
 
 def _package_versions() -> dict[str, str]:
