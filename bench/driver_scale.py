@@ -43,6 +43,8 @@ from typing import Any
 import _common
 import numpy as np
 
+from reports.layout import MODEL_FILE, Layout
+
 OBJECTIVES = {"val_accuracy": "max", "size_bytes": "min"}  # the config's default objectives
 MAX_T, GRACE, ETA = 8, 1, 2
 COMPONENTS = ("scheduler", "ledger", "monitor", "report")
@@ -70,14 +72,14 @@ def _row(cfg: dict[str, Any], skill: float, epoch: int, rng: random.Random) -> d
 
 
 def _experiment_dir(root: Path, trials: int) -> Path:
-    out = root / f"exp{trials}"
-    (out / "dense").mkdir(parents=True)
-    (out / "dense" / "metrics.json").write_text(json.dumps(DENSE))
+    out = Layout(root / f"exp{trials}")
+    out.dense.mkdir(parents=True)
+    out.dense_metrics.write_text(json.dumps(DENSE))
     info = {"name": f"driver-scale-{trials}", "config": {"name": f"driver-scale-{trials}",
             "dataset": {"name": "digits"}, "model": {"name": "mlp"},
             "search": {"num_samples": trials, "max_epochs": MAX_T}}, "versions": {}, "started_at": "2026-12-06T00:00:00+00:00"}
-    (out / "experiment.json").write_text(json.dumps(info))
-    return out
+    out.experiment.write_text(json.dumps(info))
+    return out.root
 
 
 def _hooks(kind: str, out: Path, trials: int) -> tuple[Any, dict[str, Any]]:
@@ -205,10 +207,19 @@ def _stand_in_models(exp: Path) -> None:
     from Train checkpoints; ``reports pick`` names the file it would ship)."""
     from reports.contract import read_events, trial_states
 
-    for tid, st in trial_states(read_events(exp / "results.jsonl")).items():
+    import torch
+
+    import pruners
+
+    layout = Layout(exp)
+    # One real (tiny) model file, copied for every trial: `pick` checks the file it names.
+    sample = exp / ".sample-model"
+    pruners.save(torch.nn.Linear(4, 2), sample, torch.zeros(1, 4))
+    data = sample.read_bytes()
+    for tid, st in trial_states(read_events(layout.ledger)).items():
         if st.finished and st.status != "errored":
-            (exp / "models" / tid).mkdir(parents=True, exist_ok=True)
-            (exp / "models" / tid / "model.pt2").write_bytes(b"stand-in")
+            layout.model_dir(tid).mkdir(parents=True, exist_ok=True)
+            (layout.model_dir(tid) / MODEL_FILE).write_bytes(data)
 
 
 def cli_times(exp: Path) -> dict[str, float]:

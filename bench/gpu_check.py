@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from reports.layout import LEDGER_FILE  # noqa: E402 - after the path set-up
+
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
@@ -68,7 +70,7 @@ def tiny_search(device: str, smoke: bool) -> dict:
         wall = time.time() - t0
         text = buf.getvalue()
         plan = next((ln for ln in text.splitlines() if "trial(s), up to" in ln), "")
-        events = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()] if code == 0 else []
+        events = [json.loads(x) for x in (out / LEDGER_FILE).read_text().splitlines()] if code == 0 else []
     if code != 0:
         _say(text[-3000:])
         raise SystemExit(f"the tiny search failed (exit {code})")

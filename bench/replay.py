@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reports.contract import SELECTION_METRIC as SELECTION
+from reports.contract import SELECTION_METRIC
 from reports.contract import kept_epoch
 from reports.pareto import hypervolume_2d, nondominated_sort
 
@@ -48,21 +48,17 @@ class SearchRun:
 
 
 def make_scheduler(name: str, max_t: int, objectives: Mapping[str, str], grace: int = 1, eta: float = 2) -> Any:
-    """``moasha`` (ours), ``asha`` (Ray's, on the first objective) or ``none`` (no stopping)."""
-    if name == "moasha":
-        from orchestrator.moasha import MultiObjectiveASHA
-
-        return MultiObjectiveASHA(dict(objectives), time_attr="epoch", max_t=max_t, grace_period=grace,
-                                  reduction_factor=eta)
-    if name == "asha":
-        from ray.tune.schedulers import AsyncHyperBandScheduler
-
-        metric, mode = next(iter(objectives.items()))
-        return AsyncHyperBandScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=max_t,
-                                       grace_period=grace, reduction_factor=eta)
+    """``moasha`` (ours), ``asha`` (Ray's, on the first objective) or ``none`` (no stopping):
+    the search's own schedulers (``tune_space.scheduler_for``)."""
     if name == "none":
         return None
-    raise ValueError(f"unknown scheduler {name!r}; valid choices: moasha, asha, none")
+    if name not in ("moasha", "asha"):
+        raise ValueError(f"unknown scheduler {name!r}; valid choices: moasha, asha, none")
+    from orchestrator.tune_space import scheduler_for
+
+    metric, mode = next(iter(objectives.items()))
+    return scheduler_for(name, metric=metric, mode=mode, objectives=dict(objectives), max_t=max_t,
+                         grace_period=grace, reduction_factor=eta)
 
 
 def simulate(
@@ -172,10 +168,10 @@ def rung_rank_correlation(table: pd.DataFrame, epochs: list[int], by: str | None
     rows = []
     for cid, g in table.groupby("config_id"):
         g = g.sort_values("epoch").to_dict("records")
-        final = kept_epoch(g)[SELECTION]
+        final = kept_epoch(g)[SELECTION_METRIC]
         row = {"config_id": cid, "final": final, **({by: g[0][by]} if by else {})}
         for e in epochs:
-            row[e] = kept_epoch([r for r in g if r["epoch"] <= e])[SELECTION]
+            row[e] = kept_epoch([r for r in g if r["epoch"] <= e])[SELECTION_METRIC]
         rows.append(row)
     df = pd.DataFrame(rows)
     groups = df.groupby(by) if by else [("all", df)]

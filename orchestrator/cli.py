@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from orchestrator.config import SearchConfig, default_output
+from reports.layout import DENSE_DIR, EXPERIMENT_FILE, LEDGER_FILE, MODELS_DIR, REPORT_DIR, RESULTS_DIR, TUNE_DIR
 from orchestrator.loading import apply_overrides, load_config, read_yaml
 from orchestrator.errors import ConfigError, ErrorExit, fail
 from orchestrator.space import flat_space
@@ -42,10 +43,6 @@ __all__ = [
 
 #: The shipped default search (digits, offline, a few minutes on 2 CPU cores).
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
-#: The file that marks a directory as an experiment (design.md section 4).
-EXPERIMENT_FILE = "experiment.json"
-#: Where ``--resume NAME`` looks when NAME is not a directory.
-RESULTS_DIR = "prunefront-results"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,17 +59,17 @@ configuration:
   --set overrides any key with a YAML value:
     --set search.num_samples=4  --set search.space.criterion=[magnitude,taylor]
     --set 'search.space.amount={low: 0.5, high: 0.9}'  --set scheduler.name=moasha
-
+""" + f"""
 output:
-  <output>/experiment.json, results.jsonl, dense/, models/, tune/, report/ (docs/design.md).
+  <output>/{EXPERIMENT_FILE}, {LEDGER_FILE}, {DENSE_DIR}/, {MODELS_DIR}/, {TUNE_DIR}/, {REPORT_DIR}/ (docs/design.md).
   An existing experiment is never overwritten: continue it with --resume DIR, or pick a new
-  --output. --resume reads the config recorded in DIR/experiment.json (--set may adjust it).
+  --output. --resume reads the config recorded in DIR/{EXPERIMENT_FILE} (--set may adjust it).
 
 examples:
   python orchestrator/search.py                                   # default: digits, ~5 min on 2 CPUs
   python orchestrator/search.py --config configs/fashion_mnist.yaml --dry-run
   python orchestrator/search.py --config configs/cifar10_resnet56.yaml --dry-run --cluster-nodes 4 --cluster-cpus 16 --cluster-gpus 4
-  python orchestrator/search.py --resume prunefront-results/digits-default
+  python orchestrator/search.py --resume {RESULTS_DIR}/digits-default
 """
 
 
@@ -93,10 +90,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
         help="override a config key (dotted path, YAML value); repeatable",
     )
-    p.add_argument("--output", metavar="DIR", help="experiment directory (default: ./prunefront-results/<name>)")
+    p.add_argument("--output", metavar="DIR", help=f"experiment directory (default: ./{RESULTS_DIR}/<name>)")
     p.add_argument(
         "--resume", metavar="EXPERIMENT",
-        help="continue the experiment in this directory (or ./prunefront-results/EXPERIMENT)",
+        help=f"continue the experiment in this directory (or ./{RESULTS_DIR}/EXPERIMENT)",
     )
     p.add_argument("--dry-run", action="store_true", help="validate, print the plan and exit without starting Ray")
     p.add_argument("--schema", action="store_true",
@@ -280,7 +277,7 @@ def _load(args: argparse.Namespace) -> tuple[SearchConfig, bool]:
     if args.resume is not None:
         if args.config is not None:
             raise ConfigError(
-                "--resume: the config comes from the experiment's experiment.json; drop --config "
+                f"--resume: the config comes from the experiment's {EXPERIMENT_FILE}; drop --config "
                 "(use --set to change values)"
             )
         if args.output is not None:

@@ -31,21 +31,22 @@ from orchestrator.optim import OptimizerSettings, check_restarts
 from orchestrator.params import Choice, Fixed, Param, Range, Searched, SearchedNames, parse_param, values_of
 from orchestrator.params import Section as _Model
 from reports.contract import COST_METRICS, DECISION_METRICS, TEST_KEYS
+from reports.layout import RESULTS_DIR
 
 __all__ = [
-    "ALGORITHMS", "COST_METRICS", "SCHEDULERS", "Choice", "ClusterSpec", "ConfigError", "DataConfig",
+    "Algorithm", "COST_METRICS", "SchedulerName", "Choice", "ClusterSpec", "ConfigError", "DataConfig",
     "DenseConfig", "Fixed", "MetricsConfig", "ModelConfig", "OptimizerSettings", "Range", "ReportConfig",
     "ResourcesConfig", "SchedulerConfig", "SearchConfig", "SearchSettings", "SpaceConfig", "default_output",
     "parse_param",
 ]
 
-ALGORITHMS = ("random", "grid", "optuna")
-SCHEDULERS = ("asha", "moasha", "fifo")
-#: Metrics a report front can use as its cost (all minimised).
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 Mode = Literal["max", "min"]
+#: Search algorithms and trial schedulers (the choices are the Literal's; no tuple beside it).
+Algorithm = Literal["random", "grid", "optuna"]
+SchedulerName = Literal["asha", "moasha", "fifo"]
 Cost = Literal[COST_METRICS]  # type: ignore[valid-type]
 
 
@@ -137,7 +138,9 @@ class ModelConfig(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if ":" in v and not v.startswith("timm:"):
+        from orchestrator.models import TIMM_PREFIX  # the model names' owner
+
+        if ":" in v and not v.startswith(TIMM_PREFIX):
             module, _, attr = v.partition(":")
             if not module or not attr or not all(p.isidentifier() for p in module.split(".") + attr.split(".")):
                 raise ValueError(f"{v!r} is not package.module:factory; write e.g. mypkg.models:build")
@@ -194,10 +197,14 @@ class SpaceConfig(_Model):
                 raise ConfigError(f"{key}.lr: got {typename(v)} {fmt(v)}; expected a number")
             if v < 0:  # lr 0 = prune without fine-tuning (a log range cannot start there)
                 raise ConfigError(f"{key}.lr: {fmt(v)} is out of range; must be >= 0")
-        for name in ("distill", "min_keep"):
-            for v in values_of(getattr(self, name)):
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
-                    raise ConfigError(f"{key}.{name}: {fmt(v)} is out of range; must be a fraction in [0, 1)")
+        for v in values_of(self.distill):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise ConfigError(f"{key}.distill: {fmt(v)} is out of range; must be a fraction in [0, 1)")
+        from pruners.selection import min_keep_problem
+
+        for v in values_of(self.min_keep):
+            if (problem := min_keep_problem(v)) is not None:
+                raise ConfigError(f"{key}.min_keep: {fmt(v)} is out of range; {problem}")
         p = _pruners()
         _check_names(f"{key}.criterion", self.criterion, list(p.list_criteria()))
         _check_names(f"{key}.granularity", self.granularity, list(p.GRANULARITIES))
@@ -226,7 +233,7 @@ class SearchSettings(_Model):
     """
 
     num_samples: int = Field(6, ge=1, le=LIMITS["search.num_samples"])
-    algorithm: Literal["random", "grid", "optuna"] = "random"
+    algorithm: Algorithm = "random"
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     schedule_params: ParamTable = Field(default_factory=dict, validate_default=True)
     criterion_params: ParamTable = Field(default_factory=dict)
@@ -322,7 +329,7 @@ class SchedulerConfig(_Model):
     """Trial scheduler (``scheduler:``): ``moasha`` stops trials on the Pareto rank of
     ``objectives``, ``asha`` on one ``metric``, ``fifo`` runs every trial to the end."""
 
-    name: Literal["asha", "moasha", "fifo"] = "moasha"
+    name: SchedulerName = "moasha"
     metric: str = "val_accuracy"
     mode: Mode = "max"
     objectives: dict[str, Mode] = Field(default_factory=lambda: {"val_accuracy": "max", "size_bytes": "min"})
@@ -418,7 +425,7 @@ class ReportConfig(_Model):
 
 def default_output(name: str) -> str:
     """Where an experiment goes without ``output``/``--output``: ./prunefront-results/<name>."""
-    return str(Path("prunefront-results", name).absolute())
+    return str(Path(RESULTS_DIR, name).absolute())
 
 
 class SearchConfig(_Model):

@@ -31,8 +31,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DENSE_DIR = "dense"
-_FILES = ("model.pt2", "state_dict.pt", "metrics.json")
+from reports.layout import DENSE_DIR, DENSE_STATE_FILE, METRICS_FILE, MODEL_FILE
+from reports.layout import DENSE_FILES as _FILES
 
 
 def dense_loop(config: dict[str, Any]) -> None:
@@ -112,15 +112,15 @@ def dense_loop(config: dict[str, Any]) -> None:
     }
     if setup.rank == 0:
         with tempfile.TemporaryDirectory(prefix="prunefront-dense-") as tmp:
-            Path(tmp, "state_dict.pt").write_bytes(state_blob)
-            path = os.path.join(tmp, "model.pt2")
+            Path(tmp, DENSE_STATE_FILE).write_bytes(state_blob)
+            path = os.path.join(tmp, MODEL_FILE)
             pruners.save(net, path, setup.example_inputs)
             # The dense row measures its own file: the reference of every trial's speedup.
             m = pruners.measure(net, setup.example_inputs, artifact=path,
                                 latency_repeats=cfg.metrics.latency_repeats,
                                 batch_size=cfg.metrics.latency_batch_size, threads=cfg.metrics.latency_threads)
             metrics = {**row, **m.to_dict(), "dense_latency_ms": m.latency_ms, "speedup": 1.0}
-            Path(tmp, "metrics.json").write_text(json.dumps(metrics, indent=2))
+            Path(tmp, METRICS_FILE).write_text(json.dumps(metrics, indent=2))
             ray.train.report({**metrics, "final": True}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
         ray.train.report({**row, "final": True})
@@ -207,7 +207,7 @@ def _dense_job(
         local = Path(tmp, "ckpt")
         copy_from_storage(train_storage, result.checkpoint.path, local)
         files = {name: (local / name).read_bytes() for name in _FILES}
-    return {"metrics": json.loads(files["metrics.json"]), "files": files}
+    return {"metrics": json.loads(files[METRICS_FILE]), "files": files}
 
 
 class DenseRelay:
@@ -297,11 +297,11 @@ class DenseJob:
         tmp.mkdir(parents=True)
         # metrics.json last: its presence marks a complete dense directory (see load_dense).
         for name, blob in output["files"].items():
-            if name != "metrics.json":
+            if name != METRICS_FILE:
                 (tmp / name).write_bytes(blob)
         shutil.rmtree(dense_dir, ignore_errors=True)
         os.replace(tmp, dense_dir)
-        write_json(dense_dir / "metrics.json", output["metrics"])
+        write_json(dense_dir / METRICS_FILE, output["metrics"])
         return dict(output["metrics"])
 
 
@@ -363,4 +363,4 @@ def load_dense(out_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], bytes] 
     d = Path(out_dir) / DENSE_DIR
     if not all((d / f).is_file() for f in _FILES):
         return None
-    return json.loads((d / "metrics.json").read_text()), (d / "state_dict.pt").read_bytes()
+    return json.loads((d / METRICS_FILE).read_text()), (d / DENSE_STATE_FILE).read_bytes()

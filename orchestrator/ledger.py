@@ -19,12 +19,10 @@ import datetime as _dt
 import importlib.metadata
 import json
 import logging
-import math
 import os
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,27 @@ from typing import Any
 from ray.tune import Callback
 
 from orchestrator.space import decode_trial
-from reports.contract import EXTRA_KEYS, FINISHED_STATUSES, LEDGER_FILE, METRIC_KEYS, read_events, torn_tail, trial_states
+from reports.contract import (
+    EXTRA_KEYS,
+    FINISHED_STATUSES,
+    METRIC_KEYS,
+    TrialCounts,
+    ledger_counts,
+    read_events,
+    torn_tail,
+    trial_counts,
+    trial_states,
+)
+from reports.layout import (
+    LEDGER_FILE,
+    TRIAL_MODEL_FILES,
+    Layout,
+    json_safe,
+    recover_swaps,
+    replace_dir,
+    staging_dir,
+    write_json,
+)
 
 __all__ = [
     "copy_from_storage",
@@ -44,6 +62,7 @@ __all__ = [
     "LedgerWriter",
     "finished_trials",
     "package_versions",
+    "replayed_trials",
     "row_metrics",
     "trial_record",
     "write_json",
@@ -58,36 +77,6 @@ FINISHED = FINISHED_STATUSES
 CHECKPOINT_PATH_KEY = "checkpoint_path"
 # The result key of a trial that failed in its own code (``orchestrator.trial.worker_loop``).
 TRIAL_ERROR_KEY = "trial_error"
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN / inf become None (JSON has neither), numpy scalars plain numbers."""
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        try:
-            value = value.item()
-        except (TypeError, ValueError):
-            pass
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
-def write_json(path: str | os.PathLike[str], obj: Mapping[str, Any]) -> Path:
-    """Write ``obj`` as JSON atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(_clean(dict(obj)), f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 def package_versions() -> dict[str, str]:
@@ -114,7 +103,7 @@ class LedgerWriter:
         self._lock = threading.Lock()
 
     def append(self, event: Mapping[str, Any]) -> None:
-        line = json.dumps(_clean(dict(event)), allow_nan=False) + "\n"
+        line = json.dumps(json_safe(dict(event)), allow_nan=False) + "\n"
         with self._lock:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +160,20 @@ def finished_trials(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
             last = st.last_result
             out[tid] = {"status": st.status, "result": None if last is None else {k: v for k, v in last.items() if k != "_seq"}}
     return out
+
+
+def replayed_trials(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """The trials a resumed search replays instead of running: ``trial_id -> last result``.
+
+    Finished trials with a result line, errored ones excepted: a restored search retries
+    those from their last epoch (``resume_errored``), so they report (and are written) again.
+    The one rule for ``search.py`` (what ``orchestrator.trial`` replays) and
+    :class:`LedgerCallback` (what it writes nothing more for).
+    """
+    if not Path(path).is_file():
+        return {}
+    return {tid: v["result"] for tid, v in finished_trials(path).items()
+            if v["result"] is not None and v["status"] != "errored"}
 
 
 def trial_record(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -242,9 +245,8 @@ class LedgerCallback(Callback):
         # On resume: the finished trials the ledger holds results of are replayed, not run
         # again (orchestrator.trial); nothing more is written for them.
         # An errored one is retried (resume_errored): it reports again.
-        recover_swaps(self.experiment_dir / "models")  # a driver killed mid-swap
-        self.skip = {t for t, v in finished_trials(self.writer.path).items()
-                     if v["result"] is not None and v["status"] != "errored"}
+        recover_swaps(Layout(self.experiment_dir).models)  # a driver killed mid-swap
+        self.skip = set(replayed_trials(self.writer.path))
         self._written = {(e["trial_id"], int(e["epoch"])) for _, e in read_events(self.writer.path)
                          if e.get("type") == "result" and "epoch" in e} if self.writer.path.is_file() else set()
 
@@ -270,8 +272,8 @@ class LedgerCallback(Callback):
         if self._copied.get(trial_id) == src:
             return
         try:
-            copy_from_storage(self.storage, src, self.experiment_dir / "models" / trial_id,
-                              files=("model.pt2", "row.json"))
+            copy_from_storage(self.storage, src, Layout(self.experiment_dir).model_dir(trial_id),
+                              files=TRIAL_MODEL_FILES)
             self._copied[trial_id] = src
         except Exception:  # a failed copy must never stop the search
             logger.warning("could not copy the model of trial %s from %s", trial_id, src, exc_info=True)
@@ -375,12 +377,10 @@ def copy_from_storage(
     old folder or the new one, whole, and two processes never share a temporary folder.
     """
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
+    tmp = staging_dir(dst)
     try:
         _copy_tree(storage, src, tmp, files)
-        fsync_tree(tmp)
-        replace_dir(tmp, dst)
+        replace_dir(tmp, dst)  # fsyncs the copy, then swaps it in
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -390,7 +390,7 @@ def _copy_tree(storage: str | None, src: str, dst: Path, files: tuple[str, ...] 
 
     local = storage is None or "://" not in storage or storage.startswith("file://")
     if files is None and local:
-        shutil.copytree(src, dst)
+        shutil.copytree(src, dst, dirs_exist_ok=True)
         return
     fs = pafs.LocalFileSystem() if local else pafs.FileSystem.from_uri(storage)[0]
     dst.mkdir(parents=True, exist_ok=True)
@@ -402,83 +402,15 @@ def _copy_tree(storage: str | None, src: str, dst: Path, files: tuple[str, ...] 
                         destination_filesystem=pafs.LocalFileSystem())
 
 
-def fsync_tree(path: str | os.PathLike[str]) -> None:
-    """fsync every file under ``path`` and every folder, ``path`` included (bottom up)."""
-    for root, _dirs, names in os.walk(path, topdown=False):
-        for name in names:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(root)
-
-
-def _fsync_dir(path: str | os.PathLike[str]) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_dir(new: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """Put folder ``new`` at ``dst``; a folder already there goes only once ``new`` is in place.
-
-    The old folder is renamed aside (``.<name>.<unique>.old``), the new one renamed in, the
-    parent fsynced, then the old one removed. A crash between the two renames leaves the old
-    copy aside, whole: :func:`recover_swaps` puts it back. If the second rename fails (another
-    process put its copy there first) the old folder is put back or dropped, never lost
-    while ``dst`` is empty.
-    """
-    new, dst = Path(new), Path(dst)
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.old")
-        os.rename(dst, old)
-    try:
-        os.rename(new, dst)
-    except OSError:
-        if old is not None and not dst.exists():
-            os.rename(old, dst)
-            old = None
-        raise
-    finally:
-        _fsync_dir(dst.parent)
-        if old is not None and dst.exists():
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_swaps(folder: str | os.PathLike[str], stale_s: float = 600.0) -> None:
-    """After a crash: put back an old copy :func:`replace_dir` had set aside when nothing
-    replaced it, drop the ones that were replaced, and temporary copies older than ``stale_s``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return
-    for p in sorted(folder.iterdir()):
-        parts = p.name.split(".")
-        if not (p.name.startswith(".") and len(parts) >= 4 and parts[-1] in ("old", "tmp")):
-            continue
-        target = folder / ".".join(parts[1:-2])
-        if parts[-1] == "old" and not target.exists():
-            os.rename(p, target)
-        elif parts[-1] == "old" or time.time() - p.stat().st_mtime > stale_s:
-            shutil.rmtree(p, ignore_errors=True)
-
-
 def now_iso() -> str:
     """Current UTC time, ISO-8601 (``experiment.json``'s ``started_at``)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def status_summary(path: str | os.PathLike[str]) -> dict[str, int]:
-    """How many trials the ledger records per final status (plus ``running``)."""
-    out = {s: 0 for s in FINISHED}
-    out["running"] = 0
-    for st in trial_states(read_events(path), where=str(path)).values():
-        if st.finished:
-            out[st.status] += 1
-        elif st.results:
-            out["running"] += 1
-    return out
+def status_summary(path: str | os.PathLike[str], planned: int | None = None) -> TrialCounts:
+    """How many trials the ledger records in each state (``reports.contract.trial_counts``);
+    ``planned`` trials it has no line of are ``pending``."""
+    if not Path(path).is_file():
+        return trial_counts({}, planned)
+    return ledger_counts(trial_states(read_events(path), where=str(path)), planned)
 

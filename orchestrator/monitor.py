@@ -188,16 +188,12 @@ class MonitorCallback(Callback):
         """Trial counts per state (ended ones from the ledger) and the experiment read."""
         from reports.ledger import read_experiment
 
+        from reports.contract import ledger_counts
+
         exp = read_experiment(self.experiment_dir)
-        counts = dict.fromkeys(STATES, 0)
-        ended = set()
-        for tid, st in exp.trials.items():
-            if st.finished and st.status in counts:
-                counts[st.status] += 1
-                ended.add(tid)
-        counts["running"] = sum(1 for t in trials if t.trial_id not in ended and str(t.status) == "RUNNING")
-        counts["pending"] = max(0, self.total - sum(counts.values()))
-        return counts, exp
+        live = [t.trial_id for t in trials if str(t.status) == "RUNNING"]
+        counts = ledger_counts(exp.trials, planned=self.total, live=live).to_dict()
+        return {s: counts[s] for s in STATES}, exp
 
     def _fronts(self, exp: Any) -> tuple[list[tuple[str, float, dict[str, str]]], str | None]:
         """Gauges of each front (hypervolume, knee accuracy) and a phrase saying them."""

@@ -108,6 +108,7 @@ def check_state(cfg: Any) -> None:
         ConfigError: one line naming the file (and line) that is damaged.
     """
     from reports.contract import LedgerError
+    from reports.layout import Layout
     from reports.ledger import check_experiment_dir
 
     out = cfg.output_dir
@@ -115,7 +116,7 @@ def check_state(cfg: Any) -> None:
         check_experiment_dir(out)  # the readers' own rules: torn tail, damaged lines, ranges
     except (LedgerError, ValueError) as e:
         raise ConfigError(f"--resume: {e}; repair or remove it, then resume again") from None
-    dense = out / "dense"
-    if not (dense / "metrics.json").is_file() or not (dense / "state_dict.pt").is_file():
+    layout = Layout(out)
+    if not layout.dense_metrics.is_file() or not layout.dense_state.is_file():
         return  # no complete dense baseline: the run trains it again
-    _check_dense_fits(cfg, dense / "state_dict.pt")
+    _check_dense_fits(cfg, layout.dense_state)

@@ -36,7 +36,7 @@ __all__ = [
 _NOT_METRICS = ("type", "trial_id", "config", "time_total_s")
 #: A trial's checkpoint (every epoch): the state to continue from; and, when the epoch is the
 #: trial's kept one, the saved model the row was measured on and the row.
-STATE_FILE, MODEL_FILE, ROW_FILE = "state.pt", "model.pt2", "row.json"
+from reports.layout import MODEL_FILE, ROW_FILE, STATE_FILE  # noqa: E402
 #: Checkpoint score: the epoch when it became the trial's kept one, else 0.
 KEPT_SCORE = "kept_score"
 

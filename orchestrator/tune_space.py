@@ -112,20 +112,24 @@ def make_scheduler(cfg: SearchConfig) -> TrialScheduler:
     trial is restored); ``max_t`` is the most fine-tune epochs any trial runs.
     """
     s = cfg.scheduler
-    max_t = cfg.search.max_epochs
-    if s.name == "asha":
-        return RecordingASHA(
-            time_attr="epoch", metric=s.metric, mode=s.mode, max_t=max_t,
-            grace_period=s.grace_period, reduction_factor=s.reduction_factor,
-        )
-    if s.name == "moasha":
-        return MultiObjectiveASHA(
-            s.objectives, time_attr="epoch", max_t=max_t,
-            grace_period=s.grace_period, reduction_factor=s.reduction_factor,
-        )
-    if s.name == "fifo":
+    return scheduler_for(s.name, metric=s.metric, mode=s.mode, objectives=s.objectives, max_t=cfg.search.max_epochs,
+                         grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+
+
+def scheduler_for(name: str, *, metric: str, mode: str, objectives: dict[str, str], max_t: int, grace_period: int,
+                  reduction_factor: float) -> TrialScheduler:
+    """The one factory of the search's schedulers (the search and bench/replay.py use it):
+    ``asha`` on ``metric`` / ``mode``, ``moasha`` on ``objectives``, or ``fifo``; all on
+    ``time_attr="epoch"``."""
+    if name == "asha":
+        return RecordingASHA(time_attr="epoch", metric=metric, mode=mode, max_t=max_t,
+                             grace_period=grace_period, reduction_factor=reduction_factor)
+    if name == "moasha":
+        return MultiObjectiveASHA(dict(objectives), time_attr="epoch", max_t=max_t,
+                                  grace_period=grace_period, reduction_factor=reduction_factor)
+    if name == "fifo":
         return FIFOScheduler()
-    raise ValueError(f"unknown scheduler {s.name!r}; valid choices: asha, moasha, fifo")
+    raise ValueError(f"unknown scheduler {name!r}; valid choices: asha, moasha, fifo")
 
 
 class _NeverStop(Stopper):

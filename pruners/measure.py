@@ -448,7 +448,7 @@ def measure(
 
     size = lat = dense = None
     with tempfile.TemporaryDirectory(prefix="prunefront-measure-") as tmp:
-        path = Path(artifact) if artifact is not None else Path(tmp, "model.pt2")
+        path = Path(artifact) if artifact is not None else Path(tmp, "measured.pt2")
         if not files:
             time_latency = False
         elif artifact is None:

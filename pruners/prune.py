@@ -34,7 +34,7 @@ from pruners.criteria import CRITERIA, Criterion, make_criterion
 from pruners.criteria.base import eval_mode
 from pruners.measure import unwrap
 from pruners.registry import check_choice
-from pruners.selection import LayerReport, call_model, keep_at_least, layer_keep, select_global, select_units
+from pruners.selection import LayerReport, call_model, keep_at_least, layer_keep, min_keep_problem, select_global, select_units
 from pruners.structured import collect_units, prune_structured
 from pruners.thresholds import get_threshold_rule
 
@@ -229,8 +229,8 @@ def prune(
                               "requested": value, "layers": rep.layers, "structural_ops": rep.structural_ops})
     with _prepared(model, crit, owned, example_inputs, calibration, ignore, fold=True) as (net, ignored):
         ops: list[dict[str, Any]] = []
-        if not 0 <= min_keep < 1:
-            raise ValueError(f"min_keep must be a fraction in [0, 1), got {min_keep!r}")
+        if (problem := min_keep_problem(min_keep)) is not None:
+            raise ValueError(f"min_keep {problem}, got {min_keep!r}")
         if granularity == "unstructured":
             layers, requested_units = _prune_unstructured(net, crit, value, threshold_rule, scope, ignored, min_keep)
         else:

@@ -8,6 +8,7 @@ and ``LayerReport`` is what became of each layer.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +108,14 @@ def keep_at_least(sel: torch.Tensor, scores: torch.Tensor, keep: int, fixed: tor
     back = torch.sort(ranked, descending=True, stable=True).indices[: min(over, int(candidates.sum()))]
     sel[back] = False
     return sel
+
+
+def min_keep_problem(value: object) -> str | None:
+    """Why ``value`` is no valid ``min_keep`` (a fraction in [0, 1)), or None: the one range
+    check ``PruneSpec``, ``prune`` and the search config apply."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        return "must be a fraction in [0, 1)"
+    return None
 
 
 def layer_keep(n: int, min_keep: float) -> int:

@@ -17,6 +17,7 @@ from torch import nn
 from pruners.criteria import Criterion, list_criteria, make_criterion
 from pruners.prune import GRANULARITIES, SCOPES
 from pruners.registry import check_choice
+from pruners.selection import min_keep_problem
 from pruners.thresholds import get_threshold_rule, list_threshold_rules
 
 __all__ = ["LR_SCHEDULES", "OPTIMIZERS", "OptimizerConfig", "PruneSpec"]
@@ -53,8 +54,8 @@ class PruneSpec:
     min_keep: float = 0.0
 
     def __post_init__(self) -> None:
-        if not _is_number(self.min_keep) or not 0 <= self.min_keep < 1:
-            raise ValueError(f"min_keep must be a fraction in [0, 1), got {self.min_keep!r}")
+        if (problem := min_keep_problem(self.min_keep)) is not None:
+            raise ValueError(f"min_keep {problem}, got {self.min_keep!r}")
         check_choice("criterion", self.criterion, list_criteria())
         check_choice("granularity", self.granularity, GRANULARITIES)
         check_choice("threshold rule", self.threshold_rule, list_threshold_rules())

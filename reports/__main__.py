@@ -13,13 +13,15 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-EPILOG = """examples:
-  python -m reports build prunefront-results/digits
-  python -m reports show prunefront-results/digits
-  python -m reports plot prunefront-results/digits/report --out /tmp/plots
-  python -m reports compare prunefront-results/run_a prunefront-results/run_b
-  python -m reports pick prunefront-results/digits --max-drop 0.5
-  python -m reports pick prunefront-results/digits --max-size 20KiB
+from reports.layout import REPORT_DIR, RESULTS_DIR, Layout
+
+EPILOG = f"""examples:
+  python -m reports build {RESULTS_DIR}/digits
+  python -m reports show {RESULTS_DIR}/digits
+  python -m reports plot {RESULTS_DIR}/digits/report --out /tmp/plots
+  python -m reports compare {RESULTS_DIR}/run_a {RESULTS_DIR}/run_b
+  python -m reports pick {RESULTS_DIR}/digits --max-drop 0.5
+  python -m reports pick {RESULTS_DIR}/digits --max-size 20KiB
 """
 
 
@@ -76,7 +78,7 @@ def _pick(args: argparse.Namespace) -> str:
              "latency_ms": "--max-latency"}
     max_costs = {c: parse_quantity(v, flags[c]) for c, v in limits.items() if v is not None}
     path = Path(args.dir)
-    experiment = path.parent if path.name == "report" and not (path / "experiment.json").exists() else path
+    experiment = path.parent if path.name == REPORT_DIR and not Layout(path).experiment.exists() else path
     frames, meta, _ = open_report(path)
     choice = pick(frames["final"], experiment, max_drop=args.max_drop, max_costs=max_costs, by=args.by)
     costs = list(dict.fromkeys([args.by, *max_costs, "flops", "size_bytes"]))
@@ -86,7 +88,7 @@ def _pick(args: argparse.Namespace) -> str:
 def _default_report_dir(path: Path) -> Path:
     from reports.ledger import is_experiment_dir
 
-    return path / "report" if is_experiment_dir(path) else path
+    return Layout(path).report if is_experiment_dir(path) else path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from reports.io import FORMAT_VERSION, TABLES, AtomicFiles, remove_stale_tempora
 from reports.ledger import read_experiment
 from reports.tables import ReportTables, build_tables
 
-REPORT_FILES = ("trials.parquet", "final.parquet", "fronts.parquet", "methods.parquet", "fronts.png", "fronts.html")
+from reports.layout import REPORT_DIR, REPORT_FILES, Layout  # noqa: F401 - REPORT_FILES re-exported
 
 
 def _package_versions() -> dict[str, str]:
@@ -40,6 +40,7 @@ def report_metadata(tables: ReportTables, table: str, build_id: str, built_at: s
             "packages": _package_versions(),
             "fronts": {k: s.to_dict() for k, s in tables.summaries.items()},
             "front_costs": dict(tables.front_costs),
+            "trial_counts": dict(tables.trial_counts),
         },
     }
 
@@ -117,7 +118,7 @@ def build_report(
     """
     exp = read_experiment(experiment_dir)
     tables = build_tables(exp, reference=reference, reference_accuracy=reference_accuracy)
-    out = Path(report_dir) if report_dir is not None else Path(experiment_dir) / "report"
+    out = Path(report_dir) if report_dir is not None else Layout(experiment_dir).report
     return write_report(tables, out, plots=plots, title=experiment_title(tables, experiment_dir),
                         experiment_dir=experiment_dir)
 
@@ -145,5 +146,5 @@ def open_report(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], str]:
     meta = read_metadata(p)
     exp = meta.get("experiment") or {}
     cfg = meta.get("config") or {}
-    name = exp.get("name") or cfg.get("name") or (p.parent.name if p.name == "report" else p.name)
+    name = exp.get("name") or cfg.get("name") or (p.parent.name if p.name == REPORT_DIR else p.name)
     return frames, meta, f"Prunefront report: {name}"

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from reports import pareto
-from reports.contract import FINISHED_STATUSES
-from reports.tables import DIRECTIONS, OBJECTIVE
+from reports.contract import FINISHED_STATUSES, SELECTION_METRIC
+from reports.tables import DIRECTIONS
 
 # Cost budgets, as fractions of the common reference cost, at which the best
 # attainable accuracy of each experiment is compared.
@@ -62,7 +62,7 @@ def _points(fronts: pd.DataFrame, front: str, cost: str, rank1: bool) -> np.ndar
     if rank1:
         part = part[part["pareto_rank"] == 1]
     return np.column_stack(
-        [part[OBJECTIVE].to_numpy(dtype=float), part[cost].to_numpy(dtype=float)]
+        [part[SELECTION_METRIC].to_numpy(dtype=float), part[cost].to_numpy(dtype=float)]
     ).reshape(-1, 2)
 
 

@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reports.layout import LEDGER_FILE
+
 __all__ = [
     "CONFIG_ORDER",
     "COST_METRICS",
@@ -58,7 +60,11 @@ __all__ = [
     "TEST_KEYS",
     "KeptEpoch",
     "LedgerError",
+    "TRIAL_COUNT_STATES",
+    "TrialCounts",
     "TrialState",
+    "ledger_counts",
+    "trial_counts",
     "flatten_config",
     "kept_epoch",
     "SELECTION_METRIC",
@@ -67,8 +73,6 @@ __all__ = [
     "check_metrics",
     "trial_states",
 ]
-
-LEDGER_FILE = "results.jsonl"
 
 #: Metric keys every epoch row carries (docs/design.md section 3), in report order.
 #: ``val_*`` is the validation split carved from the training data: every decision (rungs,
@@ -275,7 +279,7 @@ class TrialState:
         return max(self.results.values(), key=lambda r: r["_seq"])
 
 
-def trial_states(events: Iterable[tuple[int, Mapping[str, Any]]], where: str = "results.jsonl") -> dict[str, TrialState]:
+def trial_states(events: Iterable[tuple[int, Mapping[str, Any]]], where: str = LEDGER_FILE) -> dict[str, TrialState]:
     """Every trial the events mention, with its status and results (module docstring rules).
 
     Raises:
@@ -315,6 +319,66 @@ def trial_states(events: Iterable[tuple[int, Mapping[str, Any]]], where: str = "
         if st._result_seq > st._status_seq:  # no status line, or results after it: retried
             st.status, st.reason = RUNNING, None
     return states
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """How many trials are in each state: every reader's count (:func:`trial_counts`).
+
+    ``pending`` is the planned trials the ledger and Tune have not started (0 when the
+    plan is unknown).
+    """
+
+    completed: int = 0
+    stopped: int = 0
+    errored: int = 0
+    running: int = 0
+    pending: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.completed + self.stopped + self.errored
+
+    @property
+    def total(self) -> int:
+        return self.finished + self.running + self.pending
+
+    def to_dict(self) -> dict[str, int]:
+        return {s: getattr(self, s) for s in TRIAL_COUNT_STATES}
+
+    def describe(self) -> str:
+        """``9 trials: 7 completed, 1 stopped, 1 errored`` (states with none left out)."""
+        parts = [f"{n} {s}" for s, n in self.to_dict().items() if n]
+        return f"{self.total} trial{'s' if self.total != 1 else ''}" + (": " + ", ".join(parts) if parts else "")
+
+
+#: The states :class:`TrialCounts` counts, in order.
+TRIAL_COUNT_STATES = ("completed", "stopped", "errored", "running", "pending")
+
+
+def trial_counts(statuses: Mapping[str, str], planned: int | None = None,
+                 live: Iterable[str] = ()) -> TrialCounts:
+    """Trial counts from each trial's status (``trial_id -> status``, as :func:`trial_states`
+    gives them: a trial that errored before its first result has a status line, so it counts).
+
+    Args:
+        statuses: The ledger's statuses (``running`` or a finished one).
+        planned: Trials the search will run; the ones not seen are ``pending``.
+        live: Trials Tune runs now that the ledger has no line of yet: counted as running.
+    """
+    counts = dict.fromkeys(TRIAL_COUNT_STATES, 0)
+    for status in statuses.values():
+        counts[status if status in FINISHED_STATUSES else RUNNING] += 1
+    counts[RUNNING] += len(set(live) - set(statuses))
+    if planned is not None:
+        counts["pending"] = max(0, planned - sum(counts.values()))
+    return TrialCounts(**counts)
+
+
+def ledger_counts(states: Mapping[str, TrialState], planned: int | None = None,
+                  live: Iterable[str] = ()) -> TrialCounts:
+    """:func:`trial_counts` of what :func:`trial_states` read."""
+    return trial_counts({t: st.status for t, st in states.items()}, planned, live)
 
 
 def _number(value: Any) -> float:

@@ -38,18 +38,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TABLES = ("trials", "final", "fronts", "methods")
+from reports.layout import REPORT_DIR, REPORT_TABLES, UMASK
+
+TABLES = REPORT_TABLES
 #: Tables every report has (``methods`` came with format 2).
 CORE_TABLES = ("trials", "final", "fronts")
 FORMAT_VERSION = 2
 META_PREFIX = "prunefront."
 META_KEYS = ("config", "versions", "dense", "experiment", "report")
 
-# Files made by mkstemp are private (0600); give renamed report files the mode an
-# ordinary open() would, so other users of a shared results directory can read
-# them. Read once, at import, because os.umask can only be read by setting it.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+# Files made by mkstemp are private (0600): staged report files get the mode an ordinary
+# open() would (reports.layout reads the umask once).
+_UMASK = UMASK
 
 
 class AtomicFiles:
@@ -212,13 +212,13 @@ def resolve_report_dir(path: str | Path) -> Path:
         ValueError: neither ``path`` nor ``path/report`` holds a report.
     """
     p = Path(path)
-    for candidate in (p, p / "report"):
+    for candidate in (p, p / REPORT_DIR):
         if all((candidate / f"{t}.parquet").is_file() for t in CORE_TABLES):
             return candidate
     if not p.exists():
         raise ValueError(f"{p}: no such directory")
     raise ValueError(
-        f"{p} holds no report (trials/final/fronts.parquet), nor does {p / 'report'}; "
+        f"{p} holds no report (trials/final/fronts.parquet), nor does {p / REPORT_DIR}; "
         "build one with: python -m reports build EXPERIMENT_DIR"
     )
 

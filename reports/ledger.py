@@ -25,6 +25,7 @@ from reports.contract import (
     read_events,
     trial_states,
 )
+from reports.layout import EXPERIMENT_FILE, Layout, model_dir_name
 
 # Columns the reports add themselves; a config key by one of these names would be
 # ambiguous, so it is rejected like a config key that shadows a metric.
@@ -90,7 +91,7 @@ class Experiment:
 def is_experiment_dir(path: str | Path) -> bool:
     """True when ``path`` holds an ``experiment.json`` or a ``results.jsonl``."""
     p = Path(path)
-    return (p / "experiment.json").is_file() or (p / LEDGER_FILE).is_file()
+    return Layout(p).is_experiment()
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -115,7 +116,7 @@ def read_dense(path: str | Path) -> dict[str, Any] | None:
     Raises:
         LedgerError: the file is damaged or a metric is out of range (file and key named).
     """
-    dense_path = Path(path) / "dense" / "metrics.json"
+    dense_path = Layout(path).dense_metrics
     if not dense_path.is_file():
         return None
     dense = _read_json(dense_path)
@@ -194,13 +195,14 @@ def read_experiment(path: str | Path) -> Experiment:
         raise ValueError(f"{root}: no such directory")
     if not is_experiment_dir(root):
         raise ValueError(
-            f"{root} is not an experiment directory (it has neither experiment.json "
+            f"{root} is not an experiment directory (it has neither {EXPERIMENT_FILE} "
             f"nor {LEDGER_FILE})"
         )
-    info = _read_json(root / "experiment.json") if (root / "experiment.json").is_file() else {}
+    layout = Layout(root)
+    info = _read_json(layout.experiment) if layout.experiment.is_file() else {}
     dense = read_dense(root)
 
-    ledger = root / LEDGER_FILE
+    ledger = layout.ledger
     states = trial_states(read_events(ledger), where=str(ledger))
     records: list[dict[str, Any]] = []
     config_keys: dict[str, None] = {}
@@ -212,7 +214,7 @@ def read_experiment(path: str | Path) -> Experiment:
             config_keys.update(dict.fromkeys(config))
     records.sort(key=lambda r: r["_seq"])
     results = records_frame(records) if records else records_frame([], ["trial_id", "epoch", "_seq"])
-    model_dirs = {t: f"models/{t}" for t in sorted(states) if (root / "models" / t).is_dir()}
+    model_dirs = {t: model_dir_name(t) for t in sorted(states) if layout.model_dir(t).is_dir()}
     return Experiment(
         path=root, info=info, dense=dense, trials=states, results=results,
         config_columns=tuple(config_keys), model_dirs=model_dirs,

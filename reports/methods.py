@@ -19,7 +19,7 @@ from reports.contract import FINISHED_STATUSES, REFERENCE_STATUS, SELECTION_METR
 #: Compression levels (dense cost / trial cost) the table reports.
 LEVELS: tuple[float, ...] = (1.5, 2.0, 4.0, 8.0, 16.0)
 COLUMNS = ["cost", "level", "method", "criterion", "granularity", "schedule", "n_trials",
-           "trial_id", "compression", "val_accuracy", "test_accuracy"]
+           "trial_id", "compression", SELECTION_METRIC, "test_accuracy"]
 
 
 def methods_table(final: pd.DataFrame, costs: Mapping[str, str]) -> pd.DataFrame:
@@ -58,14 +58,14 @@ def methods_table(final: pd.DataFrame, costs: Mapping[str, str]) -> pd.DataFrame
                     "criterion": best.get("criterion"), "granularity": best.get("granularity"),
                     "schedule": best.get("schedule"), "n_trials": len(group),
                     "trial_id": best["trial_id"], "compression": float(best["compression"]),
-                    "val_accuracy": float(best["val_accuracy"]),
+                    SELECTION_METRIC: float(best[SELECTION_METRIC]),
                     "test_accuracy": float(best["test_accuracy"]) if pd.notna(best.get("test_accuracy")) else np.nan,
                 })
     out = pd.DataFrame(rows, columns=COLUMNS)
     for c in ("cost", "method", "criterion", "granularity", "schedule", "trial_id"):
         out[c] = out[c].astype("string")
     out["n_trials"] = out["n_trials"].astype("Int64")
-    for c in ("level", "compression", "val_accuracy", "test_accuracy"):
+    for c in ("level", "compression", SELECTION_METRIC, "test_accuracy"):
         out[c] = out[c].astype("float64")
     return out
 
@@ -76,5 +76,5 @@ def method_matrix(methods: pd.DataFrame, cost: str) -> pd.DataFrame:
     levels = sorted(part["level"].unique())
     out = pd.DataFrame(index=sorted(part["method"].unique()), columns=levels, dtype=object)
     for _, r in part.iterrows():
-        out.at[r["method"], r["level"]] = (r["val_accuracy"], r["test_accuracy"], r["trial_id"])
+        out.at[r["method"], r["level"]] = (r[SELECTION_METRIC], r["test_accuracy"], r["trial_id"])
     return out

@@ -19,9 +19,8 @@ from typing import Any
 import pandas as pd
 
 from reports.contract import CONFIG_ORDER, FINISHED_STATUSES, REFERENCE_STATUS, SELECTION_METRIC
+from reports.layout import DENSE_DIR, METRICS_FILE, MODEL_FILE
 from reports.units import COST_LABELS, format_cost
-
-MODEL_FILE = "model.pt2"
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ def pick(
     ref = final[final["status"] == REFERENCE_STATUS]
     dense = ref.iloc[0] if len(ref) else None
     if max_drop is not None and dense is None:
-        raise ValueError("--max-drop needs the dense model's accuracy, and dense/metrics.json is missing")
+        raise ValueError(f"--max-drop needs the dense model's accuracy, and {DENSE_DIR}/{METRICS_FILE} is missing")
     cand = final[final["status"].isin(FINISHED_STATUSES) & final["model_dir"].notna()]
     cand = cand[pd.to_numeric(cand[SELECTION_METRIC], errors="coerce").notna()]
     if cand.empty:

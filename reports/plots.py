@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from reports.contract import REFERENCE_STATUS, SELECTION_METRIC
+from reports.layout import DENSE_DIR, MODEL_FILE
 from reports.units import COST_LABELS, format_cost, front_title
 
-OBJECTIVE = SELECTION_METRIC
 GRANULARITY_MARKERS = {"unstructured": "o", "structured": "s"}
 
 
@@ -105,8 +105,8 @@ def fronts_figure(fronts: pd.DataFrame, title: str | None = None, costs: Mapping
         pts = part[(part["status"] != REFERENCE_STATUS) & part["pareto_rank"].notna()]
         scale, unit = axis_scale(cost, [float(v) for v in part[cost].dropna()])
         xs: list[float] = []
-        if len(ref) and pd.notna(ref[cost].iloc[0]) and pd.notna(ref[OBJECTIVE].iloc[0]):
-            rx, ry = float(ref[cost].iloc[0]) / scale, float(ref[OBJECTIVE].iloc[0])
+        if len(ref) and pd.notna(ref[cost].iloc[0]) and pd.notna(ref[SELECTION_METRIC].iloc[0]):
+            rx, ry = float(ref[cost].iloc[0]) / scale, float(ref[SELECTION_METRIC].iloc[0])
             ax.scatter([rx], [ry], marker="*", s=260, facecolors="none", edgecolors="black",
                        linewidths=1.3, zorder=2, gid=point_id(front, "dense"))
             ax.annotate("dense", (rx, ry), textcoords="offset points", xytext=(-10, 8), ha="right",
@@ -114,7 +114,7 @@ def fronts_figure(fronts: pd.DataFrame, title: str | None = None, costs: Mapping
             xs.append(rx)
         on_front = (pts["pareto_rank"] == 1).to_numpy(dtype=bool)
         x = pts[cost].to_numpy(dtype=float) / scale
-        y = pts[OBJECTIVE].to_numpy(dtype=float)
+        y = pts[SELECTION_METRIC].to_numpy(dtype=float)
         for i, (_, r) in enumerate(pts.iterrows()):
             member = bool(on_front[i])
             ax.scatter(
@@ -129,7 +129,7 @@ def fronts_figure(fronts: pd.DataFrame, title: str | None = None, costs: Mapping
         # The staircase of the front, the dense point included when it is on it.
         stair = [(float(a), float(b)) for a, b in zip(x[on_front], y[on_front])]
         if len(ref) and (ref["pareto_rank"] == 1).any() and xs:
-            stair.append((float(ref[cost].iloc[0]) / scale, float(ref[OBJECTIVE].iloc[0])))
+            stair.append((float(ref[cost].iloc[0]) / scale, float(ref[SELECTION_METRIC].iloc[0])))
         if stair:
             sx, sy = zip(*sorted(stair))
             ax.step(sx, sy, where="post", color="0.25", linewidth=1.0, zorder=1)
@@ -199,9 +199,9 @@ def point_info(fronts: pd.DataFrame, costs: Mapping[str, str], experiment_dir: s
             tid = "dense" if ref else str(r["trial_id"])
             model = None
             if ref:
-                model = "dense/model.pt2"
+                model = f"{DENSE_DIR}/{MODEL_FILE}"
             elif isinstance(r.get("model_dir"), str):
-                model = f"{r['model_dir']}/model.pt2"
+                model = f"{r['model_dir']}/{MODEL_FILE}"
             if model and experiment_dir:
                 model = f"{experiment_dir.rstrip('/')}/{model}"
             info[point_id(front, tid)] = {
@@ -255,7 +255,7 @@ def _table_html(df: pd.DataFrame, columns: list[str], cost: str, box: float) -> 
                 text = "knee" if bool(v) else ""
             elif c == "hv_contribution":
                 text = f"{100.0 * v / box:.2f}" if box > 0 and pd.notna(v) else "-"
-            elif c in (OBJECTIVE, "test_accuracy"):
+            elif c in (SELECTION_METRIC, "test_accuracy"):
                 text = _cell(v, ".4f")
             elif isinstance(v, float):
                 text = _cell(v, ".4g")
@@ -343,7 +343,7 @@ def html_page(
                 "hv % is the part of that box only that trial adds."
             ) + "</p>"
         )
-        cols = [c for c in ("trial_id", "method", "scope", "amount", "epoch", OBJECTIVE, "test_accuracy",
+        cols = [c for c in ("trial_id", "method", "scope", "amount", "epoch", SELECTION_METRIC, "test_accuracy",
                             cost, "sparsity", "speedup", "hv_contribution", "is_knee", "model_dir")
                 if c in shown.columns]
         box = (1.0 - ref[0]) * ref[1] if ref[1] is not None else float("nan")

@@ -40,7 +40,9 @@ from reports.contract import (
     REFERENCE_STATUS,
     SELECTION_METRIC,
     kept_epoch,
+    ledger_counts,
 )
+from reports.layout import EXPERIMENT_FILE, DENSE_DIR, METRICS_FILE
 from reports.ledger import Experiment, is_missing, records_frame
 
 #: The fronts a report builds when the config names none (``report.fronts``): front name
@@ -51,7 +53,6 @@ DEFAULT_FRONTS: dict[str, str] = {
     "accuracy_size": "size_bytes",
 }
 _FRONT_NAMES = {"size_bytes": "accuracy_size", "latency_ms": "accuracy_latency"}
-OBJECTIVE = SELECTION_METRIC
 DIRECTIONS = ("max", "min")
 
 
@@ -67,7 +68,7 @@ def fronts_for(config: Mapping[str, Any] | None) -> dict[str, str]:
     listed = (config.get("report") or {}).get("fronts") if isinstance(config.get("report"), Mapping) else None
     if listed:
         if not isinstance(listed, list) or any(not isinstance(c, str) or c not in COST_METRICS for c in listed):
-            raise ValueError(f"experiment.json: report.fronts is {listed!r}; expected a list of costs from: "
+            raise ValueError(f"{EXPERIMENT_FILE}: report.fronts is {listed!r}; expected a list of costs from: "
                              f"{', '.join(COST_METRICS)}")
         return {front_name(c): c for c in listed}
     fronts = dict(DEFAULT_FRONTS)
@@ -134,6 +135,8 @@ class ReportTables:
     versions: dict[str, Any] = field(default_factory=dict)
     dense: dict[str, Any] | None = None
     experiment: dict[str, Any] = field(default_factory=dict)
+    #: Trials per state (``contract.ledger_counts``): trials without a result row included.
+    trial_counts: dict[str, int] = field(default_factory=dict)
 
 
 def normalize_column(values: pd.Series) -> pd.Series:
@@ -332,20 +335,20 @@ def default_reference(dense: dict[str, Any] | None, cost: str) -> tuple[float, f
     """The default hypervolume reference: accuracy 0 and the dense model's cost."""
     if dense is None:
         raise ValueError(
-            f"no hypervolume reference for {cost!r}: the dense baseline (dense/metrics.json) "
+            f"no hypervolume reference for {cost!r}: the dense baseline ({DENSE_DIR}/{METRICS_FILE}) "
             f"is not written yet; build the report once it is, or pass reference={{{cost!r}: value}}"
         )
     value = dense.get(cost)
     if not _is_number(value) or not math.isfinite(float(value)) or float(value) <= 0:
         raise ValueError(
-            f"no hypervolume reference for {cost!r}: dense/metrics.json has {cost!r} = {value!r}, "
+            f"no hypervolume reference for {cost!r}: {DENSE_DIR}/{METRICS_FILE} has {cost!r} = {value!r}, "
             f"not a positive number; pass reference={{{cost!r}: value}}"
         )
     return (0.0, float(value))
 
 
 def _points(df: pd.DataFrame, cost: str) -> tuple[np.ndarray, np.ndarray]:
-    acc = df[OBJECTIVE].to_numpy(dtype=float, na_value=np.nan) if OBJECTIVE in df else np.full(len(df), np.nan)
+    acc = df[SELECTION_METRIC].to_numpy(dtype=float, na_value=np.nan) if SELECTION_METRIC in df else np.full(len(df), np.nan)
     cst = df[cost].to_numpy(dtype=float, na_value=np.nan) if cost in df else np.full(len(df), np.nan)
     ok = np.isfinite(acc) & np.isfinite(cst)
     return np.column_stack([acc, cst]), ok
@@ -483,4 +486,5 @@ def build_tables(
         versions=exp.versions,
         dense=exp.dense,
         experiment=exp.info,
+        trial_counts=ledger_counts(exp.trials).to_dict(),
     )

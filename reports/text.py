@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from reports.compare import FrontComparison
-from reports.contract import FINISHED_STATUSES, REFERENCE_STATUS, RUNNING
+from reports.contract import REFERENCE_STATUS, TRIAL_COUNT_STATES, TrialCounts, trial_counts
 from reports.methods import method_matrix
 from reports.units import COST_HEADERS, COST_LABELS, format_cost, front_title
 
@@ -39,13 +39,15 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: se
     return [line(header)] + [line(r) for r in rows]
 
 
-def status_counts(trials: pd.DataFrame) -> str:
-    """``12 trials: 7 completed, 3 stopped, 1 errored, 1 running``."""
+def status_counts(trials: pd.DataFrame, metadata: dict[str, Any] | None = None) -> str:
+    """``12 trials: 7 completed, 3 stopped, 1 errored, 1 running``: the counts the report was
+    built with (``report.trial_counts``, from the ledger: trials that errored before their
+    first result included); a report without them is counted from its trial rows."""
+    recorded = ((metadata or {}).get("report") or {}).get("trial_counts")
+    if isinstance(recorded, dict):
+        return TrialCounts(**{s: int(recorded.get(s, 0)) for s in TRIAL_COUNT_STATES}).describe()
     per_trial = trials[trials["status"] != REFERENCE_STATUS].drop_duplicates("trial_id")
-    counts = per_trial["status"].value_counts()
-    parts = [f"{int(counts[s])} {s}" for s in (*FINISHED_STATUSES, RUNNING) if s in counts]
-    total = len(per_trial)
-    return f"{total} trial{'s' if total != 1 else ''}" + (": " + ", ".join(parts) if parts else "")
+    return trial_counts(dict(zip(per_trial["trial_id"], per_trial["status"], strict=True))).describe()
 
 
 def _costs(metadata: dict[str, Any], fronts: pd.DataFrame) -> dict[str, str]:
@@ -71,7 +73,7 @@ def format_show(frames: dict[str, pd.DataFrame], metadata: dict[str, Any], title
     summaries = metadata.get("report", {}).get("fronts", {})
     costs = _costs(metadata, fronts)
     lines = [
-        f"{title}  ({status_counts(frames['trials'])})",
+        f"{title}  ({status_counts(frames['trials'], metadata)})",
         "val: validation accuracy (every decision uses it); test: the kept model on the test split.",
         "The dense model competes: a trial it dominates is not on a front. hv: hypervolume as a",
         "share of the box from the ideal (accuracy 1, cost 0) to the reference point; hv%: the",

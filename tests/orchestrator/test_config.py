@@ -485,9 +485,12 @@ def test_a_schedule_the_config_accepts_reaches_its_target_before_training_ends(n
 
 
 def test_an_unused_schedule_need_not_fit():
-    # iterative's defaults (3 rounds every 0.5 epochs) do not fit in 1 epoch, but the space
-    # never samples iterative.
-    cfg = make(search={"epochs": 1, "space": {"schedule": ["one_shot"]}})
+    # 3 rounds every 0.5 epochs prune last at epoch 1.0: that does not fit in 1 epoch ...
+    params = {"iterative": {"rounds": 3, "interval_epochs": 0.5}}
+    with pytest.raises(ConfigError, match=r"schedule_params\.iterative: its last round"):
+        make(search={"epochs": 1, "space": {"schedule": ["iterative"]}, "schedule_params": params})
+    # ... but a space that never samples iterative is not held to it.
+    cfg = make(search={"epochs": 1, "space": {"schedule": ["one_shot"]}, "schedule_params": params})
     assert cfg.search.max_epochs == 1
 
 

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from orchestrator.ledger import LedgerCallback, LedgerWriter, finished_trials, status_summary
+from reports.contract import TrialCounts
 from reports import contract
 from reports.ledger import read_experiment
 
@@ -126,13 +127,13 @@ def test_a_complete_last_line_without_newline_is_completed_not_cut(tmp_path: Pat
     first._status(trial("b"), "completed", "")  # the last line, which loses its newline
     ledger = tmp_path / "results.jsonl"
     ledger.write_bytes(ledger.read_bytes().rstrip(b"\n"))
-    assert status_summary(ledger) == {"completed": 2, "stopped": 2, "errored": 0, "running": 0}
+    assert status_summary(ledger) == TrialCounts(completed=2, stopped=2)
 
     again = LedgerCallback(tmp_path, max_epochs=1)
     again.setup()
     assert again.skip == {"a", "b", "c", "d"}
     again.on_trial_result(0, [], trial("e"), result(1))  # the first append repairs the tail
-    assert status_summary(ledger) == {"completed": 2, "stopped": 2, "errored": 0, "running": 1}
+    assert status_summary(ledger) == TrialCounts(completed=2, stopped=2, running=1)
     assert ledger.read_bytes().count(b"\n") == len(read_events(ledger))  # every line whole
 
 

@@ -48,7 +48,7 @@ def _params(m: nn.Module) -> int:
 
 
 def test_registry_lists_every_method_of_the_spec():
-    assert pruners.list_criteria() == [
+    assert set(pruners.list_criteria()) >= {
         "adaptive_attention",
         "attention",
         "gradient",
@@ -60,7 +60,7 @@ def test_registry_lists_every_method_of_the_spec():
         "sensitivity",
         "slimming",
         "taylor",
-    ]
+    }
 
 
 def test_granularities_say_which_are_structured_only():

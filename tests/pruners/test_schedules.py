@@ -8,8 +8,26 @@ import pruners
 from pruners.schedules import Dynamic, Gradual, Iterative, OneShot
 
 
-def test_registry_names():
-    assert pruners.list_schedules() == ["dynamic", "gradual", "iterative", "one_shot"]
+def test_the_registry_holds_the_specified_schedules():
+    assert {"dynamic", "gradual", "iterative", "one_shot"} <= set(pruners.list_schedules())
+
+
+@pytest.mark.parametrize("name", pruners.list_schedules())
+def test_every_schedule_keeps_the_schedule_contract(name):
+    """Built from its declared defaults, any registered schedule reaches its target by its
+    last update step and stays there, never lowers the sparsity, and lists exactly the
+    steps it says are update steps (what Pruner and the epoch checks rely on)."""
+    steps_per_epoch, epochs, target = 10, 3, 0.6
+    sched = pruners.schedules.schedule_from_epochs(name, {}, target=target, steps_per_epoch=steps_per_epoch,
+                                                   epochs=epochs)
+    horizon = steps_per_epoch * epochs
+    updates = sched.update_steps()
+    # (the last update may sit at the horizon itself: dynamic's end_step "to the end")
+    assert updates and updates == [t for t in range(horizon + 1) if sched.is_update_step(t)], name
+    values = [sched.sparsity_at(t) for t in range(horizon + 5)]
+    assert all(b >= a - 1e-12 for a, b in zip(values, values[1:])), name
+    assert values[updates[-1]] == pytest.approx(target) and values[-1] == pytest.approx(target), name
+    assert 0 <= values[0] <= target
 
 
 def test_one_shot():

@@ -15,9 +15,24 @@ def idx(mask: torch.Tensor) -> list[int]:
     return mask.nonzero().flatten().tolist()
 
 
-def test_names():
-    assert pruners.list_threshold_rules() == ["absolute", "flops_cut", "fraction", "mean_std", "params_cut",
-                                              "sensitivity"]
+def test_the_registry_holds_the_specified_rules():
+    assert {"absolute", "flops_cut", "fraction", "mean_std", "params_cut", "sensitivity"} <= set(
+        pruners.list_threshold_rules())
+
+
+SCORE_RULES = [n for n in pruners.list_threshold_rules() if pruners.thresholds.get_threshold_rule(n).kind == "score"]
+
+
+@pytest.mark.parametrize("name", SCORE_RULES)
+def test_every_score_rule_keeps_the_rule_contract(name):
+    """Any registered score rule: a boolean mask of the scores' shape, the same on the same
+    scores, and it never removes a unit while keeping a lower-scoring one (ties aside)."""
+    value = 0.3
+    mask = select(S, name, value)
+    assert mask.dtype == torch.bool and mask.shape == S.shape
+    assert torch.equal(mask, select(S.clone(), name, value))
+    if mask.any() and (~mask).any():
+        assert S[mask].max() <= S[~mask].min()
 
 
 def test_fraction_removes_lowest_rounded_count():
@@ -42,10 +57,11 @@ def test_absolute_strictly_below():
 
 
 def test_mean_std():
-    # mean 0.375, population std sqrt(0.0753125...) ; mean - 1*std = 0.1006...
-    s = torch.tensor([0.5, 0.1, 0.4, 0.3, 0.2, 0.0, 0.9, 0.6], dtype=torch.float64)
-    thr = s.mean() - s.std(unbiased=False)
-    assert 0.1 < thr < 0.11
+    # Scores 1, 1, 3, 3: mean 2, population std exactly 1 (the sample std would be 1.155).
+    s = torch.tensor([3.0, 1.0, 3.0, 1.0], dtype=torch.float64)
+    assert idx(select(s, "mean_std", 0.9)) == [1, 3]  # below 2 - 0.9 = 1.1 (sample std: 0.96, none)
+    assert idx(select(s, "mean_std", 1.0)) == []  # 1 is not strictly below 2 - 1 = 1
+    assert idx(select(s, "mean_std", -1.5)) == [0, 1, 2, 3]  # below 3.5: every unit
     assert idx(select(S, "mean_std", 1.0)) == [1, 5]
     assert idx(select(S, "mean_std", 0.0)) == [1, 3, 4, 5]  # strictly below the mean 0.375
 

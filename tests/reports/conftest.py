@@ -23,7 +23,7 @@ def experiment_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_experiment(tmp_path: Path):
-    def make(name: str = "exp", dense: dict | None = DENSE) -> ExperimentWriter:
-        return ExperimentWriter(tmp_path / name, name=name, dense=dense)
+    def make(name: str = "exp", dense: dict | None = DENSE, **sections) -> ExperimentWriter:
+        return ExperimentWriter(tmp_path / name, name=name, dense=dense, **sections)
 
     return make

@@ -30,20 +30,27 @@ DENSE = {
 }
 
 
-class ExperimentWriter:
-    """Writes an experiment directory line by line, like the orchestrator's callbacks."""
+def search_config(name: str, **sections: Any) -> dict[str, Any]:
+    """A config as experiment.json records it: one the schema accepts (``SearchConfig``),
+    so the report reads what a search can write (``report.fronts``, cost objectives)."""
+    from orchestrator.config import SearchConfig
 
-    def __init__(self, root: Path, name: str = "digits-mlp", dense: dict | None = DENSE) -> None:
+    return SearchConfig.from_dict({"name": name, **sections}).to_dict()
+
+
+class ExperimentWriter:
+    """Writes an experiment directory line by line, like the orchestrator's callbacks.
+
+    ``sections`` are config sections (``scheduler``, ``report``, ...) over the defaults.
+    """
+
+    def __init__(self, root: Path, name: str = "digits-mlp", dense: dict | None = DENSE, **sections: Any) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        sections.setdefault("scheduler", {"name": "asha"})
         info = {
             "name": name,
-            "config": {
-                "name": name,
-                "dataset": {"name": "digits"},
-                "model": {"name": "mlp", "hidden": [128, 64]},
-                "search": {"num_samples": 12, "scheduler": "asha", "max_epochs": 3},
-            },
+            "config": search_config(name, **sections),
             "versions": {"python": "3.11.9", "torch": "2.14.1", "ray": "2.60.0",
                          "torch_pruning": "1.6.1"},
             "started_at": "2026-11-22T07:50:00+00:00",
@@ -158,11 +165,12 @@ TRIALS = [
 ]
 
 
-def write_fixture_experiment(root: Path) -> ExperimentWriter:
+def write_fixture_experiment(root: Path, **sections: Any) -> ExperimentWriter:
     """The standard fixture: 9 trials, 6 finished with results (3 completed-with-best
     at the last epoch or not, 2 stopped, 1 errored), 1 running, 1 errored before any
-    result, and a re-reported epoch after a resume."""
-    w = ExperimentWriter(root)
+    result, and a re-reported epoch after a resume. ``sections``: config sections (as
+    :class:`ExperimentWriter`)."""
+    w = ExperimentWriter(root, **sections)
     for trial_id, config, rows, status, reason in TRIALS:
         for epoch, row in enumerate(rows, start=1):
             w.result(trial_id, config, epoch, **row)

@@ -64,7 +64,8 @@ def test_cli_show_prints_each_front(experiment_dir):
     proc = _run("show", str(experiment_dir))
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "8 trials: 4 completed, 2 stopped, 1 errored, 1 running" in out
+    # a1b2c_00008 errored before its first result: it counts, as in the search's last line
+    assert "9 trials: 4 completed, 2 stopped, 2 errored, 1 running" in out
     lines = out.splitlines()
     assert max(len(line) for line in lines) <= 100
     flops = lines[lines.index(next(ln for ln in lines if ln.startswith("validation accuracy vs FLOPs"))):]

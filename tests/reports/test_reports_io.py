@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,7 @@ def test_parquet_round_trip_with_pandas_and_pyarrow_dataset(experiment_dir):
         assert via_dataset.schema.equals(pq.read_schema(path), check_metadata=True)
         pd.testing.assert_frame_equal(via_dataset.to_pandas(), expected)
         meta = rio.parquet_metadata(path)
-        assert meta["config"]["search"]["scheduler"] == "asha"
+        assert meta["config"]["scheduler"]["name"] == "asha"
         assert meta["versions"]["torch"] == "2.14.1"
         assert meta["dense"] == DENSE
         assert meta["experiment"]["started_at"] == "2026-11-22T07:50:00+00:00"
@@ -179,6 +180,15 @@ def test_process_killed_mid_write_leaves_the_old_report_readable(experiment_dir)
 
 
 def test_written_files_are_readable_by_others(experiment_dir):
+    """Report files (and layout.write_json's) get the mode a plain open() gives, not
+    mkstemp's private 0600: others sharing a results directory can read them."""
+    from reports.layout import write_json
+
+    plain = experiment_dir / "plain.txt"
+    plain.write_text("x")
+    expected = os.stat(plain).st_mode & 0o777  # what open() gives under this process's umask
+    assert expected != stat.S_IRUSR | stat.S_IWUSR, "the umask hides the difference; run with umask 022"
     reports.build_report(experiment_dir, plots=False)
-    mode = os.stat(experiment_dir / "report" / "final.parquet").st_mode & 0o777
-    assert mode == 0o666 & ~rio._UMASK
+    written = [experiment_dir / "report" / "final.parquet", write_json(experiment_dir / "x.json", {"a": 1})]
+    for path in written:
+        assert os.stat(path).st_mode & 0o777 == expected, path

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from reports_fixtures import DENSE, cfg, metrics
+from reports_fixtures import DENSE, cfg, metrics, write_fixture_experiment
 
 from reports.ledger import read_experiment
 from reports.tables import build_tables
@@ -211,3 +211,35 @@ def test_non_numeric_metric_is_named(make_experiment):
     w.result("t1", cfg("taylor", "structured", 0.5, "one_shot"), 1, **row)
     with pytest.raises(ValueError, match=r"results.jsonl:1: 'val_accuracy' is 'high'; expected a number in \[0, 1\]"):
         build_tables(read_experiment(w.root))
+
+
+def _front_trials(tables, front):
+    return set(tables.fronts.loc[tables.fronts["front"] == front, "trial_id"])
+
+
+FINISHED_WITH_RESULTS = {"dense", "a1b2c_00000", "a1b2c_00001", "a1b2c_00002", "a1b2c_00003", "a1b2c_00004",
+                         "a1b2c_00005", "a1b2c_00006"}
+
+
+def test_report_fronts_chooses_the_fronts(tmp_path):
+    """A config's ``report.fronts`` (as the schema writes it) replaces the default fronts."""
+    root = tmp_path / "exp"
+    write_fixture_experiment(root, report={"fronts": ["size_bytes", "params_nonzero"]})
+    tables = build_tables(read_experiment(root))
+    assert tables.front_costs == {"accuracy_size": "size_bytes", "accuracy_params_nonzero": "params_nonzero"}
+    assert tables.fronts["front"].unique().tolist() == ["accuracy_size", "accuracy_params_nonzero"]
+    assert _front_trials(tables, "accuracy_params_nonzero") == FINISHED_WITH_RESULTS
+    # params_nonzero: the structured 75% trial (1198) is the cheapest; nothing beats it there.
+    front = tables.fronts[tables.fronts["front"] == "accuracy_params_nonzero"].set_index("trial_id")
+    assert front.at["a1b2c_00004", "pareto_rank"] == 1 and front.at["dense", "pareto_rank"] == 1
+
+
+def test_a_cost_objective_of_the_scheduler_adds_its_front(tmp_path):
+    """Without ``report.fronts``: the default fronts plus each cost the scheduler minimised."""
+    root = tmp_path / "exp"
+    write_fixture_experiment(root, scheduler={"name": "moasha",
+                                              "objectives": {"val_accuracy": "max", "params_nonzero": "min"}})
+    tables = build_tables(read_experiment(root))
+    assert tables.front_costs == {"accuracy_flops": "flops", "accuracy_flops_sparse": "flops_sparse",
+                                  "accuracy_size": "size_bytes", "accuracy_params_nonzero": "params_nonzero"}
+    assert _front_trials(tables, "accuracy_params_nonzero") == FINISHED_WITH_RESULTS
