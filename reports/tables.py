@@ -39,7 +39,7 @@ from reports.contract import (
     REFERENCE_ID,
     REFERENCE_STATUS,
     SELECTION_METRIC,
-    kept_epoch,
+    KeptEpoch,
 )
 from reports.ledger import Experiment, is_missing, records_frame
 
@@ -141,6 +141,9 @@ def normalize_column(values: pd.Series) -> pd.Series:
     ``string``; anything else (lists, dicts, mixed kinds) -> JSON text. Missing
     values stay missing.
     """
+    fast = _normalize_fast(values)
+    if fast is not None:
+        return fast
     present = [v for v in values if not is_missing(v)]
     if not present:
         return pd.Series([np.nan] * len(values), index=values.index, dtype="float64")
@@ -173,6 +176,30 @@ def normalize_column(values: pd.Series) -> pd.Series:
         index=values.index,
         dtype="string",
     )
+
+
+def _normalize_fast(values: pd.Series) -> pd.Series | None:
+    """:func:`normalize_column` for the common columns of one plain kind, without a Python
+    loop; None for anything else (the general path decides). ``infer_dtype`` names the
+    kinds of the present values (None and NaN skipped, as :func:`reports.ledger.is_missing`
+    skips them); a kind it reports as "integer" or "boolean" holds nothing else."""
+    if values.dtype != object:
+        return None
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    try:
+        if kind == "empty" and values.map(is_missing, na_action=None).all():
+            return pd.Series([np.nan] * len(values), index=values.index, dtype="float64")
+        if kind == "boolean":
+            return values.astype("boolean")
+        if kind == "integer":
+            return values.astype("Int64")
+        if kind in ("floating", "mixed-integer-float"):
+            return values.astype("float64")
+        if kind == "string":
+            return values.astype("string")
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return None
 
 
 def _order_columns(
@@ -263,12 +290,57 @@ def trials_table(exp: Experiment) -> pd.DataFrame:
         res = res.assign(status=res["trial_id"].map(status))
         res = res.sort_values(["trial_id", "epoch"], kind="stable")
     ref = _reference_row(exp.dense)
-    records = records_frame(
-        ([ref] if ref else []) + res.to_dict("records"),
-        list(dict.fromkeys(["trial_id", "status", "epoch", *res.columns, *(ref or {})])),
-    )
-    out = _finalize(records)
+    columns = list(dict.fromkeys(["trial_id", "status", "epoch", *res.columns, *(ref or {})]))
+    out = _finalize(_object_frame([ref] if ref else [], res, columns))
     return _order_columns(out, ["trial_id", "status", "epoch"], config_cols, [])
+
+
+def _object_frame(head: list[dict[str, Any]], body: pd.DataFrame, columns: list[str],
+                  extra: Mapping[str, list[Any]] | None = None) -> pd.DataFrame:
+    """``records_frame(head + body's rows, columns)`` without turning each row into a dict:
+    object columns, None where a record lacks a key. ``extra`` gives whole columns for
+    the body's rows (the head's are None)."""
+    extra = extra or {}
+    n = len(body)
+    data = {}
+    for c in columns:
+        top = _objects([r.get(c) for r in head])
+        if c in extra:
+            rest = _objects(extra[c])
+        elif c in body.columns:
+            rest = body[c].to_numpy(dtype=object)
+        else:
+            rest = np.full(n, None, dtype=object)
+        data[c] = pd.Series(np.concatenate([top, rest]), dtype=object)
+    return pd.DataFrame(data, columns=columns)
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    """A 1-D object array of ``values`` (lists stay elements, unlike ``np.array``)."""
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
+
+
+def _kept_positions(done: pd.DataFrame) -> list[int]:
+    """Row positions of each trial's kept epoch in ``done`` (sorted by trial and epoch),
+    by ``reports.contract.KeptEpoch`` (the rule the trial applied when it saved its model)."""
+    tids = done["trial_id"].to_numpy(dtype=object)
+    sparsity = done["sparsity"].to_numpy(dtype=float, na_value=np.nan) if "sparsity" in done else np.full(len(done), np.nan)
+    acc = (done[SELECTION_METRIC].to_numpy(dtype=float, na_value=np.nan) if SELECTION_METRIC in done
+           else np.full(len(done), np.nan))
+    kept: list[int] = []
+    rule, current = KeptEpoch(), None
+    for i, (tid, s, a) in enumerate(zip(tids, sparsity.tolist(), acc.tolist())):
+        if tid != current:
+            if current is not None:
+                kept.append(rule.kept["_pos"])
+            rule, current = KeptEpoch(), tid
+        rule.observe({"sparsity": s, SELECTION_METRIC: a, "_pos": i})
+    if current is not None:
+        kept.append(rule.kept["_pos"])
+    return kept
 
 
 def final_table(exp: Experiment, trials: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -282,24 +354,21 @@ def final_table(exp: Experiment, trials: pd.DataFrame | None = None) -> pd.DataF
     if trials is None:
         trials = trials_table(exp)
     config_cols = _config_order(exp.config_columns)
-    records = []
     ref = trials[trials["status"] == REFERENCE_STATUS]
-    for _, r in ref.iterrows():
-        records.append({**r.to_dict(), "reason": None, "last_epoch": None})
-    done = trials[trials["status"].isin(FINISHED_STATUSES)]
-    for trial_id, rows in done.groupby("trial_id", sort=True):
-        rows = rows.sort_values("epoch")
-        kept = kept_epoch(r for _, r in rows.iterrows())
-        rec = dict(kept) if kept is not None else rows.iloc[-1].to_dict()
-        last = rows.iloc[-1]
-        rec["reason"] = exp.trials[str(trial_id)].reason
-        rec["last_epoch"] = int(last["epoch"])
-        if "time_total_s" in last.index:
-            rec["trial_time_s"] = last["time_total_s"]
-        rec["model_dir"] = exp.model_dirs.get(str(trial_id))
-        records.append(rec)
+    done = trials[trials["status"].isin(FINISHED_STATUSES)].sort_values(["trial_id", "epoch"], kind="stable")
+    kept = done.iloc[_kept_positions(done)]
+    last = done.drop_duplicates("trial_id", keep="last")
+    ids = [str(t) for t in kept["trial_id"]]
+    extra: dict[str, list[Any]] = {
+        "reason": [exp.trials[t].reason for t in ids],
+        "last_epoch": [int(e) for e in last["epoch"]],
+        "model_dir": [exp.model_dirs.get(t) for t in ids],
+    }
+    if "time_total_s" in last.columns:
+        extra["trial_time_s"] = list(last["time_total_s"].to_numpy(dtype=object))
     columns = list(dict.fromkeys([*trials.columns, "reason", "last_epoch", "trial_time_s", "model_dir"]))
-    df = _finalize(records_frame(records, columns))
+    head = [{**r, "reason": None, "last_epoch": None} for r in _object_frame([], ref, list(ref.columns)).to_dict("records")]
+    df = _finalize(_object_frame(head, kept, columns, extra))
     df["last_epoch"] = df["last_epoch"].astype("Int64")
     for c in ("model_dir", "reason"):
         if c in df.columns:
@@ -316,14 +385,16 @@ def final_table(exp: Experiment, trials: pd.DataFrame | None = None) -> pd.DataF
 def method_labels(df: pd.DataFrame) -> pd.Series:
     """``criterion+granularity+schedule`` of every row ("dense" for the reference)."""
     parts = [c for c in ("criterion", "granularity", "schedule") if c in df.columns]
+    columns = [df[c].to_numpy(dtype=object) for c in parts]
+    status = df["status"].to_numpy(dtype=object) if "status" in df.columns else [None] * len(df)
 
-    def label(r: pd.Series) -> Any:
-        if r.get("status") == REFERENCE_STATUS:
+    def label(st: Any, vals: tuple[Any, ...]) -> Any:
+        if st is not None and st is not pd.NA and st == REFERENCE_STATUS:
             return REFERENCE_ID
-        vals = [r.get(c) for c in parts]
         return None if not vals or any(is_missing(v) for v in vals) else "+".join(str(v) for v in vals)
 
-    return pd.Series([label(r) for _, r in df.iterrows()], index=df.index, dtype="string")
+    rows = zip(*columns) if columns else (() for _ in range(len(df)))
+    return pd.Series([label(st, vals) for st, vals in zip(status, rows)], index=df.index, dtype="string")
 
 
 def default_reference(dense: dict[str, Any] | None, cost: str) -> tuple[float, float]:
