@@ -41,7 +41,7 @@ from reports.contract import (
     SELECTION_METRIC,
     KeptEpoch,
 )
-from reports.ledger import Experiment, is_missing, records_frame
+from reports.ledger import Experiment, is_missing, normalize_column, object_frame
 
 #: The fronts a report builds when the config names none (``report.fronts``): front name
 #: -> the cost column minimised against validation accuracy (maximised).
@@ -134,74 +134,6 @@ class ReportTables:
     experiment: dict[str, Any] = field(default_factory=dict)
 
 
-def normalize_column(values: pd.Series) -> pd.Series:
-    """Give a column of JSON-born values one Parquet-friendly dtype.
-
-    bool -> ``boolean``; int -> ``Int64``; int and float -> ``float64``; str ->
-    ``string``; anything else (lists, dicts, mixed kinds) -> JSON text. Missing
-    values stay missing.
-    """
-    fast = _normalize_fast(values)
-    if fast is not None:
-        return fast
-    present = [v for v in values if not is_missing(v)]
-    if not present:
-        return pd.Series([np.nan] * len(values), index=values.index, dtype="float64")
-    kinds = set()
-    for v in present:
-        if isinstance(v, (bool, np.bool_)):
-            kinds.add("bool")
-        elif isinstance(v, (int, np.integer)):
-            kinds.add("int")
-        elif isinstance(v, (float, np.floating)):
-            kinds.add("float")
-        elif isinstance(v, str):
-            kinds.add("str")
-        else:
-            kinds.add("other")
-    if kinds == {"bool"}:
-        return values.astype("boolean")
-    if kinds == {"int"}:
-        return values.astype("Int64")
-    if kinds <= {"int", "float"}:
-        return pd.Series(
-            [np.nan if is_missing(v) else float(v) for v in values],
-            index=values.index,
-            dtype="float64",
-        )
-    if kinds == {"str"}:
-        return values.astype("string")
-    return pd.Series(
-        [pd.NA if is_missing(v) else json.dumps(v, sort_keys=True, default=str) for v in values],
-        index=values.index,
-        dtype="string",
-    )
-
-
-def _normalize_fast(values: pd.Series) -> pd.Series | None:
-    """:func:`normalize_column` for the common columns of one plain kind, without a Python
-    loop; None for anything else (the general path decides). ``infer_dtype`` names the
-    kinds of the present values (None and NaN skipped, as :func:`reports.ledger.is_missing`
-    skips them); a kind it reports as "integer" or "boolean" holds nothing else."""
-    if values.dtype != object:
-        return None
-    kind = pd.api.types.infer_dtype(values, skipna=True)
-    try:
-        if kind == "empty" and values.map(is_missing, na_action=None).all():
-            return pd.Series([np.nan] * len(values), index=values.index, dtype="float64")
-        if kind == "boolean":
-            return values.astype("boolean")
-        if kind == "integer":
-            return values.astype("Int64")
-        if kind in ("floating", "mixed-integer-float"):
-            return values.astype("float64")
-        if kind == "string":
-            return values.astype("string")
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return None
-
-
 def _order_columns(
     df: pd.DataFrame, head: list[str], config_columns: list[str], tail: list[str]
 ) -> pd.DataFrame:
@@ -291,36 +223,8 @@ def trials_table(exp: Experiment) -> pd.DataFrame:
         res = res.sort_values(["trial_id", "epoch"], kind="stable")
     ref = _reference_row(exp.dense)
     columns = list(dict.fromkeys(["trial_id", "status", "epoch", *res.columns, *(ref or {})]))
-    out = _finalize(_object_frame([ref] if ref else [], res, columns))
+    out = _finalize(object_frame([ref] if ref else [], res, columns))
     return _order_columns(out, ["trial_id", "status", "epoch"], config_cols, [])
-
-
-def _object_frame(head: list[dict[str, Any]], body: pd.DataFrame, columns: list[str],
-                  extra: Mapping[str, list[Any]] | None = None) -> pd.DataFrame:
-    """``records_frame(head + body's rows, columns)`` without turning each row into a dict:
-    object columns, None where a record lacks a key. ``extra`` gives whole columns for
-    the body's rows (the head's are None)."""
-    extra = extra or {}
-    n = len(body)
-    data = {}
-    for c in columns:
-        top = _objects([r.get(c) for r in head])
-        if c in extra:
-            rest = _objects(extra[c])
-        elif c in body.columns:
-            rest = body[c].to_numpy(dtype=object)
-        else:
-            rest = np.full(n, None, dtype=object)
-        data[c] = pd.Series(np.concatenate([top, rest]), dtype=object)
-    return pd.DataFrame(data, columns=columns)
-
-
-def _objects(values: list[Any]) -> np.ndarray:
-    """A 1-D object array of ``values`` (lists stay elements, unlike ``np.array``)."""
-    out = np.empty(len(values), dtype=object)
-    for i, v in enumerate(values):
-        out[i] = v
-    return out
 
 
 def _kept_positions(done: pd.DataFrame) -> list[int]:
@@ -367,8 +271,8 @@ def final_table(exp: Experiment, trials: pd.DataFrame | None = None) -> pd.DataF
     if "time_total_s" in last.columns:
         extra["trial_time_s"] = list(last["time_total_s"].to_numpy(dtype=object))
     columns = list(dict.fromkeys([*trials.columns, "reason", "last_epoch", "trial_time_s", "model_dir"]))
-    head = [{**r, "reason": None, "last_epoch": None} for r in _object_frame([], ref, list(ref.columns)).to_dict("records")]
-    df = _finalize(_object_frame(head, kept, columns, extra))
+    head = [{**r, "reason": None, "last_epoch": None} for r in object_frame([], ref, list(ref.columns)).to_dict("records")]
+    df = _finalize(object_frame(head, kept, columns, extra))
     df["last_epoch"] = df["last_epoch"].astype("Int64")
     for c in ("model_dir", "reason"):
         if c in df.columns:
