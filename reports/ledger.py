@@ -61,7 +61,8 @@ class Experiment:
         dense: The dense baseline's metrics (``dense/metrics.json``), or None.
         trials: ``trial_id -> TrialState`` (``reports.contract`` rules).
         results: One row per kept result line: ``trial_id``, ``epoch``, the config
-            columns, the metrics, ``time_total_s``; plus ``_seq`` (line number).
+            columns, the metrics, ``time_total_s``; plus ``_seq`` (line number). Object
+            columns, a key a line lacks is missing (NaN).
         config_columns: Names of the columns that came from result configs.
         model_dirs: ``trial_id -> "models/<trial_id>"`` for saved models present.
         ledger_bytes: Size of the ledger when it was read (it only grows, so a larger
@@ -154,7 +155,8 @@ def read_experiment(path: str | Path) -> Experiment:
                 last_raw = raw
             records.append(_result_record(f"{ledger}:{row['_seq']}", row, config))
     records.sort(key=lambda r: r["_seq"])
-    results = records_frame(records) if records else records_frame([], ["trial_id", "epoch", "_seq"])
+    # Object columns keep JSON's ints as ints (a key missing from a line is NaN there).
+    results = pd.DataFrame(records, dtype=object) if records else records_frame([], ["trial_id", "epoch", "_seq"])
     model_dirs = {t: f"models/{t}" for t in sorted(states) if (root / "models" / t).is_dir()}
     return Experiment(
         path=root, info=info, dense=dense, trials=states, results=results,
