@@ -222,6 +222,9 @@ def test_a_search_exports_its_state_as_ray_metrics(tmp_path: Path) -> None:
         if summary["knee"] is not None:
             knee_acc = final.loc[summary["knee"], "val_accuracy"]
             assert value("prunefront_knee_val_accuracy", front=front) == pytest.approx(knee_acc)
+    # Every finished trial in the histograms (Ray exports <name>_bucket / _count / _sum).
+    for name in monitor.HISTOGRAMS:
+        assert value(f"{name}_count") == len(status), name
     # The log has a progress line per finished trial.
     progress = [ln for ln in stdout.splitlines() if ln.startswith("prunefront: progress ")]
     assert [ln.split(" done")[0] for ln in progress] == ["prunefront: progress 1/2", "prunefront: progress 2/2"]
