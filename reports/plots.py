@@ -191,8 +191,8 @@ def _density(ax: Any, x: np.ndarray, y: np.ndarray, all_x: list[float]) -> None:
     positive = [v for v in all_x if v > 0]
     log = bool(positive) and max(positive) / min(positive) > 20 and (x > 0).all()  # as _format_axis decides
     ax.hexbin(x, y, gridsize=45, xscale="log" if log else "linear", cmap="Greys", mincnt=1,
-              linewidths=0.0, alpha=0.55, zorder=2)
-    ax.text(0.02, 0.02, aggregated_note(len(x)), transform=ax.transAxes, fontsize="x-small", color="0.3")
+              linewidths=0.0, alpha=0.8, zorder=2)
+    ax.text(0.02, 0.02, f"{len(x)} other trials: density", transform=ax.transAxes, fontsize="x-small", color="0.3")
 
 
 def png_bytes(fronts: pd.DataFrame, title: str | None = None, dpi: int = 110,
