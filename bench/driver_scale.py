@@ -207,15 +207,10 @@ def _stand_in_models(exp: Path) -> None:
     from Train checkpoints; ``reports pick`` names the file it would ship)."""
     from reports.contract import read_events, trial_states
 
-    import torch
-
-    import pruners
+    from _synthetic import model_bytes
 
     layout = Layout(exp)
-    # One real (tiny) model file, copied for every trial: `pick` checks the file it names.
-    sample = exp / ".sample-model"
-    pruners.save(torch.nn.Linear(4, 2), sample, torch.zeros(1, 4))
-    data = sample.read_bytes()
+    data = model_bytes()  # one real (tiny) model file for every trial: `pick` checks the file it names
     for tid, st in trial_states(read_events(layout.ledger)).items():
         if st.finished and st.status != "errored":
             layout.model_dir(tid).mkdir(parents=True, exist_ok=True)

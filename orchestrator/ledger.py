@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import threading
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -147,13 +146,30 @@ class LedgerWriter:
         self.__init__(state["path"])
 
 
+_LAST_READ: dict[str, Any] = {}
+
+
+def _read_once(path: str | os.PathLike[str]) -> tuple[list[tuple[int, dict[str, Any]]], dict[str, Any]]:
+    """The ledger's events and trial states, read once while the file is unchanged: on
+    ``--resume`` the driver (``finished_trials``) and the ledger callback's ``setup`` both need
+    them, and at 10,000 trials each read of the ledger takes seconds."""
+    p = Path(path)
+    stat = p.stat() if p.is_file() else None
+    key = (str(p.absolute()), stat.st_size if stat else None, stat.st_mtime_ns if stat else None)
+    if _LAST_READ.get("key") != key:
+        events = read_events(p)
+        _LAST_READ.clear()
+        _LAST_READ.update(key=key, events=events, states=trial_states(events, where=str(p)))
+    return _LAST_READ["events"], _LAST_READ["states"]
+
+
 def finished_trials(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """Trials the ledger records as finished: ``trial_id -> {"status", "result"}``.
 
     ``result`` is the trial's last result line (None if it has none); the rules are
     ``reports.contract.trial_states``' (a retried trial is running again).
     """
-    states = trial_states(read_events(path), where=str(path))
+    states = _read_once(path)[1]
     out = {}
     for tid, st in states.items():
         if st.finished:
@@ -247,8 +263,9 @@ class LedgerCallback(Callback):
         # An errored one is retried (resume_errored): it reports again.
         recover_swaps(Layout(self.experiment_dir).models)  # a driver killed mid-swap
         self.skip = set(replayed_trials(self.writer.path))
-        self._written = {(e["trial_id"], int(e["epoch"])) for _, e in read_events(self.writer.path)
+        self._written = {(e["trial_id"], int(e["epoch"])) for _, e in _read_once(self.writer.path)[0]
                          if e.get("type") == "result" and "epoch" in e} if self.writer.path.is_file() else set()
+        _LAST_READ.clear()  # the driver holds no copy of the ledger during the search
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -11,9 +11,18 @@ every trial end it
 * at a trial end, prints one progress line: trials done / running / total, the knee of
   the first front so far, elapsed time and an estimate of the time left.
 
-Trial states and fronts come from the experiment's ledger (``reports`` reads it), so
-the dashboard counts exactly what the report will. Register it after the ledger
-callback. A monitoring failure is logged and never stops the search.
+Trial states and fronts come from the experiment's ledger (``reports.live`` follows it:
+each call reads only what was appended, and the fronts are kept as their non-dominated
+members), so the dashboard counts exactly what the report will, at a cost per trial end
+that does not grow with the search. Register it after the ledger callback. A monitoring
+failure is logged and never stops the search.
+
+Series stay few at 10,000 trials: the per-trial gauges (:data:`TRIAL_METRICS`) exist for
+the running trials and the current front members only. A trial that leaves that set
+keeps its last values until :data:`STALE_LIMIT` such trials pile up; then the per-trial
+exporter is replaced by a new one holding the live set, and Ray's metrics agent drops
+the old one's series. Every finished trial is counted in the histograms
+(:data:`HISTOGRAMS`) of its kept epoch's validation accuracy, sparsity and FLOPs share.
 """
 
 from __future__ import annotations
@@ -27,7 +36,8 @@ from typing import Any
 
 from ray.tune import Callback
 
-__all__ = ["METRICS", "MonitorCallback", "TRIAL_METRICS", "format_duration", "linger_s", "progress_line"]
+__all__ = ["HISTOGRAMS", "METRICS", "MonitorCallback", "STALE_LIMIT", "TRIAL_METRICS", "format_duration", "linger_s",
+           "progress_line"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +68,17 @@ TRIAL_METRICS = {
     "prunefront_trial_epoch": "epoch",
 }
 STATES = ("pending", "running", "completed", "stopped", "errored")
+#: Histogram name -> (description, bucket boundaries, the kept row's key); tag: experiment.
+HISTOGRAMS: dict[str, tuple[str, list[float], str]] = {
+    "prunefront_finished_val_accuracy": ("Validation accuracy of finished trials (their kept epoch).",
+                                         [0.5, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.96, 0.97, 0.98, 0.99], "val_accuracy"),
+    "prunefront_finished_sparsity": ("Sparsity of finished trials (their kept epoch).",
+                                     [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99], "sparsity"),
+    "prunefront_finished_flops_share": ("FLOPs of finished trials as a share of the dense model's.",
+                                        [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0], "flops_share"),
+}
+#: Trials that left the live set (running or on a front) before the per-trial series are reset.
+STALE_LIMIT = 64
 
 
 def linger_s() -> float:
@@ -105,14 +126,20 @@ def _exporter_class() -> Any:
         """Holds the gauges in a live process, where Ray's metrics agent collects them."""
 
         def __init__(self) -> None:
-            from ray.util.metrics import Gauge
+            from ray.util.metrics import Gauge, Histogram
 
             self.gauges = {name: Gauge(name, description=desc, tag_keys=keys)
                            for name, (desc, keys) in METRICS.items()}
+            self.histograms = {name: Histogram(name, description=desc, boundaries=bounds, tag_keys=("experiment",))
+                               for name, (desc, bounds, _) in HISTOGRAMS.items()}
 
         def set(self, values: list[tuple[str, float, dict[str, str]]]) -> None:
             for name, value, tags in values:
                 self.gauges[name].set(float(value), tags=tags)
+
+        def observe(self, values: list[tuple[str, float, dict[str, str]]]) -> None:
+            for name, value, tags in values:
+                self.histograms[name].observe(float(value), tags=tags)
 
         def ready(self) -> bool:
             return True
@@ -139,30 +166,51 @@ class MonitorCallback(Callback):
         self.export = export
         self.echo = echo
         self.started = time.time()
-        self._actor: Any = None
+        self._actor: Any = None  # search gauges and histograms
+        self._trial_actor: Any = None  # per-trial gauges of the live set (replaced to drop series)
         self._last: Any = None  # the last set() call, to notice a dead exporter
         self._values: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, float, dict[str, str]]] = {}
+        self._trial_values: dict[str, list[tuple[str, float, dict[str, str]]]] = {}
+        self._stale: set[str] = set()
+        self._epochs_done = 0
         self._epochs: dict[str, int] = {}
         self._methods: dict[str, str] = {}
+        self._follower: Any = None
+        self._tracker: Any = None
+        self._status: dict[str, str] = {}
         self.last_line: str | None = None
 
-    def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks; the actor handle stays
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks; the actor handles stay
         state = dict(self.__dict__)
-        state["_actor"] = state["_last"] = None
+        state["_actor"] = state["_trial_actor"] = state["_last"] = None
         return state
 
     # -- exporting ----------------------------------------------------------------
-    def _send(self, values: list[tuple[str, float, dict[str, str]]]) -> None:
-        if not self.export or not values:
+    def _alive(self, actor: Any) -> Any:
+        import ray
+
+        if actor is not None and self._last is not None and ray.wait([self._last], timeout=0)[0]:
+            try:
+                ray.get(self._last)
+            except ray.exceptions.RayActorError:  # killed (e.g. for memory): a new one
+                return None
+        return actor
+
+    def _send(self, values: list[tuple[str, float, dict[str, str]]], trial: str | None = None,
+              observe: list[tuple[str, float, dict[str, str]]] | None = None) -> None:
+        """Set gauges (a trial's own when ``trial`` is given) and observe histogram values."""
+        if not self.export or not (values or observe):
             return
         try:
-            import ray
-
-            if self._last is not None and ray.wait([self._last], timeout=0)[0]:
-                try:
-                    ray.get(self._last)
-                except ray.exceptions.RayActorError:  # killed (e.g. for memory): a new one
-                    self._actor = None
+            if trial is not None:
+                self._trial_values[trial] = values
+                self._stale.discard(trial)
+                if self._trial_actor is None:  # a new exporter starts with the live set's values
+                    self._trial_actor = _exporter_class().remote()
+                    values = [v for vs in self._trial_values.values() for v in vs]
+                self._trial_actor.set.remote(values)
+                return
+            self._actor = self._alive(self._actor)
             for name, value, tags in values:
                 self._values[(name, tuple(sorted(tags.items())))] = (name, value, tags)
             if self._actor is None:  # a new exporter starts with every latest value
@@ -170,9 +218,32 @@ class MonitorCallback(Callback):
                 values = list(self._values.values())
             # Fire and forget: the search never waits on its monitoring.
             self._last = self._actor.set.remote(values)
+            if observe:
+                self._actor.observe.remote(observe)
         except Exception:  # noqa: BLE001 - monitoring must never stop a search
             logger.warning("could not export the search's metrics", exc_info=True)
             self.export = False
+
+    def _prune_trial_series(self, live: set[str]) -> None:
+        """Forget the series of trials outside ``live`` once :data:`STALE_LIMIT` of them are
+        left: the per-trial exporter is replaced, its series go with it."""
+        self._stale |= set(self._trial_values) - live
+        if len(self._stale) < STALE_LIMIT or not self.export:
+            return
+        for tid in self._stale:
+            self._trial_values.pop(tid, None)
+        self._stale.clear()
+        old, self._trial_actor = self._trial_actor, None
+        try:
+            import ray
+
+            if old is not None:
+                ray.kill(old)
+            if self._trial_values:
+                self._trial_actor = _exporter_class().remote()
+                self._trial_actor.set.remote([v for vs in self._trial_values.values() for v in vs])
+        except Exception:  # noqa: BLE001
+            logger.warning("could not replace the per-trial metrics exporter", exc_info=True)
 
     def _tags(self, **tags: str) -> dict[str, str]:
         return {"experiment": self.experiment, **tags}
@@ -184,36 +255,69 @@ class MonitorCallback(Callback):
             self._methods[tid] = str(cfg.get("method", "?")).replace("+", "/")
         return self._methods[tid]
 
-    def _states(self, trials: list[Any]) -> tuple[dict[str, int], Any]:
-        """Trial counts per state (ended ones from the ledger) and the experiment read."""
-        from reports.ledger import read_experiment
+    def _read(self) -> list[tuple[str, float, dict[str, str]]]:
+        """Follow the ledger: new trial ends update the counts, fronts and histograms.
+        Returns the histogram observations of the trials that ended."""
+        from reports.live import LedgerFollower
 
-        from reports.contract import ledger_counts
+        if self._follower is None:
+            self._follower = LedgerFollower(self.experiment_dir)
+        if self._tracker is None:
+            self._tracker = _front_tracker(self.experiment_dir)
+        observe = []
+        for tid in self._follower.update():
+            st = self._follower.states[tid]
+            was = self._status.get(tid)
+            self._status[tid] = st.status
+            if self._tracker is not None:
+                self._tracker.finish(tid, st)
+            if st.finished and was != st.status and st.results:
+                observe += self._observations(self._tracker.rows.get(tid) if self._tracker else None, st)
+        return observe
 
-        exp = read_experiment(self.experiment_dir)
+    def _observations(self, row: Any, st: Any) -> list[tuple[str, float, dict[str, str]]]:
+        from reports.contract import kept_epoch
+
+        row = row if row is not None else kept_epoch(st.results.values())
+        dense = self._tracker.dense if self._tracker is not None else {}
+        values = dict(row)
+        if isinstance(row.get("flops"), (int, float)) and isinstance(dense.get("flops"), (int, float)) and dense["flops"]:
+            values["flops_share"] = row["flops"] / dense["flops"]
+        return [(name, values[key], self._tags()) for name, (_, _, key) in HISTOGRAMS.items()
+                if isinstance(values.get(key), (int, float)) and not isinstance(values.get(key), bool)]
+
+    def _states(self, trials: list[Any]) -> dict[str, int]:
+        """Trial counts per state: ``reports.contract.trial_counts`` (the one definition the
+        search's last line and ``reports show`` use) of the statuses the ledger follower saw,
+        Tune's running trials and the planned total."""
+        from reports.contract import trial_counts
+
         live = [t.trial_id for t in trials if str(t.status) == "RUNNING"]
-        counts = ledger_counts(exp.trials, planned=self.total, live=live).to_dict()
-        return {s: counts[s] for s in STATES}, exp
+        counts = trial_counts(self._status, planned=self.total, live=live).to_dict()
+        return {s: counts[s] for s in STATES}
 
-    def _fronts(self, exp: Any) -> tuple[list[tuple[str, float, dict[str, str]]], str | None]:
+    def _fronts(self) -> tuple[list[tuple[str, float, dict[str, str]]], str | None]:
         """Gauges of each front (hypervolume, knee accuracy) and a phrase saying them."""
-        from reports.tables import build_tables
         from reports.units import format_cost
 
-        tables = build_tables(exp)
+        if self._tracker is None:
+            self._tracker = _front_tracker(self.experiment_dir)
+            if self._tracker is None:
+                return [], None
+            for tid, st in self._follower.states.items():
+                self._tracker.finish(tid, st)
         values, phrases = [], []
-        final = tables.final.set_index("trial_id") if "trial_id" in tables.final.columns else None
-        for name, summary in tables.summaries.items():
+        for name, cost in self._tracker.fronts.items():
+            hv, knee = self._tracker.summary(name)
             tags = self._tags(front=name)
-            values.append(("prunefront_front_hypervolume", summary.hypervolume_normalized, tags))
-            if summary.knee is None or final is None or summary.knee not in final.index:
+            values.append(("prunefront_front_hypervolume", hv, tags))
+            if knee is None:
                 continue
-            knee = final.loc[summary.knee]
-            acc = float(knee["val_accuracy"])
+            row = self._tracker.rows[knee]
+            acc = float(row["val_accuracy"])
             values.append(("prunefront_knee_val_accuracy", acc, tags))
-            cost = summary.cost
-            phrases.append(f"{cost}: knee {summary.knee} val {acc:.4f} at {format_cost(float(knee[cost]), cost)}, "
-                           f"HV {summary.hypervolume_normalized:.2f}")
+            phrases.append(f"{cost}: knee {knee} val {acc:.4f} at {format_cost(float(row[cost]), cost)}, "
+                           f"HV {hv:.2f}")
         return values, "; ".join(phrases) or None
 
     # -- Tune hooks ---------------------------------------------------------------
@@ -224,24 +328,30 @@ class MonitorCallback(Callback):
         if "epoch" not in result:
             return
         tid = trial.trial_id
-        self._epochs[tid] = max(self._epochs.get(tid, 0), int(result["epoch"]))
+        epoch = int(result["epoch"])
+        if epoch > self._epochs.get(tid, 0):
+            self._epochs_done += epoch - self._epochs.get(tid, 0)
+            self._epochs[tid] = epoch
         tags = self._tags(trial_id=tid, method=self._method(trial))
-        values = [(name, result[key], tags) for name, key in TRIAL_METRICS.items()
-                  if isinstance(result.get(key), (int, float))]
-        values.append(("prunefront_epochs_done", sum(self._epochs.values()), self._tags()))
+        self._send([(name, result[key], tags) for name, key in TRIAL_METRICS.items()
+                    if isinstance(result.get(key), (int, float))], trial=tid)
         running = sum(1 for t in trials if str(t.status) == "RUNNING")
-        values.append(("prunefront_trials", running, self._tags(state="running")))
-        self._send(values)
+        self._send([("prunefront_epochs_done", self._epochs_done, self._tags()),
+                    ("prunefront_trials", running, self._tags(state="running"))])
 
     def _ended(self, trials: list, echo: bool = True) -> None:
         try:
-            counts, exp = self._states(trials)
+            observe = self._read()
+            counts = self._states(trials)
             values = [("prunefront_trials", n, self._tags(state=s)) for s, n in counts.items()]
-            front_values, best = self._fronts(exp)
+            front_values, best = self._fronts()
+            live = {t.trial_id for t in trials if str(t.status) == "RUNNING"}
+            live |= self._tracker.members() if self._tracker is not None else set()
         except Exception:  # noqa: BLE001 - e.g. a ledger line being written; next time
             logger.warning("could not summarise the search for monitoring", exc_info=True)
             return
-        self._send(values + front_values)
+        self._send(values + front_values, observe=observe)
+        self._prune_trial_series(live)
         self.last_line = progress_line(counts, self.total, time.time() - self.started, best)
         if self.echo and echo:
             print(self.last_line, flush=True)
@@ -257,15 +367,35 @@ class MonitorCallback(Callback):
 
     def close(self, wait: bool = True) -> None:
         """Let the last values be exported (:func:`linger_s`), then end the exporter."""
-        if self._actor is None:
+        actors = [a for a in (self._actor, self._trial_actor) if a is not None]
+        if not actors:
             return
         import ray
 
         try:
-            ray.get(self._actor.ready.remote(), timeout=30)  # every set() before it has run
+            ray.get([a.ready.remote() for a in actors], timeout=30)  # every set() before it has run
             if wait:
                 time.sleep(linger_s())
-            ray.kill(self._actor)
+            for a in actors:
+                ray.kill(a)
         except Exception:  # noqa: BLE001
             logger.debug("metrics exporter already gone", exc_info=True)
-        self._actor = None
+        self._actor = self._trial_actor = None
+
+
+def _front_tracker(experiment_dir: Path) -> Any:
+    """The fronts of the report's config, against the dense model; None until it is written."""
+    import json
+
+    from reports.layout import Layout
+    from reports.live import FrontTracker
+    from reports.tables import fronts_for
+
+    layout = Layout(experiment_dir)
+    try:
+        dense = json.loads(layout.dense_metrics.read_text())
+        info = json.loads(layout.experiment.read_text())
+    except (OSError, ValueError):
+        return None
+    config = info.get("config") if isinstance(info, dict) else None
+    return FrontTracker(fronts_for(config if isinstance(config, dict) else {}), dense)

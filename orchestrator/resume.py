@@ -12,7 +12,6 @@ Every problem is a one-line :class:`ConfigError`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 

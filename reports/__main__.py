@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("dir", metavar="DIR", help="experiment directory")
     b.add_argument("--out", help="report directory (default: DIR/report)")
     b.add_argument("--no-plots", action="store_true", help="write the Parquet files only")
+    b.add_argument("--if-newer", action="store_true",
+                   help="keep a report already built from a longer ledger (live refreshes use it)")
     s = sub.add_parser("show", help="print the fronts as tables")
     s.add_argument("dir", metavar="DIR", help="experiment or report directory")
     pl = sub.add_parser("plot", help="write fronts.png and fronts.html")
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             from reports.build import build_report
 
-            written = build_report(args.dir, args.out, plots=not args.no_plots)
+            written = build_report(args.dir, args.out, plots=not args.no_plots, if_newer=args.if_newer)
             for path in written.values():
                 print(path)
         elif args.command == "show":

@@ -10,8 +10,10 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from reports.contract import (
@@ -62,9 +64,12 @@ class Experiment:
         dense: The dense baseline's metrics (``dense/metrics.json``), or None.
         trials: ``trial_id -> TrialState`` (``reports.contract`` rules).
         results: One row per kept result line: ``trial_id``, ``epoch``, the config
-            columns, the metrics, ``time_total_s``; plus ``_seq`` (line number).
+            columns, the metrics, ``time_total_s``; plus ``_seq`` (line number). Object
+            columns, a key a line lacks is missing (NaN).
         config_columns: Names of the columns that came from result configs.
         model_dirs: ``trial_id -> "models/<trial_id>"`` for saved models present.
+        ledger_bytes: Size of the ledger when it was read (it only grows, so a larger
+            size means a later state of the experiment).
     """
 
     path: Path
@@ -74,6 +79,7 @@ class Experiment:
     results: pd.DataFrame
     config_columns: tuple[str, ...]
     model_dirs: dict[str, str] = field(default_factory=dict)
+    ledger_bytes: int = 0
 
     @property
     def config(self) -> dict[str, Any]:
@@ -203,21 +209,27 @@ def read_experiment(path: str | Path) -> Experiment:
     dense = read_dense(root)
 
     ledger = layout.ledger
+    size = ledger.stat().st_size if ledger.is_file() else 0  # before reading: never more than was read
     states = trial_states(read_events(ledger), where=str(ledger))
     records: list[dict[str, Any]] = []
     config_keys: dict[str, None] = {}
     for st in states.values():
+        last_raw: Any = None
+        config: dict[str, Any] = {}
         for row in st.rows():
             raw = row.get("config")
-            config = flatten_config(raw) if isinstance(raw, dict) else {}
+            if raw is not last_raw and raw != last_raw:  # a trial's lines repeat its config
+                config = flatten_config(raw) if isinstance(raw, dict) else {}
+                config_keys.update(dict.fromkeys(config))
+                last_raw = raw
             records.append(_result_record(f"{ledger}:{row['_seq']}", row, config))
-            config_keys.update(dict.fromkeys(config))
     records.sort(key=lambda r: r["_seq"])
-    results = records_frame(records) if records else records_frame([], ["trial_id", "epoch", "_seq"])
+    # Object columns keep JSON's ints as ints (a key missing from a line is NaN there).
+    results = pd.DataFrame(records, dtype=object) if records else records_frame([], ["trial_id", "epoch", "_seq"])
     model_dirs = {t: model_dir_name(t) for t in sorted(states) if layout.model_dir(t).is_dir()}
     return Experiment(
         path=root, info=info, dense=dense, trials=states, results=results,
-        config_columns=tuple(config_keys), model_dirs=model_dirs,
+        config_columns=tuple(config_keys), model_dirs=model_dirs, ledger_bytes=size,
     )
 
 
@@ -234,8 +246,104 @@ def records_frame(records: list[dict[str, Any]], columns: list[str] | None = Non
     )
 
 
+def object_frame(head: list[dict[str, Any]], body: pd.DataFrame, columns: list[str],
+                  extra: Mapping[str, list[Any]] | None = None) -> pd.DataFrame:
+    """``records_frame(head + body's rows, columns)`` without turning each row into a dict:
+    object columns, None where a record lacks a key. ``extra`` gives whole columns for
+    the body's rows (the head's are None)."""
+    extra = extra or {}
+    n = len(body)
+    data = {}
+    for c in columns:
+        top = objects([r.get(c) for r in head])
+        if c in extra:
+            rest = objects(extra[c])
+        elif c in body.columns:
+            rest = body[c].to_numpy(dtype=object)
+        else:
+            rest = np.full(n, None, dtype=object)
+        data[c] = pd.Series(np.concatenate([top, rest]), dtype=object)
+    return pd.DataFrame(data, columns=columns)
+
+
+def objects(values: list[Any]) -> np.ndarray:
+    """A 1-D object array of ``values`` (lists stay elements, unlike ``np.array``)."""
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
+
+
 def is_missing(value: Any) -> bool:
     """True for None and float NaN (pandas' missing markers included)."""
     if value is None or value is pd.NA:
         return True
     return isinstance(value, float) and math.isnan(value)
+
+
+def normalize_column(values: pd.Series) -> pd.Series:
+    """Give a column of JSON-born values one Parquet-friendly dtype.
+
+    bool -> ``boolean``; int -> ``Int64``; int and float -> ``float64``; str ->
+    ``string``; anything else (lists, dicts, mixed kinds) -> JSON text. Missing
+    values stay missing.
+    """
+    fast = _normalize_fast(values)
+    if fast is not None:
+        return fast
+    present = [v for v in values if not is_missing(v)]
+    if not present:
+        return pd.Series([np.nan] * len(values), index=values.index, dtype="float64")
+    kinds = set()
+    for v in present:
+        if isinstance(v, (bool, np.bool_)):
+            kinds.add("bool")
+        elif isinstance(v, (int, np.integer)):
+            kinds.add("int")
+        elif isinstance(v, (float, np.floating)):
+            kinds.add("float")
+        elif isinstance(v, str):
+            kinds.add("str")
+        else:
+            kinds.add("other")
+    if kinds == {"bool"}:
+        return values.astype("boolean")
+    if kinds == {"int"}:
+        return values.astype("Int64")
+    if kinds <= {"int", "float"}:
+        return pd.Series(
+            [np.nan if is_missing(v) else float(v) for v in values],
+            index=values.index,
+            dtype="float64",
+        )
+    if kinds == {"str"}:
+        return values.astype("string")
+    return pd.Series(
+        [pd.NA if is_missing(v) else json.dumps(v, sort_keys=True, default=str) for v in values],
+        index=values.index,
+        dtype="string",
+    )
+
+
+def _normalize_fast(values: pd.Series) -> pd.Series | None:
+    """:func:`normalize_column` for the common columns of one plain kind, without a Python
+    loop; None for anything else (the general path decides). ``infer_dtype`` names the
+    kinds of the present values (None and NaN skipped, as :func:`reports.ledger.is_missing`
+    skips them); a kind it reports as "integer" or "boolean" holds nothing else."""
+    if values.dtype != object:
+        return None
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    try:
+        if kind == "empty" and values.map(is_missing, na_action=None).all():
+            return pd.Series([np.nan] * len(values), index=values.index, dtype="float64")
+        if kind == "boolean":
+            return values.astype("boolean")
+        if kind == "integer":
+            return values.astype("Int64")
+        if kind in ("floating", "mixed-integer-float"):
+            return values.astype("float64")
+        if kind == "string":
+            return values.astype("string")
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return None

@@ -50,13 +50,17 @@ def methods_table(final: pd.DataFrame, costs: Mapping[str, str]) -> pd.DataFrame
         ok = np.isfinite(acc) & np.isfinite(cst)
         for level in LEVELS:
             reached = trials[ok & (compression >= level)].assign(compression=compression[ok & (compression >= level)])
-            for method, group in reached.groupby("method", sort=True):
-                best = group.sort_values([SELECTION_METRIC, "compression", "trial_id"],
-                                         ascending=[False, False, True], kind="stable").iloc[0]
+            # One sort for every method: the first row of a method is its best (trial ids
+            # are unique, so no tie is left to the row order).
+            ranked = reached.sort_values([SELECTION_METRIC, "compression", "trial_id"],
+                                         ascending=[False, False, True], kind="stable")
+            bests = ranked.drop_duplicates("method").sort_values("method", kind="stable")
+            counts = reached["method"].value_counts()
+            for _, best in bests.iterrows():
                 rows.append({
-                    "cost": cost, "level": level, "method": method,
+                    "cost": cost, "level": level, "method": best["method"],
                     "criterion": best.get("criterion"), "granularity": best.get("granularity"),
-                    "schedule": best.get("schedule"), "n_trials": len(group),
+                    "schedule": best.get("schedule"), "n_trials": int(counts[best["method"]]),
                     "trial_id": best["trial_id"], "compression": float(best["compression"]),
                     SELECTION_METRIC: float(best[SELECTION_METRIC]),
                     "test_accuracy": float(best["test_accuracy"]) if pd.notna(best.get("test_accuracy")) else np.nan,

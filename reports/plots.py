@@ -27,6 +27,23 @@ from reports.layout import DENSE_DIR, MODEL_FILE
 from reports.units import COST_LABELS, format_cost, front_title
 
 GRANULARITY_MARKERS = {"unstructured": "o", "structured": "s"}
+#: A panel draws at most this many trials as markers of their own (hover, SVG ids). Past
+#: it, the front members and the knee still are; the other trials become one density
+#: layer, so a 10,000-trial page stays small and quick to open.
+MAX_MARKERS = 1000
+
+
+def drawn_individually(pts: pd.DataFrame) -> np.ndarray:
+    """Which of a panel's trials get a marker of their own: all of them up to
+    :data:`MAX_MARKERS`, else the front members (rank 1) and the knee."""
+    if len(pts) <= MAX_MARKERS:
+        return np.ones(len(pts), dtype=bool)
+    return (pts["pareto_rank"] == 1).to_numpy(dtype=bool, na_value=False) | pts["is_knee"].to_numpy(dtype=bool)
+
+
+def aggregated_note(n: int) -> str:
+    """The note a panel and the page carry when trials are drawn as a density."""
+    return f"{n} trials off the front drawn as a density (darker: more); markers: the front and the knee"
 
 
 def _criteria_colours(values: Iterable[Any]) -> dict[str, Any]:
@@ -115,16 +132,10 @@ def fronts_figure(fronts: pd.DataFrame, title: str | None = None, costs: Mapping
         on_front = (pts["pareto_rank"] == 1).to_numpy(dtype=bool)
         x = pts[cost].to_numpy(dtype=float) / scale
         y = pts[SELECTION_METRIC].to_numpy(dtype=float)
-        for i, (_, r) in enumerate(pts.iterrows()):
-            member = bool(on_front[i])
-            ax.scatter(
-                [x[i]], [y[i]],
-                color=colours.get(r.get("criterion"), "0.5"),
-                marker=GRANULARITY_MARKERS.get(r.get("granularity"), "o"),
-                s=46 if member else 30, alpha=1.0 if member else 0.5,
-                edgecolors="black" if member else "none", linewidths=0.6, zorder=4 if member else 3,
-                gid=point_id(front, str(r["trial_id"])),
-            )
+        drawn = drawn_individually(pts)
+        _markers(ax, front, pts[drawn], x[drawn], y[drawn], on_front[drawn], colours)
+        if not drawn.all():
+            _density(ax, x[~drawn], y[~drawn], xs + list(x))
         xs += list(x)
         # The staircase of the front, the dense point included when it is on it.
         stair = [(float(a), float(b)) for a, b in zip(x[on_front], y[on_front])]
@@ -156,6 +167,32 @@ def fronts_figure(fronts: pd.DataFrame, title: str | None = None, costs: Mapping
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _markers(ax: Any, front: str, pts: pd.DataFrame, x: np.ndarray, y: np.ndarray, on_front: np.ndarray,
+             colours: Mapping[str, Any]) -> None:
+    """One marker per trial, with its SVG id (the page's hover finds it by that id)."""
+    crit = pts["criterion"].to_numpy(dtype=object) if "criterion" in pts.columns else [None] * len(pts)
+    gran = pts["granularity"].to_numpy(dtype=object) if "granularity" in pts.columns else [None] * len(pts)
+    for i, tid in enumerate(pts["trial_id"].astype(str)):
+        member = bool(on_front[i])
+        ax.scatter(
+            [x[i]], [y[i]],
+            color=colours.get(crit[i], "0.5") if isinstance(crit[i], str) else "0.5",
+            marker=GRANULARITY_MARKERS.get(gran[i], "o") if isinstance(gran[i], str) else "o",
+            s=46 if member else 30, alpha=1.0 if member else 0.5,
+            edgecolors="black" if member else "none", linewidths=0.6, zorder=4 if member else 3,
+            gid=point_id(front, tid),
+        )
+
+
+def _density(ax: Any, x: np.ndarray, y: np.ndarray, all_x: list[float]) -> None:
+    """The trials without a marker of their own, as hexagonal bins under the markers."""
+    positive = [v for v in all_x if v > 0]
+    log = bool(positive) and max(positive) / min(positive) > 20 and (x > 0).all()  # as _format_axis decides
+    ax.hexbin(x, y, gridsize=45, xscale="log" if log else "linear", cmap="Greys", mincnt=1,
+              linewidths=0.0, alpha=0.8, zorder=2)
+    ax.text(0.02, 0.02, f"{len(x)} other trials: density", transform=ax.transAxes, fontsize="x-small", color="0.3")
 
 
 def png_bytes(fronts: pd.DataFrame, title: str | None = None, dpi: int = 110,
@@ -194,6 +231,11 @@ def point_info(fronts: pd.DataFrame, costs: Mapping[str, str], experiment_dir: s
     info: dict[str, dict[str, str]] = {}
     for front, cost in costs.items():
         part = fronts[fronts["front"] == front]
+        pts = (part["status"] != REFERENCE_STATUS) & part["pareto_rank"].notna()
+        if pts.sum() > MAX_MARKERS:  # only the markers drawn have a tooltip
+            keep = ~pts
+            keep[pts] = drawn_individually(part[pts])
+            part = part[keep]
         for _, r in part.iterrows():
             ref = r.get("status") == REFERENCE_STATUS
             tid = "dense" if ref else str(r["trial_id"])
@@ -328,6 +370,11 @@ def html_page(
         svg_text(fronts, costs=costs),
         '<div id="tip"></div>',
     ]
+    for front in costs:
+        part = fronts[(fronts["front"] == front) & (fronts["status"] != REFERENCE_STATUS) & fronts["pareto_rank"].notna()]
+        if len(part) > MAX_MARKERS:
+            n = int((~drawn_individually(part)).sum())
+            parts.append(f"<p class='note'>{html.escape(front_title(costs[front]))}: {html.escape(aggregated_note(n))}.</p>")
     for front, cost in costs.items():
         part = fronts[fronts["front"] == front]
         shown = part[(part["pareto_rank"] == 1) | (part["status"] == REFERENCE_STATUS)]

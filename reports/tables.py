@@ -20,7 +20,6 @@ Every table starts with the dense baseline's reference row (``trial_id`` "dense"
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,11 +38,11 @@ from reports.contract import (
     REFERENCE_ID,
     REFERENCE_STATUS,
     SELECTION_METRIC,
-    kept_epoch,
+    KeptEpoch,
     ledger_counts,
 )
 from reports.layout import EXPERIMENT_FILE, DENSE_DIR, METRICS_FILE
-from reports.ledger import Experiment, is_missing, records_frame
+from reports.ledger import Experiment, is_missing, normalize_column, object_frame
 
 #: The fronts a report builds when the config names none (``report.fronts``): front name
 #: -> the cost column minimised against validation accuracy (maximised).
@@ -139,47 +138,6 @@ class ReportTables:
     trial_counts: dict[str, int] = field(default_factory=dict)
 
 
-def normalize_column(values: pd.Series) -> pd.Series:
-    """Give a column of JSON-born values one Parquet-friendly dtype.
-
-    bool -> ``boolean``; int -> ``Int64``; int and float -> ``float64``; str ->
-    ``string``; anything else (lists, dicts, mixed kinds) -> JSON text. Missing
-    values stay missing.
-    """
-    present = [v for v in values if not is_missing(v)]
-    if not present:
-        return pd.Series([np.nan] * len(values), index=values.index, dtype="float64")
-    kinds = set()
-    for v in present:
-        if isinstance(v, (bool, np.bool_)):
-            kinds.add("bool")
-        elif isinstance(v, (int, np.integer)):
-            kinds.add("int")
-        elif isinstance(v, (float, np.floating)):
-            kinds.add("float")
-        elif isinstance(v, str):
-            kinds.add("str")
-        else:
-            kinds.add("other")
-    if kinds == {"bool"}:
-        return values.astype("boolean")
-    if kinds == {"int"}:
-        return values.astype("Int64")
-    if kinds <= {"int", "float"}:
-        return pd.Series(
-            [np.nan if is_missing(v) else float(v) for v in values],
-            index=values.index,
-            dtype="float64",
-        )
-    if kinds == {"str"}:
-        return values.astype("string")
-    return pd.Series(
-        [pd.NA if is_missing(v) else json.dumps(v, sort_keys=True, default=str) for v in values],
-        index=values.index,
-        dtype="string",
-    )
-
-
 def _order_columns(
     df: pd.DataFrame, head: list[str], config_columns: list[str], tail: list[str]
 ) -> pd.DataFrame:
@@ -268,12 +226,29 @@ def trials_table(exp: Experiment) -> pd.DataFrame:
         res = res.assign(status=res["trial_id"].map(status))
         res = res.sort_values(["trial_id", "epoch"], kind="stable")
     ref = _reference_row(exp.dense)
-    records = records_frame(
-        ([ref] if ref else []) + res.to_dict("records"),
-        list(dict.fromkeys(["trial_id", "status", "epoch", *res.columns, *(ref or {})])),
-    )
-    out = _finalize(records)
+    columns = list(dict.fromkeys(["trial_id", "status", "epoch", *res.columns, *(ref or {})]))
+    out = _finalize(object_frame([ref] if ref else [], res, columns))
     return _order_columns(out, ["trial_id", "status", "epoch"], config_cols, [])
+
+
+def _kept_positions(done: pd.DataFrame) -> list[int]:
+    """Row positions of each trial's kept epoch in ``done`` (sorted by trial and epoch),
+    by ``reports.contract.KeptEpoch`` (the rule the trial applied when it saved its model)."""
+    tids = done["trial_id"].to_numpy(dtype=object)
+    sparsity = done["sparsity"].to_numpy(dtype=float, na_value=np.nan) if "sparsity" in done else np.full(len(done), np.nan)
+    acc = (done[SELECTION_METRIC].to_numpy(dtype=float, na_value=np.nan) if SELECTION_METRIC in done
+           else np.full(len(done), np.nan))
+    kept: list[int] = []
+    rule, current = KeptEpoch(), None
+    for i, (tid, s, a) in enumerate(zip(tids, sparsity.tolist(), acc.tolist())):
+        if tid != current:
+            if current is not None:
+                kept.append(rule.kept["_pos"])
+            rule, current = KeptEpoch(), tid
+        rule.observe({"sparsity": s, SELECTION_METRIC: a, "_pos": i})
+    if current is not None:
+        kept.append(rule.kept["_pos"])
+    return kept
 
 
 def final_table(exp: Experiment, trials: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -287,24 +262,21 @@ def final_table(exp: Experiment, trials: pd.DataFrame | None = None) -> pd.DataF
     if trials is None:
         trials = trials_table(exp)
     config_cols = _config_order(exp.config_columns)
-    records = []
     ref = trials[trials["status"] == REFERENCE_STATUS]
-    for _, r in ref.iterrows():
-        records.append({**r.to_dict(), "reason": None, "last_epoch": None})
-    done = trials[trials["status"].isin(FINISHED_STATUSES)]
-    for trial_id, rows in done.groupby("trial_id", sort=True):
-        rows = rows.sort_values("epoch")
-        kept = kept_epoch(r for _, r in rows.iterrows())
-        rec = dict(kept) if kept is not None else rows.iloc[-1].to_dict()
-        last = rows.iloc[-1]
-        rec["reason"] = exp.trials[str(trial_id)].reason
-        rec["last_epoch"] = int(last["epoch"])
-        if "time_total_s" in last.index:
-            rec["trial_time_s"] = last["time_total_s"]
-        rec["model_dir"] = exp.model_dirs.get(str(trial_id))
-        records.append(rec)
+    done = trials[trials["status"].isin(FINISHED_STATUSES)].sort_values(["trial_id", "epoch"], kind="stable")
+    kept = done.iloc[_kept_positions(done)]
+    last = done.drop_duplicates("trial_id", keep="last")
+    ids = [str(t) for t in kept["trial_id"]]
+    extra: dict[str, list[Any]] = {
+        "reason": [exp.trials[t].reason for t in ids],
+        "last_epoch": [int(e) for e in last["epoch"]],
+        "model_dir": [exp.model_dirs.get(t) for t in ids],
+    }
+    if "time_total_s" in last.columns:
+        extra["trial_time_s"] = list(last["time_total_s"].to_numpy(dtype=object))
     columns = list(dict.fromkeys([*trials.columns, "reason", "last_epoch", "trial_time_s", "model_dir"]))
-    df = _finalize(records_frame(records, columns))
+    head = [{**r, "reason": None, "last_epoch": None} for r in object_frame([], ref, list(ref.columns)).to_dict("records")]
+    df = _finalize(object_frame(head, kept, columns, extra))
     df["last_epoch"] = df["last_epoch"].astype("Int64")
     for c in ("model_dir", "reason"):
         if c in df.columns:
@@ -321,14 +293,16 @@ def final_table(exp: Experiment, trials: pd.DataFrame | None = None) -> pd.DataF
 def method_labels(df: pd.DataFrame) -> pd.Series:
     """``criterion+granularity+schedule`` of every row ("dense" for the reference)."""
     parts = [c for c in ("criterion", "granularity", "schedule") if c in df.columns]
+    columns = [df[c].to_numpy(dtype=object) for c in parts]
+    status = df["status"].to_numpy(dtype=object) if "status" in df.columns else [None] * len(df)
 
-    def label(r: pd.Series) -> Any:
-        if r.get("status") == REFERENCE_STATUS:
+    def label(st: Any, vals: tuple[Any, ...]) -> Any:
+        if st is not None and st is not pd.NA and st == REFERENCE_STATUS:
             return REFERENCE_ID
-        vals = [r.get(c) for c in parts]
         return None if not vals or any(is_missing(v) for v in vals) else "+".join(str(v) for v in vals)
 
-    return pd.Series([label(r) for _, r in df.iterrows()], index=df.index, dtype="string")
+    rows = zip(*columns) if columns else (() for _ in range(len(df)))
+    return pd.Series([label(st, vals) for st, vals in zip(status, rows)], index=df.index, dtype="string")
 
 
 def default_reference(dense: dict[str, Any] | None, cost: str) -> tuple[float, float]:

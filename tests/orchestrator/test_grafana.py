@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.monitor import HISTOGRAMS as MONITOR_HISTOGRAMS
 from orchestrator.monitor import METRICS as MONITOR_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,11 +23,13 @@ DASHBOARD = ROOT / "cluster" / "grafana" / "prunefront_dashboard.json"
 # The metrics Prunefront exports with ray.util.metrics, as Prometheus sees them (Ray prefixes
 # "ray_"), with their tag keys: taken from the exporter.
 METRICS: dict[str, set[str]] = {f"ray_{name}": set(tags) for name, (_, tags) in MONITOR_METRICS.items()}
+# Histograms: Prometheus reads their buckets (label "le").
+METRICS |= {f"ray_{name}_bucket": {"experiment", "le"} for name in MONITOR_HISTOGRAMS}
 # Labels Ray (SessionName, ...) and KubeRay's PodMonitor (ray_io_cluster) add to every series.
 RAY_LABELS = {"SessionName", "ray_io_cluster", "NodeAddress", "WorkerId", "Component", "Version", "instance"}
 PROMQL_WORDS = {
     "sum", "max", "min", "avg", "count", "by", "without", "topk", "bottomk", "last_over_time",
-    "max_over_time", "label_values", "query_result",
+    "max_over_time", "label_values", "query_result", "histogram_quantile", "le",
 }
 FILTERS = ('SessionName=~"$SessionName"', 'ray_io_cluster=~"$Cluster"', 'experiment=~"$Experiment"')
 

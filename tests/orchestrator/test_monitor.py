@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from orchestrator import monitor
 from orchestrator.monitor import METRICS, TRIAL_METRICS, format_duration, progress_line
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +43,93 @@ def test_grafana_dashboard_queries_the_exported_metrics() -> None:
     dashboard = (ROOT / "cluster" / "grafana" / "prunefront_dashboard.json").read_text()
     for name in METRICS:
         assert f"ray_{name}" in dashboard, name
+
+
+def _synthetic_search(tmp_path: Path, n: int):
+    """A synthetic experiment's lines, replayed chunk by chunk as a search would append them:
+    yields after each trial end (the ledger so far, the fake Tune trials)."""
+    import types
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from _synthetic import trial_lines, write_experiment
+
+    root = write_experiment(tmp_path / "exp", 1, 3)  # experiment.json, dense/
+    events = trial_lines(n, 3, seed=3)
+    trials: dict[str, types.SimpleNamespace] = {}
+    with open(root / "results.jsonl", "w") as f:
+        for ev in events:
+            f.write(json.dumps(ev) + "\n")
+            f.flush()
+            t = trials.setdefault(ev["trial_id"], types.SimpleNamespace(
+                trial_id=ev["trial_id"], status="RUNNING", config={"method": ev["config"]["criterion"]}))
+            if ev["type"] == "status":
+                t.status = "TERMINATED" if ev["status"] != "errored" else "ERROR"
+            yield root, ev, t, list(trials.values())
+
+
+def test_the_monitor_follows_the_ledger_and_agrees_with_the_report(tmp_path: Path) -> None:
+    """Read incrementally at each trial end, the counts, hypervolumes and knees are exactly
+    what a report built from the whole ledger says."""
+    from reports.ledger import read_experiment
+    from reports.tables import build_tables
+
+    cb = None
+    for root, ev, trial, trials in _synthetic_search(tmp_path, 150):
+        cb = cb or monitor.MonitorCallback(root, "synthetic", 150, export=False, echo=False)
+        if ev["type"] == "status":
+            cb.on_trial_complete(0, trials, trial)
+    counts = cb._states(trials)
+    front_values, _ = cb._fronts()
+    tables = build_tables(read_experiment(root))
+    statuses = tables.final.set_index("trial_id")["status"]
+    for state in ("completed", "stopped", "errored"):
+        assert counts[state] == (statuses == state).sum() > 0
+    got = {(name, tags["front"]): v for name, v, tags in front_values}
+    for front, summary in tables.summaries.items():
+        assert got[("prunefront_front_hypervolume", front)] == summary.hypervolume_normalized
+        knee_acc = tables.final.set_index("trial_id").loc[summary.knee, "val_accuracy"]
+        assert got[("prunefront_knee_val_accuracy", front)] == knee_acc
+
+
+def test_per_trial_series_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only running trials and front members keep per-trial series: once STALE_LIMIT others
+    pile up, the per-trial exporter is replaced by one holding the live set. Every finished
+    trial is counted in the histograms instead."""
+    import types
+
+    import ray
+
+    actors: list[types.SimpleNamespace] = []
+
+    class FakeExporter:
+        @staticmethod
+        def remote() -> types.SimpleNamespace:
+            series: dict = {}
+            observed: list = []
+            a = types.SimpleNamespace(series=series, observed=observed, killed=False)
+            a.set = types.SimpleNamespace(remote=lambda vs: series.update({(n, tuple(sorted(t.items()))): v for n, v, t in vs}))
+            a.observe = types.SimpleNamespace(remote=lambda vs: observed.extend(vs))
+            actors.append(a)
+            return a
+
+    monkeypatch.setattr(monitor, "_exporter_class", lambda: FakeExporter)
+    monkeypatch.setattr(ray, "kill", lambda a: setattr(a, "killed", True))
+    monkeypatch.setattr(ray, "wait", lambda refs, timeout=0: ([], refs))
+    cb, peak, n = None, 0, 400
+    for root, ev, trial, trials in _synthetic_search(tmp_path, n):
+        cb = cb or monitor.MonitorCallback(root, "synthetic", n, echo=False)
+        if ev["type"] == "result":
+            cb.on_trial_result(0, trials, trial, {k: v for k, v in ev.items() if k != "config"})
+        else:
+            cb.on_trial_complete(0, trials, trial)
+        live = {t.trial_id for t in trials if t.status == "RUNNING"} | (cb._tracker.members() if cb._tracker else set())
+        series = {dict(k[1])["trial_id"] for a in actors if not a.killed for k in a.series if "trial_id" in dict(k[1])}
+        assert len(series) <= len(live) + monitor.STALE_LIMIT
+        peak = max(peak, len(series))
+    assert sum(a.killed for a in actors) >= 2 and peak < n / 2
+    observed = [v for a in actors for v in a.observed]
+    ended = sum(1 for t in trials if t.status != "RUNNING")
+    assert sum(1 for name, _, _ in observed if name == "prunefront_finished_val_accuracy") == ended
 
 
 def _free_port() -> int:
@@ -134,6 +222,9 @@ def test_a_search_exports_its_state_as_ray_metrics(tmp_path: Path) -> None:
         if summary["knee"] is not None:
             knee_acc = final.loc[summary["knee"], "val_accuracy"]
             assert value("prunefront_knee_val_accuracy", front=front) == pytest.approx(knee_acc)
+    # Every finished trial in the histograms (Ray exports <name>_bucket / _count / _sum).
+    for name in monitor.HISTOGRAMS:
+        assert value(f"{name}_count") == len(status), name
     # The log has a progress line per finished trial.
     progress = [ln for ln in stdout.splitlines() if ln.startswith("prunefront: progress ")]
     assert [ln.split(" done")[0] for ln in progress] == ["prunefront: progress 1/2", "prunefront: progress 2/2"]

@@ -46,7 +46,8 @@ def test_the_search_reports_show_and_the_monitor_count_alike(tmp_path):
     # The monitor's gauges (Tune's view: the running trial, nothing else live).
     monitor = MonitorCallback(root, "exp", planned, export=False, echo=False)
     live = [SimpleNamespace(trial_id="a1b2c_00007", status="RUNNING")]
-    counts, _ = monitor._states(live)
+    monitor._read()  # follow the ledger, as on each result
+    counts = monitor._states(live)
     assert counts == expected
 
 

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 import pruners
-from pruners import PruneSpec
 from pruners.finetune import evaluate
 from pruners.quantize import (
     UnsafeOnnxFile,

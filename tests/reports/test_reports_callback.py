@@ -33,11 +33,12 @@ def callback_list():
     return tune_callback.CallbackList
 
 
-def test_callback_refreshes_every_n_results_and_at_the_end(tmp_path, callback_list):
+@pytest.mark.parametrize("background", [True, False])
+def test_callback_refreshes_every_n_results_and_at_the_end(tmp_path, callback_list, background):
     from reports import ReportCallback  # resolved lazily, imports Ray
 
     w = ExperimentWriter(tmp_path / "exp")
-    cb = ReportCallback(w.root, every=2, plots=False)
+    cb = ReportCallback(w.root, every=2, plots=False, background=background)
     tune_callbacks = callback_list([cb])
     report = w.root / "report"
     c1 = cfg("magnitude", "unstructured", 0.5, "one_shot")
@@ -54,6 +55,7 @@ def test_callback_refreshes_every_n_results_and_at_the_end(tmp_path, callback_li
     result("t1", c1, 1, row1)
     assert not report.exists()  # 1 result < every
     result("t2", c2, 1, row2)
+    cb.wait()  # a background refresh runs in a child process
     assert cb.builds == 1
     assert reports.load(w.root)["trials"]["trial_id"].tolist() == ["dense", "t1", "t2"]
     assert reports.load(w.root)["final"]["trial_id"].tolist() == ["dense"]  # none finished
@@ -77,6 +79,7 @@ def test_callback_survives_a_broken_ledger(tmp_path, callback_list, caplog):
                                           "status": "completed"}) + "\n")
     cb = ReportCallback(w.root, every=1, plots=False)
     callback_list([cb]).on_trial_result(iteration=1, trials=[], trial=None, result={})
+    cb.wait()
     assert cb.builds == 0
     assert "report refresh" in caplog.text
 
@@ -99,3 +102,71 @@ def test_callback_leaves_the_final_build_to_its_caller_when_asked(tmp_path, call
     w.status("t1", c1, "completed", "max epochs reached")
     callback_list([cb]).on_experiment_end(trials=[])
     assert cb.builds == 0 and not (w.root / "report").exists()
+
+
+def test_a_refresh_runs_off_the_driver_one_at_a_time(tmp_path, callback_list):
+    """The driver's hook starts the rebuild in a child process and returns; while it runs,
+    more results start no second one; the end of the experiment waits for it."""
+    from reports import ReportCallback
+
+    w = ExperimentWriter(tmp_path / "exp")
+    cb = ReportCallback(w.root, every=1, plots=False, at_end=False)
+    tune_callbacks = callback_list([cb])
+    c1 = cfg("magnitude", "unstructured", 0.5, "one_shot")
+    w.result("t1", c1, 1, **metrics(0.96875, 0.5, 34048, 17110, 52210, 17226, 8709))
+    tune_callbacks.on_trial_result(iteration=1, trials=[], trial=None, result={})
+    child = cb._child
+    assert child is not None and cb.builds == 0  # started, not waited for
+    tune_callbacks.on_trial_result(iteration=2, trials=[], trial=None, result={})
+    assert cb._child is child or child.poll() is not None  # never two at once
+    tune_callbacks.on_experiment_end(trials=[])
+    assert cb._child is None and cb.builds >= 1
+    assert reports.load(w.root)["trials"]["trial_id"].tolist() == ["dense", "t1"]
+
+
+def test_a_late_refresh_never_undoes_a_later_build(tmp_path):
+    """A refresh that read a shorter ledger and finishes after a build of the longer one
+    leaves the later report in place (if_newer); without if_newer it writes as asked."""
+    from reports.build import build_report, write_report
+    from reports.ledger import read_experiment
+    from reports.tables import build_tables
+
+    w = ExperimentWriter(tmp_path / "exp")
+    c1 = cfg("magnitude", "unstructured", 0.5, "one_shot")
+    w.result("t1", c1, 1, **metrics(0.96875, 0.5, 34048, 17110, 52210, 17226, 8709))
+    old = read_experiment(w.root)  # the refresh reads ...
+    w.result("t2", c1, 1, **metrics(0.9375, 0.5, 34048, 17110, 52210, 17226, 8709))
+    build_report(w.root, plots=False)  # ... a later build publishes first
+    assert write_report(build_tables(old), w.root / "report", plots=False,
+                        ledger_bytes=old.ledger_bytes, if_newer=True) == {}
+    assert reports.load(w.root)["trials"]["trial_id"].tolist() == ["dense", "t1", "t2"]
+    write_report(build_tables(old), w.root / "report", plots=False, ledger_bytes=old.ledger_bytes)
+    assert reports.load(w.root)["trials"]["trial_id"].tolist() == ["dense", "t1"]
+
+
+def test_show_reads_a_current_report_and_recomputes_a_stale_one(tmp_path):
+    """On an experiment directory, open_report reads report/'s Parquet files when they were
+    built from the ledger as it is now (fast at 10,000 trials), and computes afresh once a
+    line or a model was added."""
+    from reports.build import build_report, open_report
+
+    w = ExperimentWriter(tmp_path / "exp")
+    c1 = cfg("magnitude", "unstructured", 0.5, "one_shot")
+    w.result("t1", c1, 1, **metrics(0.96875, 0.5, 34048, 17110, 52210, 17226, 8709))
+    w.status("t1", c1, "completed", "max epochs reached")
+    build_report(w.root, plots=False)
+    frames, meta, title = open_report(w.root)
+    assert meta["report"]["build_id"] != "in-memory" and title == "Prunefront report: digits-mlp"
+    assert frames["final"]["trial_id"].tolist() == ["dense", "t1"]
+    w.save_model("t1")  # copied in after the build: pick must see it
+    os.utime(w.root / "models", ns=(2**62, 2**62))
+    frames, meta, _ = open_report(w.root)
+    assert meta["report"]["build_id"] == "in-memory"
+    assert frames["final"]["model_dir"].tolist()[1] == "models/t1"
+    os.utime(w.root / "models", ns=(0, 0))
+    build_report(w.root, plots=False)
+    assert open_report(w.root)[1]["report"]["build_id"] != "in-memory"
+    w.result("t2", c1, 1, **metrics(0.9375, 0.5, 34048, 17110, 52210, 17226, 8709))
+    frames, meta, _ = open_report(w.root)
+    assert meta["report"]["build_id"] == "in-memory"
+    assert frames["trials"]["trial_id"].tolist() == ["dense", "t1", "t2"]
