@@ -394,7 +394,7 @@ def test_bad_configurations_raise_one_clear_error(digits):
     with pytest.raises(ValueError, match="dynamic.*unstructured"):
         finetune(MLP(), train, test, spec=PruneSpec("magnitude", "structured", amount=0.5),
                  schedule=dynamic, **kw)
-    with pytest.raises(ValueError, match="must equal the schedule's target"):
+    with pytest.raises(ValueError, match="fraction 0.3: the schedule's target must be 0.3"):
         finetune(MLP(), train, test, spec=PruneSpec("magnitude", amount=0.3),
                  schedule=one_shot, **kw)
     late = pruners.make_schedule("iterative", target=0.5, rounds=3, interval=STEPS)
