@@ -120,15 +120,24 @@ def test_structured_result_is_a_smaller_dense_model_that_exports(digits, tmp_pat
 
 
 def test_checkpoint_sees_every_reported_row(digits):
-    seen: list[tuple[nn.Module, dict]] = []
+    """Every epoch's row reaches both hooks, once, in epoch order, with the same content; the
+    checkpoint gets the final model's object, the file that row was measured on and the
+    state of that epoch."""
+    seen: list[tuple[nn.Module, dict, int, int]] = []
+
+    def checkpoint(m: nn.Module, row: dict, path: str, state) -> None:
+        seen.append((m, copy.deepcopy(row), os.path.getsize(path), state()["epoch"]))
+
     model, rows, _ = _run(
         digits, PruneSpec("magnitude", amount=0.5), pruners.make_schedule("one_shot", target=0.5),
-        image=False, epochs=2, checkpoint=lambda m, row, path, state: seen.append((m, dict(row), path)),
+        image=False, epochs=EPOCHS, checkpoint=checkpoint,
     )
-    assert [row for _, row, _ in seen] == rows
-    assert all(m is model for m, _, _ in seen)
-    # Each row's file is the one it was measured on: its size is the row's size_bytes.
-    assert all(path is not None for _, _, path in seen)
+    assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))  # no epoch's report dropped
+    assert [row for _, row, _, _ in seen] == rows  # each reported row reached checkpoint, unchanged
+    assert all(ROW_KEYS <= set(row) for _, row, _, _ in seen)
+    assert [epoch for *_, epoch in seen] == [r["epoch"] for r in rows]  # the state after that epoch
+    assert [size for _, _, size, _ in seen] == [r["size_bytes"] for r in rows]  # the file measured
+    assert all(m is model for m, *_ in seen)
 
 
 def test_each_rows_size_is_the_file_handed_to_checkpoint(digits, tmp_path):
