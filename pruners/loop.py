@@ -205,6 +205,8 @@ def train_epochs(
     if resume is not None:
         if pruner is not None:
             pruner.load_state_dict(resume["pruner"])
+            if channels_last:  # replayed removals made new tensors, as pruner.step() does
+                pruner.module.to(memory_format=torch.channels_last)
         current()[1].load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         _set_rng_state(resume["rng"])

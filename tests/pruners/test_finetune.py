@@ -177,15 +177,18 @@ def test_models_saved_mid_training_load_and_match(digits, tmp_path, spec, schedu
         torch.testing.assert_close(loaded, live)
 
 
-@pytest.mark.parametrize(("spec", "schedule", "image"), [
+@pytest.mark.parametrize(("spec", "schedule", "image", "channels_last"), [
     (PruneSpec("magnitude", amount=0.8), dict(name="dynamic", target=0.8, interval=5, regrow_fraction=0.2,
-                                              end_step=3 * STEPS), False),
+                                              end_step=3 * STEPS), False, False),
     (PruneSpec("taylor", "structured", amount=0.5), dict(name="iterative", target=0.5, rounds=3, interval=STEPS),
-     True),
+     True, False),
+    (PruneSpec("taylor", "structured", amount=0.5), dict(name="iterative", target=0.5, rounds=3, interval=STEPS),
+     True, True),
 ])
-def test_resume_from_an_epochs_state_ends_as_if_never_interrupted(digits, spec, schedule, image):
+def test_resume_from_an_epochs_state_ends_as_if_never_interrupted(digits, spec, schedule, image, channels_last):
     """A trial retried after a lost node continues from its last epoch's ``state()``:
-    masks, regrowth, structure, optimizer, lr position, data order and RNGs all carry over."""
+    masks, regrowth, structure, optimizer, lr position, data order and RNGs all carry over
+    (channels-last too: the replayed structure trains in the memory format the run used)."""
     from torch.utils.data.distributed import DistributedSampler
 
     x = digits["x"].view(-1, 1, 8, 8) if image else digits["x"]
@@ -203,6 +206,7 @@ def test_resume_from_an_epochs_state_ends_as_if_never_interrupted(digits, spec, 
             model, train, test, spec=spec, schedule=pruners.make_schedule(sched.pop("name"), **sched),
             epochs=EPOCHS, optimizer=OptimizerConfig(name="sgd", lr=0.05, momentum=0.9, lr_schedule="cosine"),
             report=rows.append, example_inputs=x[:1], latency_repeats=1, resume=resume, seed=1,
+            channels_last=channels_last,
             checkpoint=None if states is None else (lambda m, row, f, state: states.append(state())),
         )
         return out, rows
