@@ -44,8 +44,6 @@ def dense_loop(config: dict[str, Any]) -> None:
     import ray
     import ray.train
     import torch
-    import torch.distributed as dist
-    import torch.nn.functional as F
 
     import pruners
     from orchestrator.trial import state_dict_bytes, worker_setup
@@ -58,36 +56,20 @@ def dense_loop(config: dict[str, Any]) -> None:
     setup = worker_setup(config["search"], config.get("initial_state"))
     cfg, model, device = setup.cfg, setup.model, setup.device
     epochs = 0 if config.get("initial_state") is not None else cfg.dense.epochs
-    opt_cfg = cfg.dense.optimizer.build(cfg.dense.lr, cfg.dense.epochs)  # a pruners.OptimizerConfig
-    opt = opt_cfg.build(model.parameters())
-    total_steps = epochs * len(setup.train_loader)
     channels_last = cfg.resources.channels_last and setup.example_inputs.dim() == 4
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    step = 0
-    train_loss = math.nan
-    for epoch in range(1, epochs + 1):
-        setup.train_loader.sampler.set_epoch(epoch)
-        model.train()
-        total = torch.zeros(2, dtype=torch.float64)
-        for x, y in setup.train_loader:
-            x, y = x.to(device), y.to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            for group in opt.param_groups:
-                group["lr"] = opt_cfg.lr_at(step, total_steps)
-            step += 1
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.resources.bf16):
-                batch_loss = F.cross_entropy(model(x), y)
-            batch_loss.backward()
-            opt.step()
-            total += torch.tensor([batch_loss.item(), 1.0], dtype=torch.float64)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total)
-        train_loss = total[0].item() / max(total[1].item(), 1.0)
-        val_accuracy, val_loss = pruners.evaluate(model, setup.val_loader, device=device)
-        ray.train.report({"epoch": epoch, "val_accuracy": val_accuracy, "val_loss": val_loss, "train_loss": train_loss})
+    last: dict[str, Any] = {}
+
+    def on_epoch(end: Any) -> None:
+        last.update(end.row)
+        ray.train.report(dict(end.row))
+
+    if epochs:
+        # The trials' loop without a pruner: the same steps, schedule, precision and reduction.
+        model = pruners.train_epochs(
+            model, setup.train_loader, setup.val_loader, epochs=epochs,
+            optimizer=cfg.dense.optimizer.build(cfg.dense.lr, cfg.dense.epochs), on_epoch=on_epoch,
+            bf16=cfg.resources.bf16, channels_last=channels_last)
+    train_loss = last.get("train_loss", math.nan)
     net = unwrap(model)
     if channels_last:
         net.to(memory_format=torch.contiguous_format)  # the weights trials load are plain

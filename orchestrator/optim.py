@@ -36,9 +36,10 @@ class OptimizerSettings(Section):
         return {"name": raw} if isinstance(raw, str) else raw
 
     @model_validator(mode="after")
-    def _nesterov(self) -> OptimizerSettings:
-        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
-            raise ValueError("nesterov: true without SGD momentum; needs name sgd with momentum > 0")
+    def _consistent(self) -> OptimizerSettings:
+        from pruners.spec import check_nesterov
+
+        check_nesterov(self.name, self.momentum, self.nesterov)  # the rule pruners.OptimizerConfig applies
         if self.restart_epochs is not None:
             if self.lr_schedule != "cosine_restarts":
                 raise ValueError(f"restart_epochs: set for lr_schedule {self.lr_schedule}; it needs cosine_restarts")

@@ -299,30 +299,77 @@ def worker_loop(config: dict[str, Any]) -> None:
         ray.train.report({"trial_error": message})
 
 
-def train_trial(config: dict[str, Any]) -> TrialOutcome:
-    """Prune and fine-tune with ``pruners.finetune`` on this worker, reporting every epoch.
+@dataclass
+class _EpochReporter:
+    """A trial's one reporting path: each epoch's row becomes one Train report (the row, the
+    trial's config and extras) carrying rank 0's checkpoint: the state to continue from and,
+    on the trial's kept epoch, the file the row was measured on and the row."""
 
-    Args:
-        config: ``{"search": SearchConfig, "trial": sampled flat Tune config,
-            "dense_state": ref or bytes of the start weights (None: as built),
-            "trainable_started": time.time() of the trainable}``.
-    """
-    import ray.train
+    setup: WorkerSetup
+    record: dict[str, Any]  # the trial's config (TrialSettings.record)
+    extras: dict[str, Any]  # startup_s, dense_wait_s
+    kept: Any = None  # reports.contract.KeptEpoch
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
+    def report(self, row: dict[str, Any], keep: bool, checkpoint_dir: str | None = None) -> None:
+        """``ray.train.report`` of ``row`` (the one place its metrics are built)."""
+        import ray.train
+
+        metrics = {**row, **self.record, **self.extras, "kept": int(keep),
+                   KEPT_SCORE: int(row["epoch"]) if keep else 0, **self.setup.placement}
+        ray.train.report(metrics, checkpoint=None if checkpoint_dir is None
+                         else ray.train.Checkpoint.from_directory(checkpoint_dir))
+
+    def epoch(self, model: Any, row: dict[str, Any], artifact: str | None, state: Any) -> None:
+        """``pruners.finetune``'s ``checkpoint`` hook, after each epoch: its row, the file
+        that row was measured on (rank 0) and the state to continue from."""
+        import torch
+
+        import pruners
+
+        row = {k: _plain(v) for k, v in row.items()}
+        keep = self.kept.observe(row)  # validation metrics: the same decision on every rank
+        if keep:
+            row["test_accuracy"], row["test_loss"] = pruners.evaluate(model, self.setup.test_loader,
+                                                                      device=self.setup.device)
+        self.rows.append(row)
+        if self.setup.rank != 0:
+            self.report(row, keep)
+            return
+        with tempfile.TemporaryDirectory(prefix="prunefront-ckpt-") as tmp:
+            torch.save({"finetune": state(), "kept": self.kept.kept, "rows": self.rows}, os.path.join(tmp, STATE_FILE))
+            if keep:
+                shutil.copyfile(artifact, os.path.join(tmp, MODEL_FILE))
+                Path(tmp, ROW_FILE).write_text(json.dumps({**row, "config": self.record}, default=str))
+            self.report(row, keep, tmp)
+
+    def resume(self, checkpoint: Any) -> dict[str, Any]:
+        """The ``finetune`` state of ``checkpoint`` (the last epoch the trial finished), with
+        its rows and kept epoch restored and that epoch reported again (with its model when
+        it was the kept one): the driver may have died before its result reached the
+        ledger, which writes each epoch once."""
+        import torch
+
+        with checkpoint.as_directory() as d:
+            saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+            self.kept.kept, self.rows = saved["kept"], list(saved["rows"])
+            last = self.rows[-1]
+            was_kept = self.kept.kept is not None and self.kept.kept.get("epoch") == last["epoch"]
+            has_model = os.path.isfile(os.path.join(d, MODEL_FILE))
+            self.report(last, was_kept, d if self.setup.rank == 0 and was_kept and has_model else None)
+        return saved["finetune"]
+
+
+def _pruning(setup: WorkerSetup, trial: Any) -> tuple[Any, Any, Any]:
+    """``(spec, schedule, teacher)`` of a decoded trial on this worker's data."""
     import pruners
-    from orchestrator.optim import trial_optimizer
-    from orchestrator.space import decode_trial
     from orchestrator.steps import build_schedule
     from pruners.thresholds import schedule_target
-    from reports.contract import KeptEpoch
 
-    setup = worker_setup(config["search"], config["dense_state"])
-    cfg = setup.cfg
-    trial = decode_trial(config["trial"])
     # The fraction rule ramps to `amount`, a cost rule to the share of the cost it removes;
     # the other rules apply `amount` at each update step (the schedule only times them).
-    target = schedule_target(trial.threshold_rule, trial.amount)
-    schedule = build_schedule(trial.schedule, trial.schedule_params, target=target,
+    schedule = build_schedule(trial.schedule, trial.schedule_params,
+                              target=schedule_target(trial.threshold_rule, trial.amount),
                               steps_per_epoch=len(setup.train_loader), epochs=trial.epochs)
     spec = pruners.PruneSpec(
         criterion=trial.criterion, granularity=trial.granularity, amount=trial.amount,
@@ -336,70 +383,55 @@ def train_trial(config: dict[str, Any]) -> TrialOutcome:
         from pruners.measure import unwrap
 
         teacher = copy.deepcopy(unwrap(setup.model))
+    return spec, schedule, teacher
+
+
+def train_trial(config: dict[str, Any]) -> TrialOutcome:
+    """Prune and fine-tune with ``pruners.finetune`` on this worker, reporting every epoch.
+
+    Args:
+        config: ``{"search": SearchConfig, "trial": sampled flat Tune config,
+            "dense_state": ref or bytes of the start weights (None: as built),
+            "trainable_started": time.time() of the trainable}``.
+    """
+    import ray.train
+
+    import pruners
+    from orchestrator.optim import trial_optimizer
+    from orchestrator.space import decode_trial
+    from reports.contract import KeptEpoch
+
+    setup = worker_setup(config["search"], config["dense_state"])
+    cfg = setup.cfg
+    trial = decode_trial(config["trial"])
+    spec, schedule, teacher = _pruning(setup, trial)
     optimizer = trial_optimizer(cfg, trial.lr, trial.epochs)  # cosine_restarts: restarts after each rung
-    record = trial.record()
-    kept = KeptEpoch()
-    rows: list[dict[str, Any]] = []
     # Seconds from the trainable's start to training: Train run launch, worker process,
     # imports, data, model (the per-trial overhead the search pays before any work), not
     # counting the wait for a dense job still training beside the first trials.
     startup_s = time.time() - float(config.get("trainable_started", time.time())) - setup.dense_wait_s
+    reporter = _EpochReporter(setup, trial.record(), {"startup_s": startup_s, "dense_wait_s": setup.dense_wait_s},
+                              KeptEpoch())
     resume = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         # A retry (a lost worker or node, a killed process, --resume): continue after the
-        # last epoch the trial finished, exactly where it was. That epoch is reported again
-        # (with its model when it was the kept one): the driver may have died before its
-        # result reached the ledger, which writes each epoch once.
-        import torch
-
-        with checkpoint.as_directory() as d:
-            saved = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
-            kept.kept, rows, resume = saved["kept"], list(saved["rows"]), saved["finetune"]
-            was_kept = kept.kept is not None and kept.kept.get("epoch") == rows[-1]["epoch"]
-            again = {**rows[-1], **record, "startup_s": startup_s, "dense_wait_s": setup.dense_wait_s,
-                     "kept": int(was_kept), KEPT_SCORE: int(rows[-1]["epoch"]) if was_kept else 0, **setup.placement}
-            has_model = os.path.isfile(os.path.join(d, MODEL_FILE))
-            ray.train.report(again, checkpoint=ray.train.Checkpoint.from_directory(d)
-                             if setup.rank == 0 and was_kept and has_model else None)
+        # last epoch the trial finished, exactly where it was.
+        resume = reporter.resume(checkpoint)
         if int(resume["epoch"]) >= trial.epochs:  # it had finished
-            return TrialOutcome(model=setup.model, rows=rows, rank=setup.rank)
-
-    def on_epoch(model: Any, row: dict[str, Any], artifact: str | None, state: Any) -> None:
-        # `finetune` calls this after each epoch's row with the file that row was measured
-        # on; the Train report is sent from here so it can carry that very file, and the
-        # state to continue from after this epoch.
-        row = {k: _plain(v) for k, v in row.items()}
-        keep = kept.observe(row)  # validation metrics: the same decision on every rank
-        if keep:
-            row["test_accuracy"], row["test_loss"] = pruners.evaluate(model, setup.test_loader, device=setup.device)
-        rows.append(row)
-        metrics = {**row, **record, "startup_s": startup_s, "dense_wait_s": setup.dense_wait_s, "kept": int(keep),
-                   KEPT_SCORE: int(row["epoch"]) if keep else 0, **setup.placement}
-        if setup.rank != 0:
-            ray.train.report(metrics)
-            return
-        import torch
-
-        with tempfile.TemporaryDirectory(prefix="prunefront-ckpt-") as tmp:
-            torch.save({"finetune": state(), "kept": kept.kept, "rows": rows}, os.path.join(tmp, STATE_FILE))
-            if keep:
-                shutil.copyfile(artifact, os.path.join(tmp, MODEL_FILE))
-                Path(tmp, ROW_FILE).write_text(json.dumps({**row, "config": record}, default=str))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
+            return TrialOutcome(model=setup.model, rows=reporter.rows, rank=setup.rank)
     model = pruners.finetune(
         setup.model, setup.train_loader, setup.val_loader,
         spec=spec, schedule=schedule, epochs=trial.epochs, optimizer=optimizer,
-        report=lambda row: None, checkpoint=on_epoch,
+        checkpoint=reporter.epoch,  # the one hook: its report carries the checkpoint
         example_inputs=setup.example_inputs, device=setup.device,
         calibration_batches=cfg.data.calibration_batches,
         latency_batch_size=cfg.metrics.latency_batch_size,
         latency_repeats=cfg.metrics.latency_repeats,
         latency_threads=cfg.metrics.latency_threads,
-        artifact_metadata={"config": record},
+        artifact_metadata={"config": reporter.record},
         seed=cfg.seed,
         teacher=teacher, distill=trial.distill, temperature=cfg.search.distill_temperature,
         resume=resume, bf16=cfg.resources.bf16, channels_last=cfg.resources.channels_last,
     )
-    return TrialOutcome(model=model, rows=rows, rank=setup.rank)
+    return TrialOutcome(model=model, rows=reporter.rows, rank=setup.rank)

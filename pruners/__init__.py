@@ -13,7 +13,8 @@ from pruners._attention import PrunableMultiheadAttention, convert_attention
 from pruners.spec import OptimizerConfig, PruneSpec
 from pruners.calibration import CalibrationBatches
 from pruners.pruner import Pruner
-from pruners.finetune import evaluate, finetune
+from pruners.loop import EpochEnd, evaluate, train_epochs
+from pruners.finetune import finetune
 from pruners.measure import Latency, Metrics, count_flops, measure, time_forward
 from pruners.io import ModelFileError, UnsafeModelFile, check_model_file, load, load_metadata, save
 
@@ -24,7 +25,9 @@ __all__ = [
     "CalibrationBatches",
     "Latency",
     "Pruner",
+    "EpochEnd",
     "evaluate",
+    "train_epochs",
     "time_forward",
     "Metrics",
     "OptimizerConfig",

@@ -1,12 +1,15 @@
-"""Device and module helpers shared by the criteria, ``finetune``, ``measure`` and ``io``."""
+"""Device and module helpers shared by the criteria, ``finetune``, ``measure``, ``io`` and
+``targets``."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import prune as torch_prune
 
 
 def device_of(module: nn.Module) -> torch.device:
@@ -47,3 +50,20 @@ def as_tuple(example_inputs: Any) -> tuple[Any, ...]:
     if isinstance(example_inputs, list):
         return tuple(example_inputs)
     return (example_inputs,)
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    """A deep copy that keeps ``torch.nn.utils.prune`` masks and hooks.
+
+    prune's pre-hook leaves ``module.weight`` as a non-leaf tensor (``weight_orig * mask``),
+    which ``deepcopy`` refuses: deepcopy is handed a detached stand-in (the copy's hook
+    recomputes it at its next forward).
+    """
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, torch_prune.BasePruningMethod):
+                t = getattr(module, hook._tensor_name, None)
+                if isinstance(t, torch.Tensor) and not t.is_leaf:
+                    memo[id(t)] = t.detach().clone()
+    return copy.deepcopy(model, memo)

@@ -15,7 +15,6 @@ the model's ``size_bytes``: what a user ships is what the report says.
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import os
@@ -29,7 +28,7 @@ from torch.export import Dim
 from torch.nn.utils import prune as torch_prune
 
 from pruners._archive_check import ModelFileError, UnsafeModelFile, check_archive
-from pruners._devices import as_tuple, unwrap
+from pruners._devices import as_tuple, clone_model, unwrap
 
 __all__ = ["save", "load", "load_metadata", "check_model_file", "make_permanent_copy", "ModelFileError", "UnsafeModelFile"]
 
@@ -42,18 +41,7 @@ def make_permanent_copy(model: nn.Module) -> nn.Module:
 
     The caller's model is left untouched (masks, hooks, train/eval flags).
     """
-    model = unwrap(model)
-    # prune's pre-hook leaves ``module.weight`` as a non-leaf tensor (weight_orig * mask),
-    # which deepcopy refuses; hand deepcopy a detached stand-in (prune.remove recomputes it).
-    memo: dict[int, Any] = {}
-    for module in model.modules():
-        for hook in module._forward_pre_hooks.values():
-            if isinstance(hook, torch_prune.BasePruningMethod):
-                name = hook._tensor_name
-                t = getattr(module, name, None)
-                if isinstance(t, torch.Tensor) and not t.is_leaf:
-                    memo[id(t)] = t.detach().clone()
-    clone = copy.deepcopy(model, memo)
+    clone = clone_model(unwrap(model))
     for module in clone.modules():
         for hook in list(module._forward_pre_hooks.values()):
             if isinstance(hook, torch_prune.BasePruningMethod):

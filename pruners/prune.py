@@ -12,6 +12,9 @@
   timm; their relative position tables inside), and so the transformer residual stream;
   a channel shuffle or another reshape that splits the channel axis (``pruners._graph``).
   All groups are cut at once, each layer once (``pruners.structured``).
+* Cost rules (``flops_cut`` / ``params_cut``: "4x fewer FLOPs"): :func:`prune_to_cost`
+  bisects the fraction of units to remove, on copies pruned with the same scores, until the
+  cost ``pruners.targets.model_cost`` counts falls to the target.
 
 The final classifier (the last Conv / Linear executed in a forward pass) is never pruned.
 Everything here is deterministic given the weights and the criterion's statistics, so DDP
@@ -21,7 +24,8 @@ ranks that share statistics make identical choices.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,10 +36,11 @@ from torch import nn
 from pruners._attention import convert_attention
 from pruners.criteria import CRITERIA, Criterion, make_criterion
 from pruners.criteria.base import eval_mode
-from pruners.measure import unwrap
+from pruners._devices import clone_model, unwrap
 from pruners.registry import check_choice
 from pruners.selection import LayerReport, call_model, keep_at_least, layer_keep, min_keep_problem, select_global, select_units
 from pruners.structured import collect_units, prune_structured
+from pruners.targets import model_cost
 from pruners.thresholds import get_threshold_rule
 
 GRANULARITIES: tuple[str, ...] = ("unstructured", "structured")
@@ -215,8 +220,6 @@ def prune(
     rule = get_threshold_rule(threshold_rule)
     value = rule.validate(amount)
     if rule.kind == "cost":
-        from pruners.targets import model_cost, prune_to_cost
-
         target = model_cost(unwrap(model), example_inputs, threshold_rule, granularity) / value
         rep, _ = prune_to_cost(model, target_cost=target, rule=threshold_rule, criterion=crit, granularity=granularity,
                                example_inputs=example_inputs, scope=scope, calibration=calibration, ignore=ignore,
@@ -354,3 +357,102 @@ def score(
             return {n: _weight_scores(crit, m, m.weight) for n, m in prunable_weights(net, ignored)}
         _, units = collect_units(net, crit, ignored, example_inputs)
         return {u.name: u.scores for u in units}
+
+
+# --------------------------------------------------------------------------- cost targets
+class FixedScores(Criterion):
+    """A criterion that answers with scores computed before (by name), so copies of a model
+    are pruned exactly as the model itself would be. Life-cycle calls go to ``base``."""
+
+    name = "fixed"
+    granularities = ("unstructured", "structured")
+
+    def __init__(self, scores: Mapping[str, torch.Tensor], model: nn.Module, base: Criterion | None = None) -> None:
+        super().__init__()
+        self.scores, self.base = scores, base
+        self.names = {m: n for n, m in model.named_modules()}
+
+    def _of(self, module: nn.Module) -> torch.Tensor | None:
+        return self.scores.get(self.names.get(module, ""))
+
+    def weight_scores(self, module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+        return self._of(module).reshape(weight.shape)
+
+    def group_scores(self, group: Any) -> torch.Tensor | None:
+        s = self._of(group[0].dep.target.module)
+        if s is None:
+            return None
+        n = len(group[0].idxs)
+        return s.repeat(n // s.numel()) if s.numel() != n else s  # interleaved groups: one score each
+
+    def head_scores(self, module: nn.Module) -> torch.Tensor | None:
+        return self._of(module)
+
+    def after_prune(self, model: nn.Module, removed: Any = None) -> None:
+        if self.base is not None:
+            self.base.after_prune(model, removed)
+
+    def suspended(self) -> Any:
+        return self.base.suspended() if self.base is not None else super().suspended()
+
+
+def prune_to_cost(
+    model: nn.Module,
+    *,
+    target_cost: float,
+    rule: str,
+    criterion: str | Criterion,
+    granularity: str,
+    example_inputs: Any,
+    scope: str = "global",
+    calibration: Iterable[Any] | None = None,
+    ignore: Iterable[str] | None = None,
+    min_keep: float = 0.0,
+    rtol: float = 0.01,
+    max_steps: int = 14,
+) -> tuple[PruneReport | None, float]:
+    """Prune ``model`` until its ``rule`` cost (``targets.model_cost``) is at most
+    ``target_cost``, removing as few units as the criterion's ranking allows: the model is
+    scored once, the fraction of units to remove is bisected on copies of it (each pruned
+    with those same scores, its cost counted) until the cost is at or just below the
+    target, and the model itself is pruned with that fraction.
+
+    Returns:
+        ``(report, cost)``: the prune's report (None when the model already met the target)
+        and the cost reached. When even removing all but ``min_keep`` of every layer cannot
+        reach the target, the model is pruned as far as it goes and the cost says so.
+    """
+    net = unwrap(model)
+    now = model_cost(net, example_inputs, rule, granularity)
+    if now <= target_cost * (1 + rtol):
+        return None, now
+    crit = criterion
+    ignore = list(ignore or ())
+    scores = score(net, criterion=crit, granularity=granularity, example_inputs=example_inputs,
+                   calibration=calibration, ignore=ignore)
+
+    def pruned(frac: float, on: nn.Module, base: Criterion | None) -> tuple[PruneReport, float]:
+        rep = prune(on, criterion=FixedScores(scores, on, base), granularity=granularity, amount=frac,
+                    threshold_rule="fraction", scope=scope, example_inputs=example_inputs, ignore=ignore,
+                    min_keep=min_keep)
+        return rep, model_cost(on, example_inputs, rule, granularity)
+
+    def trial(frac: float) -> float:
+        return pruned(frac, clone_model(net), None)[1]
+
+    # Unstructured fractions count the weights masked before (cumulative), structured ones
+    # are fractions of the channels the model has now; either way cost falls as the
+    # fraction grows, so bisection finds the smallest fraction that meets the target.
+    lo, hi = 0.0, math.nextafter(1.0, 0.0)
+    best = hi
+    for _ in range(max_steps):
+        mid = (lo + hi) / 2
+        if trial(mid) <= target_cost * (1 + rtol):
+            best, hi = mid, mid
+        else:
+            lo = mid
+        if hi - lo < 1e-3:
+            break
+    base = criterion if isinstance(criterion, Criterion) else None
+    rep, cost = pruned(best, net, base)
+    return rep, cost

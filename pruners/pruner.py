@@ -45,13 +45,13 @@ from pruners._dynamic import StraightThrough, regrow
 from pruners.calibration import CalibrationBatches
 from pruners.criteria import Criterion
 from pruners.criteria.base import eval_mode
-from pruners.prune import PruneReport, prune
+from pruners.prune import PruneReport, prune, prune_to_cost
 from pruners.structured import replay_structural
 from pruners.schedules import Schedule
 from pruners.spec import PruneSpec
-from pruners.targets import model_cost, prune_to_cost
+from pruners.targets import model_cost
 from pruners.sparsity import achieved_sparsity, install_masks, masks_of, prunable_weight_counts
-from pruners.thresholds import get_threshold_rule
+from pruners.thresholds import get_threshold_rule, schedule_target
 
 __all__ = ["Pruner", "achieved_sparsity", "prunable_weight_counts"]
 
@@ -171,16 +171,15 @@ class Pruner:
                 f"schedule {schedule.name!r} supports {', '.join(schedule.granularities)} pruning only, "
                 f"not {spec.granularity}"
             )
-        if spec.threshold_rule == "fraction" and abs(spec.amount - schedule.target) > 1e-9:
-            raise ValueError(
-                f"spec.amount {spec.amount} must equal the schedule's target {schedule.target} for the "
-                "fraction rule (the schedule ramps to it)"
-            )
-        if self._cost_rule and abs((1 - 1 / spec.amount) - schedule.target) > 1e-9:
-            raise ValueError(
-                f"a {spec.threshold_rule} of {spec.amount:g} removes 1 - 1/{spec.amount:g} = {1 - 1 / spec.amount:.6g} of "
-                f"the cost: the schedule's target must be that (the schedule ramps the cost down), got {schedule.target}"
-            )
+        if spec.threshold_rule == "fraction" or self._cost_rule:
+            # The fraction rule ramps to its amount, a cost rule to the share of the cost it
+            # removes; the other rules apply their amount at every update (any target).
+            want = schedule_target(spec.threshold_rule, spec.amount)
+            if abs(want - schedule.target) > 1e-9:
+                raise ValueError(
+                    f"{spec.threshold_rule} {spec.amount:g}: the schedule's target must be {want:.6g} (the schedule "
+                    f"ramps to it: the fraction itself, 1 - 1/factor of the cost for a cost rule), got {schedule.target}"
+                )
         if isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int) or calibration_batches < 1:
             raise ValueError(f"calibration_batches must be an integer >= 1, got {calibration_batches!r}")
         if total_steps is not None:

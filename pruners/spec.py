@@ -20,7 +20,7 @@ from pruners.registry import check_choice
 from pruners.selection import min_keep_problem
 from pruners.thresholds import get_threshold_rule, list_threshold_rules
 
-__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "OptimizerConfig", "PruneSpec"]
+__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "OptimizerConfig", "PruneSpec", "check_nesterov"]
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine", "cosine_restarts")
@@ -128,8 +128,7 @@ class OptimizerConfig:
         ):
             if not ok:
                 raise ValueError(f"optimizer {key} must be {allowed}, got {getattr(self, key)!r}")
-        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
-            raise ValueError("nesterov needs the sgd optimizer with momentum > 0")
+        check_nesterov(self.name, self.momentum, self.nesterov)
         ends = tuple(self.cycle_ends)
         if ends and self.lr_schedule != "cosine_restarts":
             raise ValueError(f"optimizer cycle_ends is for lr_schedule cosine_restarts, not {self.lr_schedule!r}")
@@ -165,6 +164,13 @@ class OptimizerConfig:
                 break
             start = e
         return 0.5 * self.lr * (1.0 + math.cos(math.pi * (t - start) / (end - start)))
+
+
+def check_nesterov(name: str, momentum: float, nesterov: bool) -> None:
+    """Nesterov momentum is SGD's, and needs momentum (``ValueError`` otherwise); the
+    search config's ``optimizer`` sections apply this same rule."""
+    if nesterov and (name != "sgd" or momentum == 0):
+        raise ValueError("nesterov needs the sgd optimizer with momentum > 0")
 
 
 def _is_number(v: Any) -> bool:

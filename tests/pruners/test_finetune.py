@@ -120,15 +120,24 @@ def test_structured_result_is_a_smaller_dense_model_that_exports(digits, tmp_pat
 
 
 def test_checkpoint_sees_every_reported_row(digits):
-    seen: list[tuple[nn.Module, dict]] = []
+    """Every epoch's row reaches both hooks, once, in epoch order, with the same content; the
+    checkpoint gets the final model's object, the file that row was measured on and the
+    state of that epoch."""
+    seen: list[tuple[nn.Module, dict, int, int]] = []
+
+    def checkpoint(m: nn.Module, row: dict, path: str, state) -> None:
+        seen.append((m, copy.deepcopy(row), os.path.getsize(path), state()["epoch"]))
+
     model, rows, _ = _run(
         digits, PruneSpec("magnitude", amount=0.5), pruners.make_schedule("one_shot", target=0.5),
-        image=False, epochs=2, checkpoint=lambda m, row, path, state: seen.append((m, dict(row), path)),
+        image=False, epochs=EPOCHS, checkpoint=checkpoint,
     )
-    assert [row for _, row, _ in seen] == rows
-    assert all(m is model for m, _, _ in seen)
-    # Each row's file is the one it was measured on: its size is the row's size_bytes.
-    assert all(path is not None for _, _, path in seen)
+    assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))  # no epoch's report dropped
+    assert [row for _, row, _, _ in seen] == rows  # each reported row reached checkpoint, unchanged
+    assert all(ROW_KEYS <= set(row) for _, row, _, _ in seen)
+    assert [epoch for *_, epoch in seen] == [r["epoch"] for r in rows]  # the state after that epoch
+    assert [size for _, _, size, _ in seen] == [r["size_bytes"] for r in rows]  # the file measured
+    assert all(m is model for m, *_ in seen)
 
 
 def test_each_rows_size_is_the_file_handed_to_checkpoint(digits, tmp_path):
@@ -168,15 +177,18 @@ def test_models_saved_mid_training_load_and_match(digits, tmp_path, spec, schedu
         torch.testing.assert_close(loaded, live)
 
 
-@pytest.mark.parametrize(("spec", "schedule", "image"), [
+@pytest.mark.parametrize(("spec", "schedule", "image", "channels_last"), [
     (PruneSpec("magnitude", amount=0.8), dict(name="dynamic", target=0.8, interval=5, regrow_fraction=0.2,
-                                              end_step=3 * STEPS), False),
+                                              end_step=3 * STEPS), False, False),
     (PruneSpec("taylor", "structured", amount=0.5), dict(name="iterative", target=0.5, rounds=3, interval=STEPS),
-     True),
+     True, False),
+    (PruneSpec("taylor", "structured", amount=0.5), dict(name="iterative", target=0.5, rounds=3, interval=STEPS),
+     True, True),
 ])
-def test_resume_from_an_epochs_state_ends_as_if_never_interrupted(digits, spec, schedule, image):
+def test_resume_from_an_epochs_state_ends_as_if_never_interrupted(digits, spec, schedule, image, channels_last):
     """A trial retried after a lost node continues from its last epoch's ``state()``:
-    masks, regrowth, structure, optimizer, lr position, data order and RNGs all carry over."""
+    masks, regrowth, structure, optimizer, lr position, data order and RNGs all carry over
+    (channels-last too: the replayed structure trains in the memory format the run used)."""
     from torch.utils.data.distributed import DistributedSampler
 
     x = digits["x"].view(-1, 1, 8, 8) if image else digits["x"]
@@ -194,6 +206,7 @@ def test_resume_from_an_epochs_state_ends_as_if_never_interrupted(digits, spec, 
             model, train, test, spec=spec, schedule=pruners.make_schedule(sched.pop("name"), **sched),
             epochs=EPOCHS, optimizer=OptimizerConfig(name="sgd", lr=0.05, momentum=0.9, lr_schedule="cosine"),
             report=rows.append, example_inputs=x[:1], latency_repeats=1, resume=resume, seed=1,
+            channels_last=channels_last,
             checkpoint=None if states is None else (lambda m, row, f, state: states.append(state())),
         )
         return out, rows
@@ -394,7 +407,7 @@ def test_bad_configurations_raise_one_clear_error(digits):
     with pytest.raises(ValueError, match="dynamic.*unstructured"):
         finetune(MLP(), train, test, spec=PruneSpec("magnitude", "structured", amount=0.5),
                  schedule=dynamic, **kw)
-    with pytest.raises(ValueError, match="must equal the schedule's target"):
+    with pytest.raises(ValueError, match="fraction 0.3: the schedule's target must be 0.3"):
         finetune(MLP(), train, test, spec=PruneSpec("magnitude", amount=0.3),
                  schedule=one_shot, **kw)
     late = pruners.make_schedule("iterative", target=0.5, rounds=3, interval=STEPS)

@@ -190,7 +190,7 @@ def test_a_cost_target_is_met_at_the_end_of_a_gradual_schedule(data):
             flops.append(pruners.measure(pruner.module, x[:1], files=False).flops)
     assert flops == sorted(flops, reverse=True) and len(flops) >= 3  # ramped down
     assert 3 * 0.99 <= dense_flops / flops[-1] <= 3 * 1.3
-    with pytest.raises(ValueError, match="schedule's target must be that"):
+    with pytest.raises(ValueError, match=r"flops_cut 3: the schedule's target must be 0.666667"):
         pruners.Pruner(ResidualCNN(width=16), PruneSpec("magnitude", "structured", amount=3, threshold_rule="flops_cut"),
                        pruners.make_schedule("one_shot", target=0.5), x[:1])
 
