@@ -58,31 +58,6 @@ def _imports(path: Path, known: set[str]) -> set[str]:
     return found
 
 
-def test_no_import_cycle_inside_the_orchestrator():
-    mods = _modules("orchestrator")
-    known = set(mods)
-    graph = {m: _imports(p, known) - {m, "orchestrator"} for m, p in mods.items()}
-    # Depth-first search for a back edge.
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(m: str) -> None:
-        state[m] = 1
-        stack.append(m)
-        for n in sorted(graph.get(m, ())):
-            if state.get(n) == 1:
-                cycle = stack[stack.index(n):] + [n]
-                raise AssertionError("import cycle: " + " -> ".join(cycle))
-            if n not in state:
-                visit(n)
-        stack.pop()
-        state[m] = 2
-
-    for m in sorted(graph):
-        if m not in state:
-            visit(m)
-
-
 def test_no_module_is_too_long_to_read():
     long = {str(p.relative_to(ROOT)): n for pkg in PACKAGES for p in _modules(pkg).values()
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
