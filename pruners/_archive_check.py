@@ -67,7 +67,7 @@ _SCALAR_TARGETS = {f"_operator.{n}" for n in (
 # integer literals, quoted symbol names and operators; no attribute access, subscripts or
 # other strings, so sympify's eval can only build sympy objects.
 _SYMPY_NAMES = {
-    "Symbol", "Integer", "Rational", "Float", "True", "False", "oo", "zoo", "nan",
+    "Symbol", "Integer", "Rational", "Float", "True", "False", "oo", "zoo", "nan", "Add", "Mul", "Pow",
     "positive", "negative", "integer", "real", "nonnegative", "finite",
     "Max", "Min", "Abs", "floor", "ceiling", "sqrt", "Eq", "Ne", "Lt", "Le", "Gt", "Ge",
     "And", "Or", "Not", "Piecewise", "Mod", "FloorDiv", "ModularIndexing", "Where", "PythonMod",
