@@ -245,6 +245,7 @@ def check_environment(cfg: SearchConfig, *, resuming: bool, local: bool, dry_run
         from orchestrator import datasets
 
         datasets.locate(cfg.data)  # raises ConfigError saying where it looked
+        check_calibration(cfg)
         if cfg.dense.checkpoint is not None and not Path(cfg.dense.checkpoint).exists():
             raise ConfigError(
                 f"dense.checkpoint: {cfg.dense.checkpoint!r} does not exist; give a state_dict (.pt) or "
@@ -257,6 +258,23 @@ def check_environment(cfg: SearchConfig, *, resuming: bool, local: bool, dry_run
         locate_factory(cfg.model.name)  # a dry run runs none of the config's code
     else:
         models.check_model_name(cfg.model.name)
+
+
+def check_calibration(cfg: SearchConfig) -> None:
+    """int8 calibrates on search.quantize_calibration training examples: no more than the
+    training split holds (read here, before Ray starts, only when int8 may be drawn)."""
+    from orchestrator.params import values_of
+
+    if not set(values_of(cfg.search.space.quantize)) - {"none"}:
+        return
+    from orchestrator import data
+
+    n = len(data.load_datasets(cfg.data, seed=cfg.seed).train)
+    if cfg.search.quantize_calibration > n:
+        raise ConfigError(
+            f"search.quantize_calibration: {cfg.search.quantize_calibration} is larger than the training split "
+            f"({n} examples of {cfg.data.dataset} after the validation split and data.train_subset); "
+            f"must be <= {n}")
 
 
 def lock_output(cfg: SearchConfig):  # -> lock.Held

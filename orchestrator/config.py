@@ -28,8 +28,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from orchestrator.errors import ConfigError, fmt, one_line, typename
 from orchestrator.limits import LIMITS
 from orchestrator.optim import OptimizerSettings, check_restarts
-from orchestrator.params import Choice, Fixed, Param, Range, Searched, SearchedNames, parse_param, values_of
-from orchestrator.params import Section as _Model
+from orchestrator.params import Choice, Fixed, Param, Range, Searched, SearchedNames, check_names, parse_param
+from orchestrator.params import Section as _Model, values_of
 from reports.contract import COST_METRICS, DECISION_METRICS, TEST_KEYS
 from reports.layout import RESULTS_DIR
 
@@ -69,14 +69,6 @@ def _datasets() -> Any:
 
 def _dataset_choices(schema: dict[str, Any]) -> None:
     schema["enum"] = _datasets().names()  # read when the schema is made: every registered dataset
-
-
-def _check_names(key: str, p: Param, valid: list[str]) -> None:
-    if isinstance(p, Range):
-        raise ConfigError(f"{key}: a range needs numbers; give a list of names from: {', '.join(valid)}")
-    for v in values_of(p):
-        if not isinstance(v, str) or v not in valid:
-            raise ConfigError(f"{key}: unknown value {fmt(v)}; valid choices: {', '.join(valid)}")
 
 
 # -------------------------------------------------------------------------------- sections
@@ -183,6 +175,9 @@ class SpaceConfig(_Model):
     distill: Searched = Fixed(0.0)
     #: Fraction of its units every layer keeps (a global ranking cannot empty a layer).
     min_keep: Searched = Fixed(0.1)
+    #: What ships after fine-tuning: none (float32), int8 (post-training) or int8_qat (QAT over
+    #: the last search.qat_epochs); pruners.quantize (ONNX files, timed on ONNX Runtime).
+    quantize: SearchedNames = Choice(("none", "int8"))
 
     @model_validator(mode="after")
     def _names_and_values(self) -> SpaceConfig:
@@ -206,11 +201,14 @@ class SpaceConfig(_Model):
             if (problem := min_keep_problem(v)) is not None:
                 raise ConfigError(f"{key}.min_keep: {fmt(v)} is out of range; {problem}")
         p = _pruners()
-        _check_names(f"{key}.criterion", self.criterion, list(p.list_criteria()))
-        _check_names(f"{key}.granularity", self.granularity, list(p.GRANULARITIES))
-        _check_names(f"{key}.scope", self.scope, list(p.SCOPES))
-        _check_names(f"{key}.threshold_rule", self.threshold_rule, list(p.list_threshold_rules()))
-        _check_names(f"{key}.schedule", self.schedule, list(p.list_schedules()))
+        check_names(f"{key}.criterion", self.criterion, list(p.list_criteria()))
+        check_names(f"{key}.granularity", self.granularity, list(p.GRANULARITIES))
+        check_names(f"{key}.scope", self.scope, list(p.SCOPES))
+        check_names(f"{key}.threshold_rule", self.threshold_rule, list(p.list_threshold_rules()))
+        check_names(f"{key}.schedule", self.schedule, list(p.list_schedules()))
+        from pruners.quantize import QUANTIZE_MODES
+
+        check_names(f"{key}.quantize", self.quantize, list(QUANTIZE_MODES))
         from pruners.thresholds import get_threshold_rule
 
         for v in values_of(self.amount):
@@ -241,6 +239,9 @@ class SearchSettings(_Model):
     optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
     #: Temperature of the distillation term (``space.distill`` > 0).
     distill_temperature: float = Field(4.0, gt=0.0)
+    #: Training examples int8 calibrates on (never validation or test ones); QAT epochs of int8_qat.
+    quantize_calibration: int = Field(512, ge=1, le=LIMITS["search.quantize_calibration"])
+    qat_epochs: int = Field(1, ge=1, le=LIMITS["search.epochs"])
 
     @field_validator("epochs")
     @classmethod
@@ -303,11 +304,12 @@ class SearchSettings(_Model):
     @model_validator(mode="after")
     def _space_fits(self) -> SearchSettings:
         from orchestrator.space import check_grid, valid_methods
-        from orchestrator.steps import check_schedules_fit
+        from orchestrator.steps import check_qat_fits, check_schedules_fit
 
         methods = valid_methods(self)  # raises when the space has no valid combination
         # Only the schedules the space can sample must fit (the others keep their defaults).
         check_schedules_fit(self.schedule_params, sorted({m[2] for m in methods}), self.min_epochs)
+        check_qat_fits(self, sorted({m[2] for m in methods}))
         if self.algorithm == "grid":
             check_grid(self, methods)
         if self.algorithm == "optuna" and importlib.util.find_spec("optuna") is None:
@@ -418,7 +420,7 @@ class MetricsConfig(_Model):
 
 class ReportConfig(_Model):
     """Which fronts the report builds (``report:``): validation accuracy against each cost
-    listed; null = flops, flops_sparse, size_bytes plus the cost objectives of the scheduler."""
+    listed; null = flops, flops_sparse, size_bytes, latency_ms + the scheduler's cost objectives."""
 
     fronts: list[Cost] | None = Field(None, min_length=1)
 

@@ -31,7 +31,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-from reports.layout import DENSE_DIR, DENSE_STATE_FILE, METRICS_FILE, MODEL_FILE
+from reports.contract import REFERENCE_INT8_ID
+from reports.layout import DENSE_DIR, DENSE_INT8_FILES, DENSE_INT8_METRICS_FILE, DENSE_INT8_MODEL_FILE, DENSE_STATE_FILE
+from reports.layout import METRICS_FILE, MODEL_FILE
 from reports.layout import DENSE_FILES as _FILES
 
 
@@ -92,8 +94,8 @@ def dense_loop(config: dict[str, Any]) -> None:
         "requested_sparsity": 0.0,
         **setup.placement,
     }
-    if setup.rank == 0:
-        with tempfile.TemporaryDirectory(prefix="prunefront-dense-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="prunefront-dense-") as tmp:
+        if setup.rank == 0:
             Path(tmp, DENSE_STATE_FILE).write_bytes(state_blob)
             path = os.path.join(tmp, MODEL_FILE)
             pruners.save(net, path, setup.example_inputs)
@@ -101,11 +103,55 @@ def dense_loop(config: dict[str, Any]) -> None:
             m = pruners.measure(net, setup.example_inputs, artifact=path,
                                 latency_repeats=cfg.metrics.latency_repeats,
                                 batch_size=cfg.metrics.latency_batch_size, threads=cfg.metrics.latency_threads)
-            metrics = {**row, **m.to_dict(), "dense_latency_ms": m.latency_ms, "speedup": 1.0}
-            Path(tmp, METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-            ray.train.report({**metrics, "final": True}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-    else:
-        ray.train.report({**row, "final": True})
+            row = {**row, **m.to_dict(), "dense_latency_ms": m.latency_ms, "speedup": 1.0}
+            Path(tmp, METRICS_FILE).write_text(json.dumps(row, indent=2))
+        dense_int8(net, setup, row, tmp)  # every rank: the file's accuracy is summed over shards
+        if setup.rank == 0:
+            ray.train.report({**row, "final": True}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report({**row, "final": True})
+
+
+def dense_int8(net: Any, setup: Any, row: dict[str, Any], folder: str) -> None:
+    """The ``dense-int8`` reference: the dense model in post-training int8, its ONNX file and
+    row written to ``folder`` on rank 0 (``DENSE_INT8_FILES``). Its latency and speedup are
+    timed on ONNX Runtime against the float ONNX file of the same dense model, on the same
+    threads; its accuracies are the file's. A model that cannot be quantized leaves no
+    files and a warning: the search goes on without the int8 reference.
+    """
+    import torch
+
+    import pruners
+    from orchestrator.trial import _plain
+    from pruners import _dist
+
+    cfg = setup.cfg
+    path, reference = os.path.join(folder, DENSE_INT8_MODEL_FILE), os.path.join(folder, "reference.onnx")
+    ok = 1.0
+    if setup.rank == 0:
+        try:
+            pruners.save_onnx(net, reference, setup.example_inputs)
+            inputs = pruners.calibration_inputs(setup.train_loader, cfg.search.quantize_calibration, seed=cfg.seed)
+            done = pruners.quantize_int8(net, path, setup.example_inputs, inputs,
+                                         calibration_examples=cfg.search.quantize_calibration,
+                                         metadata={"quantize": "int8", "trial": REFERENCE_INT8_ID})
+        except Exception as e:  # noqa: BLE001 - an op without an int8 kernel, an export failure
+            logger.warning("dense model not quantized to int8 (no dense-int8 reference): %s", e)
+            ok = 0.0
+    if _dist.all_reduce_sum([ok])[0] < _dist.world_size():
+        return
+    timing = {"latency_repeats": cfg.metrics.latency_repeats, "batch_size": cfg.metrics.latency_batch_size,
+              "threads": cfg.metrics.latency_threads}
+    main = setup.rank == 0
+    shipped, program = pruners.ship_int8(net, path, setup.example_inputs, (lambda: done) if main else None,
+                                         setup.val_loader, reference=reference if main else None, **timing)
+    test_accuracy, test_loss = pruners.evaluate(program, setup.test_loader, device=torch.device("cpu"))
+    if main:
+        int8_row = {**row, "float_val_accuracy": row["val_accuracy"], "float_val_loss": row["val_loss"],
+                    **shipped, "test_accuracy": test_accuracy, "test_loss": test_loss}
+        Path(folder, DENSE_INT8_METRICS_FILE).write_text(json.dumps({k: _plain(v) for k, v in int8_row.items()},
+                                                                    indent=2))
+        os.unlink(reference)
 
 
 def load_checkpoint_state(path: str, search: Any) -> bytes:
@@ -189,6 +235,7 @@ def _dense_job(
         local = Path(tmp, "ckpt")
         copy_from_storage(train_storage, result.checkpoint.path, local)
         files = {name: (local / name).read_bytes() for name in _FILES}
+        files.update({name: (local / name).read_bytes() for name in DENSE_INT8_FILES if (local / name).is_file()})
     return {"metrics": json.loads(files[METRICS_FILE]), "files": files}
 
 

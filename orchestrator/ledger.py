@@ -415,6 +415,8 @@ def _copy_tree(storage: str | None, src: str, dst: Path, files: tuple[str, ...] 
         pafs.copy_files(src, str(dst), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         return
     for name in files:
+        if fs.get_file_info(f"{src.rstrip('/')}/{name}").type == pafs.FileType.NotFound:
+            continue  # e.g. model.pt2 of an int8 trial, which ships model.onnx
         pafs.copy_files(f"{src.rstrip('/')}/{name}", str(dst / name), source_filesystem=fs,
                         destination_filesystem=pafs.LocalFileSystem())
 

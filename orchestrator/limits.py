@@ -25,6 +25,9 @@ LIMITS: dict[str, int] = {
     "data.eval_batch_size": 65_536,
     "metrics.latency_batch_size": 65_536,
     "data.calibration_batches": 100_000,
+    # int8 calibration examples, each held in memory at once as a float batch list: 1e6
+    # ImageNet images is 600 GB (the training split also bounds it, checked before Ray).
+    "search.quantize_calibration": 1_000_000,
     # Processes and threads per Train worker: no node has 1024 cores.
     "data.num_workers": 1_024,
     "metrics.latency_threads": 1_024,

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator, Wit
 
 from orchestrator.errors import fmt, typename
 
-__all__ = ["Choice", "Fixed", "Param", "Range", "Searched", "SearchedNames", "Section", "names_in", "parse_param",
+__all__ = ["check_names", "Choice", "Fixed", "Param", "Range", "Searched", "SearchedNames", "Section", "names_in", "parse_param",
            "values_of"]
 
 
@@ -184,3 +184,14 @@ SearchedNames = Annotated[
     PlainSerializer(lambda p: p.to_raw(), return_type=Any),
     WithJsonSchema(_NAMES_SCHEMA),
 ]
+
+
+def check_names(key: str, p: Param, valid: list[str]) -> None:
+    """A searched choice of names: every value one of ``valid`` (a range is refused)."""
+    from orchestrator.errors import ConfigError
+
+    if isinstance(p, Range):
+        raise ConfigError(f"{key}: a range needs numbers; give a list of names from: {', '.join(valid)}")
+    for v in values_of(p):
+        if not isinstance(v, str) or v not in valid:
+            raise ConfigError(f"{key}: unknown value {fmt(v)}; valid choices: {', '.join(valid)}")

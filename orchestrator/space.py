@@ -103,7 +103,7 @@ def flat_space(search: Any, methods: list[tuple[str, str, str]] | None = None) -
     keys = [method_key(*m) for m in methods]
     space = search.space
     out: dict[str, Param] = {"method": Choice(tuple(keys)) if len(keys) > 1 else Fixed(keys[0])}
-    for name in ("scope", "threshold_rule", "amount", "lr", "distill", "min_keep"):
+    for name in ("scope", "threshold_rule", "amount", "lr", "distill", "min_keep", "quantize"):
         out[name] = getattr(space, name)
     out["epochs"] = search.epochs
     for s in sorted({m[2] for m in methods}):
@@ -150,6 +150,8 @@ class TrialSettings:
     epochs: int
     distill: float = 0.0
     min_keep: float = 0.0
+    #: After pruning and fine-tuning: ``none``, ``int8`` or ``int8_qat`` (pruners.quantize).
+    quantize: str = "none"
 
     @property
     def method(self) -> str:
@@ -168,6 +170,7 @@ class TrialSettings:
             "epochs": self.epochs,
             "distill": self.distill,
             "min_keep": self.min_keep,
+            "quantize": self.quantize,
         }
         row.update({f"schedule.{k}": v for k, v in self.schedule_params.items()})
         row.update({f"criterion.{k}": v for k, v in self.criterion_params.items()})
@@ -194,4 +197,5 @@ def decode_trial(flat: Mapping[str, Any]) -> TrialSettings:
         epochs=int(flat["epochs"]),
         distill=float(flat.get("distill", 0.0)),
         min_keep=float(flat.get("min_keep", 0.0)),
+        quantize=str(flat.get("quantize", "none")),
     )

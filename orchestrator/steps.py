@@ -109,6 +109,24 @@ def check_schedules_fit(params: Mapping[str, Mapping[str, Param]], schedules: It
         )
 
 
+def check_qat_fits(search: Any, schedules: list[str]) -> None:
+    """An int8_qat trial prunes and fine-tunes first, then trains ``search.qat_epochs``
+    through fake quantization: its shortest trial must hold both, and every schedule it may
+    draw must finish pruning before QAT starts (``pruners.train_epochs(qat=...)``)."""
+    if "int8_qat" not in values_of(search.space.quantize):
+        return
+    if search.min_epochs <= search.qat_epochs:
+        raise ConfigError(
+            f"search.space.quantize: int8_qat needs trials longer than search.qat_epochs ({search.qat_epochs}), "
+            f"but the shortest has search.epochs {search.min_epochs}; raise search.epochs above "
+            f"{search.qat_epochs}, lower search.qat_epochs, or drop int8_qat")
+    try:
+        check_schedules_fit(search.schedule_params, schedules, search.min_epochs - search.qat_epochs)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (with int8_qat, pruning must end before the last search.qat_epochs "
+                          f"= {search.qat_epochs} epoch(s) of quantization-aware training)") from None
+
+
 def rung_milestones(grace_period: float, reduction_factor: float, max_t: float) -> tuple[float, ...]:
     """Where asynchronous successive halving judges trials: ``grace_period * eta**k`` below
     ``max_t`` (the rungs of ``MultiObjectiveASHA`` and of Ray's ``AsyncHyperBandScheduler``)."""

@@ -36,7 +36,7 @@ __all__ = [
 _NOT_METRICS = ("type", "trial_id", "config", "time_total_s")
 #: A trial's checkpoint (every epoch): the state to continue from; and, when the epoch is the
 #: trial's kept one, the saved model the row was measured on and the row.
-from reports.layout import MODEL_FILE, ROW_FILE, STATE_FILE  # noqa: E402
+from reports.layout import ROW_FILE, STATE_FILE, TRIAL_MODEL_FILES, model_file_name  # noqa: E402
 #: Checkpoint score: the epoch when it became the trial's kept one, else 0.
 KEPT_SCORE = "kept_score"
 
@@ -338,8 +338,8 @@ class _EpochReporter:
             return
         with tempfile.TemporaryDirectory(prefix="prunefront-ckpt-") as tmp:
             torch.save({"finetune": state(), "kept": self.kept.kept, "rows": self.rows}, os.path.join(tmp, STATE_FILE))
-            if keep:
-                shutil.copyfile(artifact, os.path.join(tmp, MODEL_FILE))
+            if keep:  # model.pt2, or model.onnx for an int8 trial
+                shutil.copyfile(artifact, os.path.join(tmp, model_file_name(self.record.get("quantize"))))
                 Path(tmp, ROW_FILE).write_text(json.dumps({**row, "config": self.record}, default=str))
             self.report(row, keep, tmp)
 
@@ -355,7 +355,7 @@ class _EpochReporter:
             self.kept.kept, self.rows = saved["kept"], list(saved["rows"])
             last = self.rows[-1]
             was_kept = self.kept.kept is not None and self.kept.kept.get("epoch") == last["epoch"]
-            has_model = os.path.isfile(os.path.join(d, MODEL_FILE))
+            has_model = any(os.path.isfile(os.path.join(d, f)) for f in TRIAL_MODEL_FILES if f != ROW_FILE)
             self.report(last, was_kept, d if self.setup.rank == 0 and was_kept and has_model else None)
         return saved["finetune"]
 
@@ -433,5 +433,7 @@ def train_trial(config: dict[str, Any]) -> TrialOutcome:
         seed=cfg.seed,
         teacher=teacher, distill=trial.distill, temperature=cfg.search.distill_temperature,
         resume=resume, bf16=cfg.resources.bf16, channels_last=cfg.resources.channels_last,
+        quantize=trial.quantize, quantize_calibration=cfg.search.quantize_calibration,
+        qat_epochs=cfg.search.qat_epochs,
     )
     return TrialOutcome(model=model, rows=reporter.rows, rank=setup.rank)

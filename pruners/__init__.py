@@ -14,7 +14,8 @@ from pruners.spec import OptimizerConfig, PruneSpec
 from pruners.calibration import CalibrationBatches
 from pruners.pruner import Pruner
 from pruners.loop import EpochEnd, evaluate, train_epochs
-from pruners.finetune import finetune
+from pruners.finetune import finetune, ship_int8
+from pruners.quantize import QUANTIZE_MODES, calibration_inputs, load_onnx, quantize_int8, save_onnx
 from pruners.measure import Latency, Metrics, count_flops, measure, time_forward
 from pruners.io import ModelFileError, UnsafeModelFile, check_model_file, load, load_metadata, save
 
@@ -33,6 +34,12 @@ __all__ = [
     "OptimizerConfig",
     "PruneSpec",
     "finetune",
+    "ship_int8",
+    "QUANTIZE_MODES",
+    "calibration_inputs",
+    "load_onnx",
+    "quantize_int8",
+    "save_onnx",
     "load",
     "load_metadata",
     "measure",

@@ -18,6 +18,10 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
 def _comm_device() -> torch.device:
     # NCCL reduces CUDA tensors only; gloo (and mpi) take CPU tensors.
     if is_distributed() and dist.get_backend() == "nccl":
@@ -185,3 +189,14 @@ def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
     blocks = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(blocks, padded)
     return torch.cat([b[: int(float(k))] for b, k in zip(blocks, sizes)]).cpu().to(t.dtype)
+
+
+def broadcast_bytes(blob: bytes | None, src: int = 0) -> bytes:
+    """``blob`` of rank ``src`` on every rank (a file rank 0 wrote, say); a single process
+    returns it as is."""
+    if not is_distributed():
+        assert blob is not None
+        return blob
+    box = [blob if rank() == src else None]
+    dist.broadcast_object_list(box, src=src, device=_comm_device())
+    return box[0]

@@ -20,6 +20,8 @@ Plain PyTorch: under ``torch.distributed`` it expects an initialised process gro
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -37,9 +39,11 @@ from pruners.loop import EpochEnd, LossFn, check_training, evaluate, train_epoch
 from pruners.measure import measure
 from pruners.pruner import Pruner
 from pruners.schedules import Schedule
+from pruners.quantize import (QUANTIZE_MODES, QatPhase, QuantizeReport, calibration_inputs, load_onnx, quantize_int8,
+                              save_onnx)
 from pruners.spec import LR_SCHEDULES, OPTIMIZERS, OptimizerConfig, PruneSpec
 
-__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "OptimizerConfig", "PruneSpec", "evaluate", "finetune"]
+__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "OptimizerConfig", "PruneSpec", "evaluate", "finetune", "ship_int8"]
 
 #: ``checkpoint(model, row, file, state)``: ``file`` is the model's saved file measured for
 #: ``row`` (valid during the call; None on ranks other than 0), e.g. to keep the best one;
@@ -75,6 +79,9 @@ def finetune(
     resume: dict[str, Any] | None = None,
     bf16: bool = False,
     channels_last: bool = False,
+    quantize: str = "none",
+    quantize_calibration: int = 512,
+    qat_epochs: int = 1,
 ) -> nn.Module:
     """Prune ``model`` on ``schedule`` while fine-tuning it; report metrics once per epoch.
 
@@ -137,6 +144,20 @@ def finetune(
             the saved model, which is float32.
         channels_last: Train an image model in the channels-last memory format (faster
             convolutions on GPUs with tensor cores); the saved model is unaffected.
+        quantize: ``none`` (ship float32), ``int8`` (post-training static int8 after every
+            epoch) or ``int8_qat`` (the last ``qat_epochs`` epochs train through fake
+            quantization, then convert; the epochs before ship post-training int8). An int8
+            epoch's file is the int8 ONNX file (``pruners.quantize``), and its row is that
+            file's: ``val_accuracy`` / ``val_loss`` from its outputs on ONNX Runtime (the float
+            model's as ``float_val_accuracy``), ``size_bytes`` its size, the latency and
+            ``speedup`` timed on ONNX Runtime against the float ONNX file of the model handed
+            in (one runtime, one thread count). FLOPs and parameters stay the float model's
+            (quantization changes neither), ``int8_layers`` / ``float_layers`` count the
+            weight ops that run on int8 weights and those left in float.
+        quantize_calibration: Training examples the post-training int8 calibrates on (the
+            same seeded draw from ``train_loader``'s dataset every epoch).
+        qat_epochs: Epochs of quantization-aware training with ``int8_qat``; the schedule
+            must finish pruning before them.
 
     Returns:
         The pruned, fine-tuned model in eval mode (a ``DistributedDataParallel`` again if
@@ -147,13 +168,22 @@ def finetune(
             schedule that does not reach its target within ``epochs``.
     """
     check_training(optimizer, epochs, teacher, distill, temperature, calibration_batches=calibration_batches,
-                   latency_batch_size=latency_batch_size, latency_repeats=latency_repeats)
+                   latency_batch_size=latency_batch_size, latency_repeats=latency_repeats,
+                   quantize_calibration=quantize_calibration, qat_epochs=qat_epochs)
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
+    if quantize == "int8_qat" and qat_epochs >= epochs:
+        raise ValueError(f"int8_qat needs more epochs ({epochs}) than qat_epochs ({qat_epochs}): "
+                         "pruning and fine-tuning come first")
     net = unwrap(model)
     if device is not None:
         net.to(device)
     dev = device_of(net)
     example = move_to(example_inputs, dev)
     main_rank = _dist.rank() == 0
+
+    shipper = _Int8Shipper(quantize, train_loader, quantize_calibration, seed, example, artifact_metadata,
+                           latency_repeats, latency_batch_size, latency_threads, loss_fn, eval_loader)
 
     def make_pruner(opt: torch.optim.Optimizer, total_steps: int | None) -> Pruner:
         return Pruner(
@@ -169,9 +199,19 @@ def finetune(
         reference = os.path.join(tmp, "reference.pt2")
         if main_rank:
             save(net, reference, example)
+        shipper.start(net, tmp, main_rank)
         convert_attention(net)  # the optimizer must see the head-prunable attention's parameters
 
         def on_epoch(end: EpochEnd) -> None:
+            if shipper.on:
+                row, model_out, artifact = shipper.epoch(end, main_rank)
+                if report is not None:
+                    report(row)
+                if checkpoint is not None:
+                    checkpoint(model_out, row, artifact if main_rank else None, end.state)
+                if main_rank:
+                    os.unlink(artifact)
+                return
             # Measure what would ship: the file saved on rank 0, loaded back and timed.
             artifact = os.path.join(tmp, f"epoch-{end.row['epoch']}.pt2")
             if main_rank:
@@ -193,4 +233,94 @@ def finetune(
             model, train_loader, eval_loader, epochs=epochs, optimizer=optimizer, on_epoch=on_epoch,
             make_pruner=make_pruner, loss_fn=loss_fn, teacher=teacher, distill=distill,
             temperature=temperature, resume=resume, bf16=bf16, channels_last=channels_last,
+            qat=QatPhase(epochs - qat_epochs + 1, example) if quantize == "int8_qat" else None,
         )
+
+
+class _Int8Shipper:
+    """Each epoch of an int8 trial: quantize, write the int8 ONNX file (rank 0), hand its
+    bytes to every rank, evaluate that file on validation, measure it (see ``finetune``)."""
+
+    def __init__(self, mode: str, train_loader: Any, calibration: int, seed: int, example: Any,
+                 metadata: dict[str, Any] | None, repeats: int, batch_size: int, threads: int | None,
+                 loss_fn: LossFn, eval_loader: Any) -> None:
+        self.on = mode != "none"
+        self.mode, self.train_loader, self.calibration, self.seed = mode, train_loader, calibration, seed
+        self.example, self.metadata, self.loss_fn, self.eval_loader = example, metadata, loss_fn, eval_loader
+        self.timing = {"latency_repeats": repeats, "batch_size": batch_size, "threads": threads}
+        self.tmp = self.reference = ""
+
+    def start(self, net: nn.Module, tmp: str, main_rank: bool) -> None:
+        """The float ONNX file of the model as handed in: what int8 latencies are timed against."""
+        if not self.on:
+            return
+        self.tmp, self.reference = tmp, os.path.join(tmp, "reference.onnx")
+        if main_rank:
+            save_onnx(net, self.reference, self.example)
+
+    def epoch(self, end: EpochEnd, main_rank: bool) -> tuple[dict[str, Any], Any, str]:
+        artifact = os.path.join(self.tmp, f"epoch-{end.row['epoch']}.onnx")
+        float_module = end.pruner.module if end.qat and end.pruner is not None else end.module
+        info = {"quantize": self.mode if end.qat else "int8", **(self.metadata or {})}
+
+        def write() -> QuantizeReport:
+            if end.qat:  # convert a copy: the QAT graph trains on
+                return quantize_int8(float_module, artifact, self.example, prepared=copy.deepcopy(end.module),
+                                     metadata=info)
+            inputs = calibration_inputs(self.train_loader, self.calibration, seed=self.seed)
+            return quantize_int8(float_module, artifact, self.example, inputs,
+                                 calibration_examples=self.calibration, metadata=info)
+
+        shipped, program = ship_int8(float_module, artifact, self.example, write if main_rank else None,
+                                     self.eval_loader, loss_fn=self.loss_fn,
+                                     reference=self.reference if main_rank else None, **self.timing)
+        row = {**end.row, "float_val_accuracy": end.row["val_accuracy"], "float_val_loss": end.row["val_loss"],
+               **shipped, **(end.pruner.stats() if end.pruner is not None else {})}
+        return row, program, artifact
+
+
+def ship_int8(
+    module: nn.Module,
+    path: str,
+    example_inputs: Any,
+    write: Callable[[], QuantizeReport] | None,
+    eval_loader: Iterable[Any],
+    *,
+    loss_fn: LossFn = F.cross_entropy,
+    reference: str | None = None,
+    latency_repeats: int = 20,
+    batch_size: int = 1,
+    threads: int | None = 1,
+) -> tuple[dict[str, Any], Any]:
+    """The row of an int8 file, and the file loaded (an ONNX Runtime program).
+
+    ``write()`` (rank 0 only; None on the others) quantizes and writes the ONNX file at
+    ``path``; its bytes go to every rank, which evaluates the file on its shard of
+    ``eval_loader`` (summed over ranks): ``val_accuracy`` / ``val_loss`` are the file's.
+    Rank 0 measures it: FLOPs and parameters of the float ``module`` (quantization changes
+    neither), ``size_bytes`` the file's, latency on ONNX Runtime against ``reference`` (the
+    float ONNX file of the dense model) on ``threads`` threads. ``int8_layers`` /
+    ``float_layers`` count the weight ops on int8 weights and those left in float.
+    """
+    main_rank = write is not None
+    done = write() if main_rank else None
+    layers = [len(done.quantized), len(done.left_float)] if done is not None else [0, 0]
+    with open(path, "rb") if main_rank else contextlib.nullcontext() as f:
+        blob = _dist.broadcast_bytes(f.read() if f is not None else None)
+    local = path
+    if not main_rank:
+        fd, local = tempfile.mkstemp(suffix=".onnx")
+        with os.fdopen(fd, "wb") as out:
+            out.write(blob)
+    try:
+        program = load_onnx(local, threads=max(1, torch.get_num_threads()))
+    finally:
+        if not main_rank:
+            os.unlink(local)
+    val_accuracy, val_loss = evaluate(program, eval_loader, loss_fn, torch.device("cpu"))
+    layers = [int(v) for v in _dist.all_reduce_sum([float(v) for v in layers])]  # rank 0's counts
+    metrics = measure(module, example_inputs, artifact=path if main_rank else None, files=main_rank,
+                      reference=reference, latency_repeats=latency_repeats, batch_size=batch_size,
+                      threads=threads)
+    return {"val_accuracy": val_accuracy, "val_loss": val_loss, **metrics.to_dict(),
+            "int8_layers": layers[0], "float_layers": layers[1]}, program

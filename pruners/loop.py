@@ -19,6 +19,7 @@ Plain PyTorch: under ``torch.distributed`` it expects an initialised process gro
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ class EpochEnd:
         pruner: The pruner, or None.
         state: Returns everything needed to continue after this epoch (``resume=``);
             taken lazily, but as of this epoch's end.
+        qat: True in the epochs of a :class:`pruners.quantize.QatPhase`: ``module`` is then
+            the QAT graph (fake-quantized), and ``pruner.module`` the float model it came from.
     """
 
     row: dict[str, Any]
@@ -63,6 +66,7 @@ class EpochEnd:
     module: nn.Module
     pruner: Pruner | None
     state: Callable[[], dict[str, Any]]
+    qat: bool = False
 
 
 def _rng_state() -> dict[str, Any]:
@@ -84,7 +88,8 @@ def evaluate(
     """(top-1 accuracy, mean loss) over ``loader``, summed over all ranks' samples."""
     device = device if device is not None else device_of(unwrap(net))
     correct = loss_sum = count = 0.0
-    with eval_mode(net), torch.no_grad():
+    # A module is switched to eval and back; an ONNX Runtime program (an int8 file) has no mode.
+    with eval_mode(net) if isinstance(net, nn.Module) else contextlib.nullcontext(), torch.no_grad():
         for x, y in loader:
             x, y = move_to(x, device), move_to(y, device)
             out = net(x)
@@ -153,6 +158,7 @@ def train_epochs(
     resume: dict[str, Any] | None = None,
     bf16: bool = False,
     channels_last: bool = False,
+    qat: Any = None,
 ) -> nn.Module:
     """Train ``model`` for ``epochs`` (pruning it if ``make_pruner``); hook after every epoch.
 
@@ -177,9 +183,13 @@ def train_epochs(
             interrupted (weights, pruner, optimizer, learning-rate position, data order, RNGs).
         bf16: The training forward and loss under bfloat16 autocast; evaluation in float32.
         channels_last: Train in the channels-last memory format (4-d inputs).
+        qat: A :class:`pruners.quantize.QatPhase`: from its ``start`` epoch on, train its QAT
+            graph of the model instead (the pruner, finalized the epoch before, no longer
+            steps; a fresh optimizer continues the same learning-rate schedule; no bf16 or
+            channels-last there).
 
     Returns:
-        The trained model (the pruner's current wrapper when pruning).
+        The trained model (the pruner's current wrapper when pruning; the QAT graph after QAT).
     """
     check_training(optimizer, epochs, teacher, distill, temperature)
     net = unwrap(model)
@@ -192,10 +202,25 @@ def train_epochs(
     if channels_last:
         net.to(memory_format=torch.channels_last)
     opt = optimizer.build([p for p in net.parameters() if p.requires_grad])
-    pruner = make_pruner(opt, total_steps) if make_pruner is not None else None
+    # With QAT, pruning ends (is finalized) the epoch before QAT starts.
+    prune_epochs = epochs if qat is None else min(epochs, int(qat.start) - 1)
+    if qat is not None and prune_epochs < 1:
+        raise ValueError(f"QAT from epoch {qat.start} leaves no epoch to prune and fine-tune in before it")
+    pruner = (make_pruner(opt, steps_per_epoch * prune_epochs if steps_per_epoch is not None else None)
+              if make_pruner is not None else None)
+    quant: list[nn.Module] = []  # [forward, graph] once QAT started
 
     def current() -> tuple[nn.Module, nn.Module]:  # (what to forward through, the module)
+        if quant:
+            return quant[0], quant[1]
         return (pruner.model, pruner.module) if pruner is not None else (model, net)
+
+    def start_qat(state: dict[str, Any] | None = None) -> torch.optim.Optimizer:
+        forward, module = current()
+        graph = qat.build(module, state)
+        kwargs = _dist.ddp_kwargs(forward) if isinstance(forward, nn.parallel.DistributedDataParallel) else None
+        quant[:] = [_dist.wrap(graph, kwargs), graph]
+        return optimizer.build([p for p in graph.parameters() if p.requires_grad])
 
     # A model handed over in eval mode is switched to training once; a training model
     # keeps every submodule's own flag (a BatchNorm the user froze stays frozen).
@@ -207,11 +232,16 @@ def train_epochs(
             pruner.load_state_dict(resume["pruner"])
             if channels_last:  # replayed removals made new tensors, as pruner.step() does
                 pruner.module.to(memory_format=torch.channels_last)
-        current()[1].load_state_dict(resume["model"])
+        step, first = int(resume["step"]), int(resume["epoch"]) + 1
+        if qat is not None and first > qat.start:  # resumed inside QAT: rebuild its graph
+            if pruner is not None:
+                pruner.finalize()
+            opt = start_qat(resume["model"])
+        else:
+            current()[1].load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         _set_rng_state(resume["rng"])
-        step, first = int(resume["step"]), int(resume["epoch"]) + 1
-        if first > epochs and pruner is not None:
+        if first > prune_epochs and pruner is not None:
             pruner.finalize()
 
     def state_after(epoch: int) -> Callable[[], dict[str, Any]]:
@@ -225,42 +255,47 @@ def train_epochs(
             "model": {k: v.detach().cpu() for k, v in current()[1].state_dict().items()}})
 
     for epoch in range(first, epochs + 1):
+        if qat is not None and epoch == qat.start:
+            opt = start_qat()
+        in_qat = bool(quant)
         sampler = getattr(train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle every epoch
         loss_sum, batches = 0.0, 0
         for x, y in train_loader:
             x, y = move_to(x, dev), move_to(y, dev)
-            if channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
+            if channels_last and not in_qat and isinstance(x, torch.Tensor) and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             lr = optimizer.lr_at(step, total_steps)
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            pruning = pruner is not None and not in_qat
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and not in_qat):
                 out = current()[0](x)
                 loss = loss_fn(out, y)
                 if kd is not None:
                     loss = (1 - distill) * loss + distill * kd(x, out)
-            penalty = pruner.penalty() if pruner is not None else None
+            penalty = pruner.penalty() if pruning else None
             if penalty is not None:
                 loss = loss + penalty
             loss.backward()
-            if pruner is not None:
+            if pruning:
                 pruner.sync_gradients()
             opt.step()
-            if pruner is not None and pruner.step() and channels_last:  # removed channels: new tensors
+            if pruning and pruner.step() and channels_last:  # removed channels: new tensors
                 pruner.module.to(memory_format=torch.channels_last)
             loss_sum += float(loss.detach())
             batches += 1
             step += 1
-        if epoch == epochs and pruner is not None:
+        if epoch == prune_epochs and pruner is not None:
             pruner.finalize()
 
         # Evaluate (one model: rank 0's BatchNorm statistics everywhere), then the hook.
         forward, module = current()
         _dist.broadcast_buffers(module)
-        val_accuracy, val_loss = evaluate(forward, eval_loader, loss_fn, dev)
+        with qat.eval_mode(forward) if in_qat else contextlib.nullcontext():
+            val_accuracy, val_loss = evaluate(forward, eval_loader, loss_fn, dev)
         loss_sum, batches_all = _dist.all_reduce_sum([loss_sum, float(batches)])
         row: dict[str, Any] = {
             "epoch": epoch,
@@ -269,5 +304,5 @@ def train_epochs(
             "train_loss": loss_sum / batches_all if batches_all else float("nan"),
         }
         if on_epoch is not None:
-            on_epoch(EpochEnd(row, forward, module, pruner, state_after(epoch)))
+            on_epoch(EpochEnd(row, forward, module, pruner, state_after(epoch), in_qat))
     return current()[0]

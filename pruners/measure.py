@@ -15,7 +15,8 @@ and must mean the same thing for dense, unstructured (masked) and structured (sm
   entries compressed): what a user ships. ``measure`` writes that file itself unless it is
   handed one (``artifact=``).
 * ``latency_ms`` is the median time of one forward pass of *that file* loaded back
-  (``pruners.load``: masks folded, no hooks, what a user deploys), on a fixed number of
+  (``pruners.load``: masks folded, no hooks, what a user deploys; an ``.onnx`` file, the
+  int8 format of ``pruners.quantize``, on ONNX Runtime's CPU provider), on a fixed number of
   threads, after warm-up; ``latency_iqr_ms`` is the spread (interquartile range). With a
   ``reference`` (the dense model's file) both are timed alternately, so ``speedup`` =
   the median over back-to-back pairs of dense time / model time, compares them under the
@@ -42,7 +43,7 @@ from torch.utils._pytree import tree_flatten
 
 from pruners._devices import as_tuple, device_of, unwrap
 
-__all__ = ["Latency", "Metrics", "LayerMetrics", "count_flops", "measure", "paired_speedup", "time_forward", "unwrap", "effective_state_dict"]
+__all__ = ["Latency", "Metrics", "LayerMetrics", "count_flops", "measure", "paired_speedup", "runtime_of", "time_forward", "unwrap", "effective_state_dict"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,9 @@ class Metrics:
     batch_size: int = 1
     threads: int = 1
     per_layer: tuple[LayerMetrics, ...] = field(default_factory=tuple)
+    #: What timed ``latency_ms``: ``torch`` (a ``pruners.save`` file) or ``onnxruntime``
+    #: (an ONNX file, e.g. int8); None when not timed.
+    runtime: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The flat metric keys of design.md section 3 (no per-layer detail)."""
@@ -108,6 +112,8 @@ class Metrics:
             "latency_iqr_ms": self.latency_iqr_ms,
             "dense_latency_ms": self.dense_latency_ms,
             "speedup": self.speedup,
+            "latency_runtime": self.runtime,
+            "latency_threads": self.threads if self.runtime is not None else None,
         }
 
     def layers_dict(self) -> list[dict[str, Any]]:
@@ -358,12 +364,22 @@ def _batch(args: tuple[Any, ...]) -> int:
     return 1 if first is None else int(first.shape[0])
 
 
-def _loaded(model_or_path: Any, device: torch.device) -> Any:
+def runtime_of(path: str | os.PathLike[str]) -> str:
+    """The runtime a saved file is timed on: ``onnxruntime`` for an ONNX file (the int8
+    models ``pruners.quantize`` writes), ``torch`` for a ``pruners.save`` file."""
+    return "onnxruntime" if os.fspath(path).endswith(".onnx") else "torch"
+
+
+def _loaded(model_or_path: Any, device: torch.device, threads: int | None = 1) -> Any:
     if isinstance(model_or_path, (str, os.PathLike)):
+        if runtime_of(model_or_path) == "onnxruntime":  # ONNX Runtime's CPU provider
+            from pruners.quantize import load_onnx
+
+            return load_onnx(model_or_path, threads=threads or torch.get_num_threads())
         from pruners.io import load
 
         model_or_path = load(model_or_path)
-    return model_or_path.to(device) if device.type != "cpu" else model_or_path
+    return model_or_path.to(device) if device.type != "cpu" and hasattr(model_or_path, "to") else model_or_path
 
 
 def measure(
@@ -459,9 +475,9 @@ def measure(
             size = os.path.getsize(path)
         if time_latency:
             batch = _batch_of(args, batch_size)
-            models = {"model": _loaded(path, device)}
+            models = {"model": _loaded(path, device, threads)}
             if reference is not None:
-                models["dense"] = _loaded(reference, device)
+                models["dense"] = _loaded(reference, device, threads)
             timed = time_forward(models, batch, repeats=latency_repeats, warmup=warmup, threads=threads)
             lat, dense = timed["model"], timed.get("dense")
 
@@ -478,4 +494,5 @@ def measure(
         batch_size=batch_size,
         threads=lat.threads if lat is not None else (threads or torch.get_num_threads()),
         per_layer=tuple(per_layer),
+        runtime=None if lat is None else runtime_of(path),
     )

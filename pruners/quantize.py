@@ -47,6 +47,8 @@ from pruners._devices import as_tuple, unwrap
 __all__ = [
     "QUANTIZE_MODES",
     "OnnxProgram",
+    "QatPhase",
+    "calibration_inputs",
     "QuantizeReport",
     "UnsafeOnnxFile",
     "calibrate",
@@ -269,8 +271,10 @@ class OnnxProgram:
         self._inputs = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
-        feed = {name: a.detach().cpu().numpy() for name, a in zip(self._inputs, args)}
-        return torch.from_numpy(self.session.run(None, feed)[0])
+        feed = {name: a.detach().cpu().float().numpy() for name, a in zip(self._inputs, args)}
+        out = torch.from_numpy(self.session.run(None, feed)[0])
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        return out if first is None or first.device.type == "cpu" else out.to(first.device)
 
     def eval(self) -> "OnnxProgram":  # a module's API, so callers can treat it as one
         return self
@@ -371,6 +375,85 @@ def quantize_int8(
     if dtypes and not quantized:
         raise ValueError(f"no layer of {type(unwrap(model)).__name__} could be quantized to int8 (first: {left[0]})")
     return QuantizeReport(os.fspath(path), os.path.getsize(path), seen, quantized, left)
+
+
+def calibration_inputs(loader: Any, examples: int, *, seed: int = 0) -> list[torch.Tensor]:
+    """Up to ``examples`` training inputs to calibrate on, in batches of the loader's size.
+
+    Drawn from ``loader``'s *dataset* (the loader is never iterated, so no epoch in
+    progress is disturbed) by a seeded permutation, inside a forked RNG seeded with ``seed``:
+    every call (every epoch, every rank, a resumed run) sees the same images, and the
+    training's random state is left as it was. Pass the *training* loader: activations are
+    never calibrated on validation or test images.
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None:  # a plain re-iterable of batches
+        return [x for x, _ in loader][: max(1, examples)]
+    g = torch.Generator().manual_seed(int(seed))
+    idx = torch.randperm(len(dataset), generator=g)[: int(examples)].tolist()
+    batch = int(getattr(loader, "batch_size", None) or 64)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))  # augmentations draw the same crops every call
+        sub = DataLoader(Subset(dataset, idx), batch_size=batch, shuffle=False,
+                         collate_fn=getattr(loader, "collate_fn", None), num_workers=0)
+        return [b[0] if isinstance(b, (list, tuple)) else b for b in sub]
+
+
+@dataclass
+class QatPhase:
+    """Quantization-aware training over a run's last epochs (``pruners.train_epochs(qat=...)``).
+
+    From epoch ``start`` on, the loop trains ``prepare(module, example, qat=True)`` (the
+    float model as pruning left it, exported with fake-quantize modules) instead of the
+    float model. Weights that pruning zeroed stay zero: their gradients are masked, so
+    unstructured sparsity survives QAT (structured pruning already removed its channels).
+    Validation runs the graph in eval mode (observers frozen, BatchNorm on running
+    statistics): validation images never calibrate anything.
+    """
+
+    start: int
+    example_inputs: Any
+
+    def build(self, module: nn.Module, state: dict[str, Any] | None = None) -> nn.Module:
+        """The QAT graph of ``module`` (on its device), with ``state`` loaded when resuming."""
+        from pruners._devices import device_of
+
+        from torchao.quantization.pt2e import allow_exported_model_train_eval
+
+        device = device_of(module)
+        graph = prepare(module, self.example_inputs, qat=True).to(device)
+        allow_exported_model_train_eval(graph)  # .eval() / .train() switch BatchNorm and dropout
+        if state is not None:
+            graph.load_state_dict(state)
+        for name, p in graph.named_parameters():
+            if p.dim() >= 2 and bool((p == 0).any()):
+                mask = (p.detach() != 0).to(p.dtype)
+                p.register_hook(lambda g, m=mask: g * m)
+        return graph
+
+    @staticmethod
+    def eval_mode(graph: nn.Module) -> Any:
+        """Context: ``graph`` (a QAT graph, maybe DDP-wrapped) in eval behaviour, then back."""
+        import contextlib
+
+        from torchao.quantization.pt2e import (
+            disable_observer, enable_observer, move_exported_model_to_eval, move_exported_model_to_train)
+
+        inner = unwrap(graph)
+
+        @contextlib.contextmanager
+        def ctx() -> Any:
+            move_exported_model_to_eval(inner)
+            inner.apply(disable_observer)  # quantization ranges stay the training data's
+            try:
+                yield
+            finally:
+                inner.apply(enable_observer)
+                move_exported_model_to_train(inner)
+
+        return ctx()
 
 
 def as_batches(x: torch.Tensor, batch_size: int = 64) -> Sequence[torch.Tensor]:

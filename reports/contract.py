@@ -54,6 +54,7 @@ __all__ = [
     "LEDGER_FILE",
     "METRIC_KEYS",
     "REFERENCE_ID",
+    "REFERENCE_INT8_ID",
     "REFERENCE_STATUS",
     "RUNNING",
     "SPARSITY_ATOL",
@@ -131,6 +132,12 @@ EXTRA_KEYS: tuple[str, ...] = (
     "pruning_stopped",
     "startup_s",
     "dense_wait_s",
+    "latency_runtime",
+    "latency_threads",
+    "float_val_accuracy",
+    "float_val_loss",
+    "int8_layers",
+    "float_layers",
     "node_id",
     "host",
     "device",
@@ -147,11 +154,14 @@ CONFIG_ORDER: tuple[str, ...] = (
     "epochs",
     "distill",
     "min_keep",
+    "quantize",
 )
 
 FINISHED_STATUSES: tuple[str, ...] = ("completed", "stopped", "errored")
 RUNNING = "running"
 REFERENCE_ID = "dense"
+#: The dense model in int8: a second reference row, competing on every front like ``dense``.
+REFERENCE_INT8_ID = "dense-int8"
 REFERENCE_STATUS = "reference"
 #: Epochs whose achieved sparsity is within this of another count as the same sparsity
 #: (a ratio of integer counts: real changes between pruning steps are far larger).

@@ -10,9 +10,12 @@ file name (``tests/test_layout.py`` checks it). Imports neither side, nor pandas
         model.pt2             MODEL_FILE (pruners.save)
         state_dict.pt         DENSE_STATE_FILE (what trials load)
         metrics.json          METRICS_FILE (the reference row)
+        model-int8.onnx       DENSE_INT8_MODEL_FILE (the dense model in int8; absent when it
+        metrics-int8.json     DENSE_INT8_METRICS_FILE  could not be quantized): the dense-int8 row
       results.jsonl           LEDGER_FILE, appended and fsynced line by line (orchestrator.ledger)
       models/<trial_id>/      MODELS_DIR, published whole by replace_dir
-        model.pt2, row.json   MODEL_FILE, ROW_FILE (the kept epoch's file and row)
+        model.pt2, row.json   MODEL_FILE, ROW_FILE (the kept epoch's file and row); an int8
+                              trial's file is model.onnx (ONNX_MODEL_FILE): model_file_name()
       tune/                   TUNE_DIR (Tune's experiment when ``storage`` is unset); tune/train
       report/                 REPORT_DIR, REPORT_FILES, staged and renamed together (reports.io.AtomicFiles)
 
@@ -40,7 +43,8 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
-    "DENSE_DIR", "DENSE_FILES", "DENSE_STATE_FILE", "EXPERIMENT_FILE", "LEDGER_FILE", "METRICS_FILE", "MODELS_DIR",
+    "DENSE_DIR", "DENSE_FILES", "DENSE_INT8_FILES", "DENSE_INT8_METRICS_FILE", "DENSE_INT8_MODEL_FILE", "ONNX_MODEL_FILE",
+    "model_file_name", "DENSE_STATE_FILE", "EXPERIMENT_FILE", "LEDGER_FILE", "METRICS_FILE", "MODELS_DIR",
     "MODEL_FILE", "REPORT_DIR", "REPORT_FILES", "REPORT_TABLES", "RESULTS_DIR", "ROW_FILE", "STATE_FILE", "TRAIN_DIR", "UMASK",
     "TRIAL_MODEL_FILES", "TUNE_DIR", "Layout", "json_safe", "model_dir_name", "fsync_tree", "recover_swaps", "replace_dir", "staging_dir", "write_atomic",
     "write_json",
@@ -55,10 +59,18 @@ DENSE_STATE_FILE = "state_dict.pt"
 METRICS_FILE = "metrics.json"
 #: The dense directory is complete when all three are there.
 DENSE_FILES = (MODEL_FILE, DENSE_STATE_FILE, METRICS_FILE)
+#: The dense model in int8 (ONNX, ``pruners.quantize``) and its row: the ``dense-int8``
+#: reference. Optional: a model that cannot be quantized has neither.
+DENSE_INT8_MODEL_FILE = "model-int8.onnx"
+DENSE_INT8_METRICS_FILE = "metrics-int8.json"
+DENSE_INT8_FILES = (DENSE_INT8_MODEL_FILE, DENSE_INT8_METRICS_FILE)
 MODELS_DIR = "models"
 ROW_FILE = "row.json"
-#: What a trial's kept epoch leaves in ``models/<trial_id>/``.
-TRIAL_MODEL_FILES = (MODEL_FILE, ROW_FILE)
+#: An int8 trial's shipped file: ONNX, run by ONNX Runtime.
+ONNX_MODEL_FILE = "model.onnx"
+#: What a trial's kept epoch leaves in ``models/<trial_id>/``: its row and one model file
+#: (``model_file_name`` of its ``quantize``).
+TRIAL_MODEL_FILES = (MODEL_FILE, ONNX_MODEL_FILE, ROW_FILE)
 STATE_FILE = "state.pt"
 TUNE_DIR = "tune"
 TRAIN_DIR = "train"
@@ -93,6 +105,10 @@ class Layout:
         return self.dense / METRICS_FILE
 
     @property
+    def dense_int8_metrics(self) -> Path:
+        return self.dense / DENSE_INT8_METRICS_FILE
+
+    @property
     def dense_state(self) -> Path:
         return self.dense / DENSE_STATE_FILE
 
@@ -115,6 +131,12 @@ class Layout:
     def is_experiment(self) -> bool:
         """True when the directory holds an experiment record or a ledger."""
         return self.experiment.is_file() or self.ledger.is_file()
+
+
+def model_file_name(quantize: Any) -> str:
+    """The file a trial ships for its ``quantize`` value: ``model.onnx`` for ``int8`` and
+    ``int8_qat``, ``model.pt2`` otherwise (``none``, or a row from before quantization)."""
+    return ONNX_MODEL_FILE if isinstance(quantize, str) and quantize.startswith("int8") else MODEL_FILE
 
 
 def model_dir_name(trial_id: str) -> str:

@@ -70,6 +70,7 @@ class Experiment:
         model_dirs: ``trial_id -> "models/<trial_id>"`` for saved models present.
         ledger_bytes: Size of the ledger when it was read (it only grows, so a larger
             size means a later state of the experiment).
+        dense_int8: The dense model in int8 (``dense/metrics-int8.json``), or None.
     """
 
     path: Path
@@ -80,6 +81,7 @@ class Experiment:
     config_columns: tuple[str, ...]
     model_dirs: dict[str, str] = field(default_factory=dict)
     ledger_bytes: int = 0
+    dense_int8: dict[str, Any] | None = None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -116,13 +118,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_dense(path: str | Path) -> dict[str, Any] | None:
-    """``dense/metrics.json`` of an experiment directory, range-checked; None if absent.
+def read_dense(path: str | Path, *, int8: bool = False) -> dict[str, Any] | None:
+    """``dense/metrics.json`` (``int8``: ``dense/metrics-int8.json``) of an experiment
+    directory, range-checked; None if absent.
 
     Raises:
         LedgerError: the file is damaged or a metric is out of range (file and key named).
     """
-    dense_path = Layout(path).dense_metrics
+    dense_path = Layout(path).dense_int8_metrics if int8 else Layout(path).dense_metrics
     if not dense_path.is_file():
         return None
     dense = _read_json(dense_path)
@@ -230,6 +233,7 @@ def read_experiment(path: str | Path) -> Experiment:
     return Experiment(
         path=root, info=info, dense=dense, trials=states, results=results,
         config_columns=tuple(config_keys), model_dirs=model_dirs, ledger_bytes=size,
+        dense_int8=read_dense(root, int8=True),
     )
 
 

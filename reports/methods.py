@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from reports.contract import FINISHED_STATUSES, REFERENCE_STATUS, SELECTION_METRIC
+from reports.contract import FINISHED_STATUSES, REFERENCE_ID, REFERENCE_INT8_ID, REFERENCE_STATUS, SELECTION_METRIC
 
 #: Compression levels (dense cost / trial cost) the table reports.
 LEVELS: tuple[float, ...] = (1.5, 2.0, 4.0, 8.0, 16.0)
@@ -36,8 +36,10 @@ def methods_table(final: pd.DataFrame, costs: Mapping[str, str]) -> pd.DataFrame
         ``test_accuracy`` describe the best of them on validation (ties: the higher
         compression, then the trial id).
     """
-    ref = final[final["status"] == REFERENCE_STATUS]
-    trials = final[final["status"].isin(FINISHED_STATUSES) & final["method"].notna()]
+    ref = final[(final["status"] == REFERENCE_STATUS) & (final["trial_id"] == REFERENCE_ID)]
+    # dense-int8 is a method too: the dense model quantized, with its own compression.
+    trials = final[(final["status"].isin(FINISHED_STATUSES) | (final["trial_id"] == REFERENCE_INT8_ID))
+                   & final["method"].notna()]
     rows = []
     for cost in dict.fromkeys(costs.values()):
         if ref.empty or cost not in final.columns or pd.isna(ref[cost].iloc[0]):

@@ -3,8 +3,11 @@
 Budgets are an accuracy drop from the dense model (points of *validation* accuracy) and /
 or upper bounds on costs. With a cost bound the most accurate trial within it wins (ties:
 the cheaper one by ``by``); with only an accuracy drop the cheapest trial by ``by`` wins
-(ties: the more accurate). Only trials whose model was saved can be shipped. The test
-accuracy is printed beside the choice, never used to make it.
+(ties: the more accurate). Only trials whose model was saved can be shipped, and the dense
+model in int8 (``dense-int8``, when the search made it) competes with them: quantizing the
+dense model may be all a budget needs. The test accuracy is printed beside the choice, never
+used to make it. The lines printed to load the file need only PyTorch (``.pt2``) or ONNX
+Runtime (``.onnx``, the int8 files).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Any
 
 import pandas as pd
 
-from reports.contract import CONFIG_ORDER, FINISHED_STATUSES, REFERENCE_STATUS, SELECTION_METRIC
+from reports.contract import (CONFIG_ORDER, FINISHED_STATUSES, REFERENCE_ID, REFERENCE_INT8_ID, REFERENCE_STATUS,
+                              SELECTION_METRIC)
 from reports.layout import DENSE_DIR, METRICS_FILE, MODEL_FILE
 from reports.units import COST_LABELS, format_cost
 
@@ -68,11 +72,12 @@ def pick(
     max_costs = dict(max_costs or {})
     if max_drop is None and not max_costs:
         raise ValueError("give a budget: --max-drop POINTS and/or --max-flops / --max-size / --max-latency")
-    ref = final[final["status"] == REFERENCE_STATUS]
+    ref = final[(final["status"] == REFERENCE_STATUS) & (final["trial_id"] == REFERENCE_ID)]
     dense = ref.iloc[0] if len(ref) else None
     if max_drop is not None and dense is None:
         raise ValueError(f"--max-drop needs the dense model's accuracy, and {DENSE_DIR}/{METRICS_FILE} is missing")
-    cand = final[final["status"].isin(FINISHED_STATUSES) & final["model_dir"].notna()]
+    int8 = (final["trial_id"] == REFERENCE_INT8_ID) & final.get("model_file", pd.Series(None, index=final.index)).notna()
+    cand = final[(final["status"].isin(FINISHED_STATUSES) & final["model_dir"].notna()) | int8]
     cand = cand[pd.to_numeric(cand[SELECTION_METRIC], errors="coerce").notna()]
     if cand.empty:
         raise ValueError("no finished trial with a saved model yet")
@@ -94,7 +99,8 @@ def pick(
     else:
         order = within.sort_values([by, SELECTION_METRIC, "trial_id"], ascending=[True, False, True], kind="stable")
     best = order.iloc[0]
-    path = Path(experiment_dir) / str(best["model_dir"]) / MODEL_FILE
+    shipped = best.get("model_file")
+    path = Path(experiment_dir) / (str(shipped) if isinstance(shipped, str) else f"{best['model_dir']}/{MODEL_FILE}")
     if path.is_file():
         check_model_file(path)
     return Choice(best, dense, budget, by, path.absolute() if path.is_file() else None)
@@ -107,6 +113,11 @@ def check_model_file(path: Path) -> None:
     Raises:
         ValueError: ``pruners.ModelFileError`` / ``UnsafeModelFile``, one line naming the file.
     """
+    if path.suffix == ".onnx":  # an int8 file: no external data, standard operators only
+        from pruners.quantize import check_onnx
+
+        check_onnx(path)
+        return
     from pruners.io import check_model_file as check
 
     check(path)
@@ -127,7 +138,9 @@ def format_choice(choice: Choice, costs: list[str]) -> str:
               and not (isinstance(r[k], float) and math.isnan(r[k])) and r[k] is not pd.NA}
     lines = [
         f"best trial under {choice.budget}:",
-        f"  trial     {r['trial_id']}  ({r.get('method')}, kept epoch {r.get('epoch')})",
+        f"  trial     {r['trial_id']}  ("
+        + ("the dense model in int8, no pruning" if r.get("status") == REFERENCE_STATUS
+           else f"{r.get('method')}, kept epoch {r.get('epoch')}") + ")",
         f"  accuracy  validation {_acc(r['val_accuracy'])}, test {_acc(r.get('test_accuracy'))}"
         + (f"  (dense: {_acc(d['val_accuracy'])}, {_acc(d.get('test_accuracy'))})" if d is not None else ""),
     ]
@@ -140,10 +153,22 @@ def format_choice(choice: Choice, costs: list[str]) -> str:
         lines.append(f"  {COST_LABELS.get(cost, cost):<9} {format_cost(r[cost], cost)}{ratio}")
     if pd.notna(r.get("speedup")):
         lines.append(f"  speedup   {float(r['speedup']):.2f}x over the dense file, timed side by side")
+    if isinstance(r.get("latency_runtime"), str):
+        threads = r.get("latency_threads")
+        lines.append(f"  timed on  {r['latency_runtime']}"
+                     + (f", {int(threads)} thread(s)" if pd.notna(threads) else ""))
     lines.append("  config    " + json.dumps({k: (v.item() if hasattr(v, "item") else v) for k, v in config.items()},
                                              default=str))
     if choice.model_file is None:
         lines.append("  file      (the saved model is missing)")
+    elif choice.model_file.suffix == ".onnx":
+        lines += [
+            f"  file      {choice.model_file}",
+            "load and run it (ONNX Runtime only, no Prunefront, no pickle; int8 kernels on x86 CPUs):",
+            "    import onnxruntime as ort",
+            f"    session = ort.InferenceSession({str(choice.model_file)!r}, providers=['CPUExecutionProvider'])",
+            "    logits = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]  # x: a float32 batch",
+        ]
     else:
         lines += [
             f"  file      {choice.model_file}",

@@ -122,11 +122,13 @@ def fronts_figure(fronts: pd.DataFrame, title: str | None = None, costs: Mapping
         pts = part[(part["status"] != REFERENCE_STATUS) & part["pareto_rank"].notna()]
         scale, unit = axis_scale(cost, [float(v) for v in part[cost].dropna()])
         xs: list[float] = []
-        if len(ref) and pd.notna(ref[cost].iloc[0]) and pd.notna(ref[SELECTION_METRIC].iloc[0]):
-            rx, ry = float(ref[cost].iloc[0]) / scale, float(ref[SELECTION_METRIC].iloc[0])
-            ax.scatter([rx], [ry], marker="*", s=260, facecolors="none", edgecolors="black",
-                       linewidths=1.3, zorder=2, gid=point_id(front, "dense"))
-            ax.annotate("dense", (rx, ry), textcoords="offset points", xytext=(-10, 8), ha="right",
+        for _, r in ref.iterrows():  # dense (a star) and dense-int8 (a diamond)
+            if pd.isna(r[cost]) or pd.isna(r[SELECTION_METRIC]):
+                continue
+            rx, ry, rid = float(r[cost]) / scale, float(r[SELECTION_METRIC]), str(r["trial_id"])
+            ax.scatter([rx], [ry], marker="*" if rid == "dense" else "D", s=260 if rid == "dense" else 110,
+                       facecolors="none", edgecolors="black", linewidths=1.3, zorder=2, gid=point_id(front, rid))
+            ax.annotate(rid, (rx, ry), textcoords="offset points", xytext=(-10, 8), ha="right",
                         fontsize="small")
             xs.append(rx)
         on_front = (pts["pareto_rank"] == 1).to_numpy(dtype=bool)
@@ -139,8 +141,9 @@ def fronts_figure(fronts: pd.DataFrame, title: str | None = None, costs: Mapping
         xs += list(x)
         # The staircase of the front, the dense point included when it is on it.
         stair = [(float(a), float(b)) for a, b in zip(x[on_front], y[on_front])]
-        if len(ref) and (ref["pareto_rank"] == 1).any() and xs:
-            stair.append((float(ref[cost].iloc[0]) / scale, float(ref[SELECTION_METRIC].iloc[0])))
+        for _, r in ref[(ref["pareto_rank"] == 1).fillna(False)].iterrows():
+            if xs and pd.notna(r[cost]):
+                stair.append((float(r[cost]) / scale, float(r[SELECTION_METRIC])))
         if stair:
             sx, sy = zip(*sorted(stair))
             ax.step(sx, sy, where="post", color="0.25", linewidth=1.0, zorder=1)
@@ -158,6 +161,8 @@ def fronts_figure(fronts: pd.DataFrame, title: str | None = None, costs: Mapping
     handles += [
         Line2D([], [], marker="*", linestyle="", markerfacecolor="none", markeredgecolor="black",
                markersize=13, label="dense"),
+        Line2D([], [], marker="D", linestyle="", markerfacecolor="none", markeredgecolor="black",
+               markersize=8, label="dense-int8"),
         Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="crimson",
                markersize=11, label="knee"),
         Line2D([], [], color="0.25", linewidth=1.0, label="front (rank 1)"),
@@ -238,17 +243,17 @@ def point_info(fronts: pd.DataFrame, costs: Mapping[str, str], experiment_dir: s
             part = part[keep]
         for _, r in part.iterrows():
             ref = r.get("status") == REFERENCE_STATUS
-            tid = "dense" if ref else str(r["trial_id"])
-            model = None
-            if ref:
+            tid = str(r["trial_id"])
+            model = r.get("model_file") if isinstance(r.get("model_file"), str) else None
+            if model is None and ref and tid == "dense":
                 model = f"{DENSE_DIR}/{MODEL_FILE}"
-            elif isinstance(r.get("model_dir"), str):
+            elif model is None and isinstance(r.get("model_dir"), str):
                 model = f"{r['model_dir']}/{MODEL_FILE}"
             if model and experiment_dir:
                 model = f"{experiment_dir.rstrip('/')}/{model}"
             info[point_id(front, tid)] = {
                 "trial": tid,
-                "method": "dense model (reference)" if ref else _cell(r.get("method")),
+                "method": f"{tid} model (reference)" if ref else _cell(r.get("method")),
                 "amount": _cell(r.get("amount"), ".3g"),
                 "validation accuracy": _cell(r.get("val_accuracy"), ".4f"),
                 "test accuracy": _cell(r.get("test_accuracy"), ".4f"),
@@ -365,8 +370,10 @@ def html_page(
         "</head><body>",
         f"<h1>{html.escape(title)}</h1>",
         "<p>Accuracy is measured on the validation split, which every decision uses; the test "
-        "accuracy of each kept model is shown beside it. The dense model competes: a trial it "
-        "dominates is not on a front. Rest the pointer on a marker to see its trial.</p>",
+        "accuracy of each kept model is shown beside it. The dense model and the dense model "
+        "in int8 (dense-int8) compete: a trial either dominates is not on a front. Latency is "
+        "the shipped file's, timed on the runtime each row names (torch for float files, ONNX "
+        "Runtime for int8 ones). Rest the pointer on a marker to see its trial.</p>",
         svg_text(fronts, costs=costs),
         '<div id="tip"></div>',
     ]
@@ -384,7 +391,7 @@ def html_page(
         parts.append(
             "<p>" + html.escape(
                 f"{s.get('n_front', 0)} of {s.get('n_trials', 0)} finished trials on the front "
-                f"({s.get('n_dominated_by_dense', 0)} dominated by the dense model). Hypervolume "
+                f"({s.get('n_dominated_by_dense', 0)} dominated by the dense model or dense-int8). Hypervolume "
                 f"{_cell(s.get('hypervolume_normalized'), '.4f')} of the box from the ideal (accuracy 1, "
                 f"{cost} 0) to the reference point (accuracy {ref[0]:g}, {cost} {format_cost(ref[1], cost)}); "
                 "hv % is the part of that box only that trial adds."

@@ -36,12 +36,14 @@ from reports.contract import (
     INTEGER_METRICS,
     METRIC_KEYS,
     REFERENCE_ID,
+    REFERENCE_INT8_ID,
     REFERENCE_STATUS,
     SELECTION_METRIC,
     KeptEpoch,
     ledger_counts,
 )
-from reports.layout import EXPERIMENT_FILE, DENSE_DIR, METRICS_FILE
+from reports.layout import (DENSE_DIR, DENSE_INT8_MODEL_FILE, EXPERIMENT_FILE, METRICS_FILE, MODEL_FILE, Layout,
+                            model_file_name)
 from reports.ledger import Experiment, is_missing, normalize_column, object_frame
 
 #: The fronts a report builds when the config names none (``report.fronts``): front name
@@ -50,6 +52,9 @@ DEFAULT_FRONTS: dict[str, str] = {
     "accuracy_flops": "flops",
     "accuracy_flops_sparse": "flops_sparse",
     "accuracy_size": "size_bytes",
+    # Quantization changes latency and size but not MACs: the shipped file's measured
+    # latency (runtime and threads in each row's latency_runtime / latency_threads).
+    "accuracy_latency": "latency_ms",
 }
 _FRONT_NAMES = {"size_bytes": "accuracy_size", "latency_ms": "accuracy_latency"}
 DIRECTIONS = ("max", "min")
@@ -62,7 +67,7 @@ def front_name(cost: str) -> str:
 
 def fronts_for(config: Mapping[str, Any] | None) -> dict[str, str]:
     """Which fronts a report builds: ``report.fronts`` when the config lists costs, else
-    the three defaults plus every cost objective of ``scheduler.objectives``."""
+    the four defaults (FLOPs, sparse FLOPs, size, latency) plus every cost objective of ``scheduler.objectives``."""
     config = config or {}
     listed = (config.get("report") or {}).get("fronts") if isinstance(config.get("report"), Mapping) else None
     if listed:
@@ -92,7 +97,8 @@ class FrontSummary:
             the ideal point (accuracy 1, cost 0) to the reference, in [0, 1].
         n_trials: Finished trials with finite accuracy and cost.
         n_front: Trials of Pareto rank 1 (the dense model competing).
-        n_dominated_by_dense: Trials the dense model dominates.
+        n_dominated_by_dense: Trials a reference model dominates: the dense model, or the
+            dense model in int8 (``dense-int8``); the trial's ``dominated_by`` says which.
         knee: ``trial_id`` of the knee of the trials on the front, or None.
     """
 
@@ -154,12 +160,18 @@ def _config_order(config_columns: tuple[str, ...] | list[str]) -> list[str]:
     return first + sorted(c for c in config_columns if c not in CONFIG_ORDER)
 
 
-def _reference_row(dense: dict[str, Any] | None) -> dict[str, Any] | None:
+def _reference_row(dense: dict[str, Any] | None, trial_id: str = REFERENCE_ID) -> dict[str, Any] | None:
     if dense is None:
         return None
     row = {k: v for k, v in dense.items() if k not in ("trial_id", "status", "epoch", "config")}
-    row.update(trial_id=REFERENCE_ID, status=REFERENCE_STATUS, epoch=None)
+    row.update(trial_id=trial_id, status=REFERENCE_STATUS, epoch=None)
     return row
+
+
+def reference_rows(exp: Experiment) -> list[dict[str, Any]]:
+    """The reference rows: ``dense`` (float32) and, when it was made, ``dense-int8``."""
+    rows = [_reference_row(exp.dense), _reference_row(exp.dense_int8, REFERENCE_INT8_ID)]
+    return [r for r in rows if r is not None]
 
 
 def _metric_dtype(column: str, values: pd.Series) -> pd.Series:
@@ -225,9 +237,9 @@ def trials_table(exp: Experiment) -> pd.DataFrame:
         status = {t: st.status for t, st in exp.trials.items()}
         res = res.assign(status=res["trial_id"].map(status))
         res = res.sort_values(["trial_id", "epoch"], kind="stable")
-    ref = _reference_row(exp.dense)
-    columns = list(dict.fromkeys(["trial_id", "status", "epoch", *res.columns, *(ref or {})]))
-    out = _finalize(object_frame([ref] if ref else [], res, columns))
+    refs = reference_rows(exp)
+    columns = list(dict.fromkeys(["trial_id", "status", "epoch", *res.columns, *(k for r in refs for k in r)]))
+    out = _finalize(object_frame(refs, res, columns))
     return _order_columns(out, ["trial_id", "status", "epoch"], config_cols, [])
 
 
@@ -267,18 +279,22 @@ def final_table(exp: Experiment, trials: pd.DataFrame | None = None) -> pd.DataF
     kept = done.iloc[_kept_positions(done)]
     last = done.drop_duplicates("trial_id", keep="last")
     ids = [str(t) for t in kept["trial_id"]]
+    quantize = kept["quantize"].tolist() if "quantize" in kept.columns else [None] * len(kept)
     extra: dict[str, list[Any]] = {
         "reason": [exp.trials[t].reason for t in ids],
         "last_epoch": [int(e) for e in last["epoch"]],
         "model_dir": [exp.model_dirs.get(t) for t in ids],
+        "model_file": [f"{exp.model_dirs[t]}/{model_file_name(q)}" if t in exp.model_dirs else None
+                       for t, q in zip(ids, quantize)],
     }
     if "time_total_s" in last.columns:
         extra["trial_time_s"] = list(last["time_total_s"].to_numpy(dtype=object))
-    columns = list(dict.fromkeys([*trials.columns, "reason", "last_epoch", "trial_time_s", "model_dir"]))
-    head = [{**r, "reason": None, "last_epoch": None} for r in object_frame([], ref, list(ref.columns)).to_dict("records")]
+    columns = list(dict.fromkeys([*trials.columns, "reason", "last_epoch", "trial_time_s", "model_dir", "model_file"]))
+    head = [{**r, "reason": None, "last_epoch": None, "model_file": _reference_file(exp, r["trial_id"])}
+            for r in object_frame([], ref, list(ref.columns)).to_dict("records")]
     df = _finalize(object_frame(head, kept, columns, extra))
     df["last_epoch"] = df["last_epoch"].astype("Int64")
-    for c in ("model_dir", "reason"):
+    for c in ("model_dir", "model_file", "reason"):
         if c in df.columns:
             df[c] = df[c].astype("string")
     df.insert(3, "method", method_labels(df))
@@ -286,8 +302,14 @@ def final_table(exp: Experiment, trials: pd.DataFrame | None = None) -> pd.DataF
         df,
         ["trial_id", "status", "reason", "method", "epoch", "last_epoch"],
         config_cols,
-        ["trial_time_s", "model_dir"],
+        ["trial_time_s", "model_dir", "model_file"],
     )
+
+
+def _reference_file(exp: Experiment, trial_id: Any) -> str | None:
+    """``dense/model.pt2`` or ``dense/model-int8.onnx`` when the file is there."""
+    name = DENSE_INT8_MODEL_FILE if trial_id == REFERENCE_INT8_ID else MODEL_FILE
+    return f"{DENSE_DIR}/{name}" if (Layout(exp.path).dense / name).is_file() else None
 
 
 def method_labels(df: pd.DataFrame) -> pd.Series:
@@ -296,13 +318,16 @@ def method_labels(df: pd.DataFrame) -> pd.Series:
     columns = [df[c].to_numpy(dtype=object) for c in parts]
     status = df["status"].to_numpy(dtype=object) if "status" in df.columns else [None] * len(df)
 
-    def label(st: Any, vals: tuple[Any, ...]) -> Any:
+    tids = df["trial_id"].to_numpy(dtype=object) if "trial_id" in df.columns else [REFERENCE_ID] * len(df)
+
+    def label(st: Any, tid: Any, vals: tuple[Any, ...]) -> Any:
         if st is not None and st is not pd.NA and st == REFERENCE_STATUS:
-            return REFERENCE_ID
+            return str(tid)  # dense, dense-int8
         return None if not vals or any(is_missing(v) for v in vals) else "+".join(str(v) for v in vals)
 
     rows = zip(*columns) if columns else (() for _ in range(len(df)))
-    return pd.Series([label(st, vals) for st, vals in zip(status, rows)], index=df.index, dtype="string")
+    return pd.Series([label(st, tid, vals) for st, tid, vals in zip(status, tids, rows)], index=df.index,
+                     dtype="string")
 
 
 def default_reference(dense: dict[str, Any] | None, cost: str) -> tuple[float, float]:
@@ -335,13 +360,15 @@ def _one_front(
     n = len(trials)
     pts, ok = _points(trials, cost)
     dense_pts, dense_ok = _points(ref_rows, cost)
-    dense = dense_pts[dense_ok][:1]  # the reference competes when its figures are known
+    dense = dense_pts[dense_ok]  # every reference (dense, dense-int8) competes when its figures are known
+    ref_ids = [str(t) for t in ref_rows["trial_id"].to_numpy(dtype=object)[dense_ok]]
     rank = np.full(n, np.nan)
     rank_trials = np.full(n, np.nan)
     dominated = np.zeros(n, dtype=bool)
+    dominated_by = np.full(n, None, dtype=object)
+    ref_rank = np.full(len(ref_rows), np.nan)
     contrib = np.full(n, np.nan)
     knee = np.zeros(n, dtype=bool)
-    dense_rank = np.nan
     hv, knee_id = 0.0, None
     idx = np.flatnonzero(ok)
     if len(idx):
@@ -350,8 +377,11 @@ def _one_front(
         with_dense = pareto.nondominated_sort(np.vstack([sub, dense]), DIRECTIONS)
         rank[idx] = with_dense[: len(sub)]
         if len(dense):
-            dense_rank = float(with_dense[-1])
-            dominated[idx] = pareto.dominates(dense[0], sub, DIRECTIONS)
+            ref_rank[np.flatnonzero(dense_ok)] = with_dense[len(sub):]
+            for rid, point in zip(ref_ids, dense):
+                beaten = pareto.dominates(point, sub, DIRECTIONS) & ~dominated[idx]
+                dominated_by[idx[beaten]] = rid  # the first reference that dominates it
+                dominated[idx] |= beaten
         contrib[idx] = pareto.hv_contributions(sub, ref_point, DIRECTIONS)
         hv = pareto.hypervolume_2d(sub, ref_point, DIRECTIONS)
         members = idx[rank[idx] == 1]
@@ -364,15 +394,17 @@ def _one_front(
         pareto_rank=pd.array([pd.NA if math.isnan(r) else int(r) for r in rank], dtype="Int64"),
         rank_among_trials=pd.array([pd.NA if math.isnan(r) else int(r) for r in rank_trials], dtype="Int64"),
         dominated_by_dense=dominated,
+        dominated_by=pd.array(dominated_by, dtype="string"),
         hv_contribution=contrib,
         is_knee=knee,
     )
     part = part.sort_values(["pareto_rank", cost, "trial_id"], kind="stable", na_position="last")
     ref_part = ref_rows.assign(
         front=front,
-        pareto_rank=pd.array([pd.NA if math.isnan(dense_rank) else int(dense_rank)] * len(ref_rows), dtype="Int64"),
+        pareto_rank=pd.array([pd.NA if math.isnan(r) else int(r) for r in ref_rank], dtype="Int64"),
         rank_among_trials=pd.array([pd.NA] * len(ref_rows), dtype="Int64"),
         dominated_by_dense=False,
+        dominated_by=pd.array([None] * len(ref_rows), dtype="string"),
         hv_contribution=np.nan,
         is_knee=False,
     )
@@ -432,7 +464,7 @@ def fronts_table(
     for c in ("pareto_rank", "rank_among_trials"):
         table[c] = table[c].astype("Int64")
     head = ["front", "trial_id", "status", "pareto_rank", "rank_among_trials", "dominated_by_dense",
-            "hv_contribution", "is_knee"]
+            "dominated_by", "hv_contribution", "is_knee"]
     rest = [c for c in table.columns if c not in head]
     return table[head + rest].reset_index(drop=True), summaries
 

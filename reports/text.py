@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from reports.compare import FrontComparison
-from reports.contract import REFERENCE_STATUS, TRIAL_COUNT_STATES, TrialCounts, trial_counts
+from reports.contract import REFERENCE_ID, REFERENCE_STATUS, TRIAL_COUNT_STATES, TrialCounts, trial_counts
 from reports.methods import method_matrix
 from reports.units import COST_HEADERS, COST_LABELS, format_cost, front_title
 
@@ -75,9 +75,10 @@ def format_show(frames: dict[str, pd.DataFrame], metadata: dict[str, Any], title
     lines = [
         f"{title}  ({status_counts(frames['trials'], metadata)})",
         "val: validation accuracy (every decision uses it); test: the kept model on the test split.",
-        "The dense model competes: a trial it dominates is not on a front. hv: hypervolume as a",
-        "share of the box from the ideal (accuracy 1, cost 0) to the reference point; hv%: the",
-        "part of that box only this trial adds; *: the knee point.",
+        "The references compete: dense (float32) and dense-int8 (the dense model in int8); a trial",
+        "either dominates is not on a front. hv: hypervolume as a share of the box from the ideal",
+        "(accuracy 1, cost 0) to the reference point; hv%: the part of that box only this trial",
+        "adds; *: the knee point. Latency: the shipped file on the runtime its row names.",
     ]
     for front, cost in costs.items():
         s = summaries.get(front, {})
@@ -88,23 +89,24 @@ def format_show(frames: dict[str, pd.DataFrame], metadata: dict[str, Any], title
         dense = part[part["status"] == REFERENCE_STATUS]
         lines.append("")
         lines.append(
-            f"{front_title(cost)}: {len(members)} of {s.get('n_trials', 0)} finished trials on the front "
-            f"({s.get('n_dominated_by_dense', 0)} dominated by dense)"
+            f"{front_title(cost)}: {len(members)} of {s.get('n_trials', 0)} finished trials on the front"
         )
         lines.append(f"  hv {_cell(s.get('hypervolume_normalized'), '.4f')}; reference point: accuracy {ref[0]:g}, "
-                     f"{cost} {format_cost(ref[1], cost)}")
+                     f"{cost} {format_cost(ref[1], cost)}; {s.get('n_dominated_by_dense', 0)} dominated by a reference")
         header = ["trial", "criterion", "gran", "schedule", "amount", "val", "test",
                   COST_HEADERS.get(cost, cost), "x dense", "hv%", "rank"]
-        dense_cost = float(dense[cost].iloc[0]) if len(dense) and pd.notna(dense[cost].iloc[0]) else math.nan
+        base = dense[dense["trial_id"] == REFERENCE_ID]
+        dense_cost = float(base[cost].iloc[0]) if len(base) and pd.notna(base[cost].iloc[0]) else math.nan
         rows = []
         # The front's members and, on the front or not, the dense model they compete with.
         shown = pd.concat([members, dense]).sort_values(cost, kind="stable")
         for _, r in shown.iterrows():
             c = r.get(cost)
-            if r.get("status") == REFERENCE_STATUS:
-                rows.append(["dense", "reference", "", "", "", _cell(r.get("val_accuracy"), ".4f"),
-                             _cell(r.get("test_accuracy"), ".4f"), format_cost(c, cost), "1.000", "",
-                             _cell(r.get("pareto_rank"))])
+            if r.get("status") == REFERENCE_STATUS:  # dense, dense-int8
+                rows.append([_cell(r.get("trial_id")), "reference", "", "", "", _cell(r.get("val_accuracy"), ".4f"),
+                             _cell(r.get("test_accuracy"), ".4f"), format_cost(c, cost),
+                             _cell(float(c) / dense_cost if dense_cost > 0 and pd.notna(c) else math.nan, ".3f"),
+                             "", _cell(r.get("pareto_rank"))])
                 continue
             rows.append([
                 _cell(r.get("trial_id")) + ("*" if bool(r.get("is_knee")) else ""), _cell(r.get("criterion")),

@@ -409,7 +409,7 @@ def test_flat_space_keys_and_decoding_cover_every_method():
     )
     space = flat_space(cfg.search)
     assert set(space) == {
-        "method", "scope", "threshold_rule", "amount", "lr", "epochs", "distill", "min_keep",
+        "method", "scope", "threshold_rule", "amount", "lr", "epochs", "distill", "min_keep", "quantize",
         "schedule.iterative.rounds", "schedule.iterative.interval_epochs",
         "schedule.gradual.start_epoch", "schedule.gradual.end_epoch",
         "schedule.gradual.interval_epochs", "schedule.gradual.initial",
@@ -447,8 +447,8 @@ def test_grid_size_counts_every_searched_choice():
             "schedule_params": {"iterative": {"rounds": [2, 4]}},
         }
     )
-    # 4 methods x 3 amounts x 2 lrs x 2 rounds.
-    assert grid_size(cfg.search) == 48
+    # 4 methods x 3 amounts x 2 lrs x 2 rounds x 2 quantize (none, int8: the default).
+    assert grid_size(cfg.search) == 96
 
 
 @pytest.mark.parametrize("name", pruners.list_schedules())

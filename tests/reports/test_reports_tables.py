@@ -64,7 +64,7 @@ def test_fronts_ranks_hypervolume_and_knee(experiment_dir):
     tables = build_tables(read_experiment(experiment_dir))
     fr = tables.fronts
     assert fr["front"].unique().tolist() == ["accuracy_flops", "accuracy_flops_sparse",
-                                             "accuracy_size"]
+                                             "accuracy_size", "accuracy_latency"]
     flops = fr[fr["front"] == "accuracy_flops"].set_index("trial_id")
     # The dense model competes: it is on the front, and it dominates the unstructured trials
     # (same FLOPs, lower accuracy).
@@ -185,7 +185,7 @@ def test_missing_dense_baseline_needs_an_explicit_reference(make_experiment):
     exp = read_experiment(w.root)
     with pytest.raises(ValueError, match="no hypervolume reference for 'flops'"):
         build_tables(exp)
-    ref = {"flops": 16384.0, "flops_sparse": 16384.0, "size_bytes": 32768.0}
+    ref = {"flops": 16384.0, "flops_sparse": 16384.0, "size_bytes": 32768.0, "latency_ms": 1.0}
     tables = build_tables(exp, reference=ref)
     assert tables.final["trial_id"].tolist() == ["t1"]  # no reference row without a baseline
     assert tables.summaries["accuracy_flops"].hypervolume == 0.875 * (16384 - 8832)
@@ -241,5 +241,6 @@ def test_a_cost_objective_of_the_scheduler_adds_its_front(tmp_path):
                                               "objectives": {"val_accuracy": "max", "params_nonzero": "min"}})
     tables = build_tables(read_experiment(root))
     assert tables.front_costs == {"accuracy_flops": "flops", "accuracy_flops_sparse": "flops_sparse",
-                                  "accuracy_size": "size_bytes", "accuracy_params_nonzero": "params_nonzero"}
+                                  "accuracy_size": "size_bytes", "accuracy_latency": "latency_ms",
+                                  "accuracy_params_nonzero": "params_nonzero"}
     assert _front_trials(tables, "accuracy_params_nonzero") == FINISHED_WITH_RESULTS
