@@ -314,7 +314,8 @@ def _table_html(df: pd.DataFrame, columns: list[str], cost: str, box: float) -> 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-HTML_HEADERS = {"hv_contribution": "hv %", "is_knee": "knee", "trial_id": "trial",
+HTML_HEADERS = {"hv_contribution": "hv %", "is_knee": "knee", "trial_id": "trial", "latency_runtime": "timed on",
+                "model_file": "shipped file",
                 "val_accuracy": "val acc", "test_accuracy": "test acc", "pareto_rank": "rank"}
 
 
@@ -397,8 +398,9 @@ def html_page(
                 "hv % is the part of that box only that trial adds."
             ) + "</p>"
         )
-        cols = [c for c in ("trial_id", "method", "scope", "amount", "epoch", SELECTION_METRIC, "test_accuracy",
-                            cost, "sparsity", "speedup", "hv_contribution", "is_knee", "model_dir")
+        cols = [c for c in ("trial_id", "method", "scope", "amount", "quantize", "epoch", SELECTION_METRIC,
+                            "test_accuracy", cost, "sparsity", "speedup", "latency_runtime", "hv_contribution",
+                            "is_knee", "model_file")
                 if c in shown.columns]
         box = (1.0 - ref[0]) * ref[1] if ref[1] is not None else float("nan")
         parts.append(_table_html(shown.sort_values(cost, kind="stable"), cols, cost, box))
