@@ -8,24 +8,37 @@
 * :func:`decode_trial` turns a sampled flat config back into :class:`TrialSettings`, whose
   ``record()`` is the config part of every result row.
 
+A searched key is declared in two places: its field in ``config.SpaceConfig`` (name, default,
+documentation, validation: the schema and configs follow) and its field in
+:class:`TrialSettings` (the type a trial reads it as). Everything here follows from the two:
+:func:`flat_space` lists every ``SpaceConfig`` field, :func:`decode_trial` reads every
+``TrialSettings`` field by its type, ``record()`` writes them in declaration order (the
+column order of every report). ``tests/orchestrator/test_searched_keys.py`` adds a throwaway
+key that way and follows it to a report.
+
 Pure functions: no Ray, and ``pruners`` only for its registries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from orchestrator.errors import ConfigError, fmt
 from orchestrator.params import Choice, Fixed, Param, Range, names_in
 
 __all__ = [
-    "TrialSettings", "check_grid", "decode_trial", "flat_space", "grid_size", "method_key", "parse_method",
+    "METHOD_PARTS", "TrialSettings", "check_grid", "decode_trial", "flat_space", "grid_size", "method_key", "parse_method",
     "valid_methods",
 ]
 
 _METHOD_SEP = "+"
+#: Space fields searched together as the combined ``method`` choice (valid combinations only).
+METHOD_PARTS = ("criterion", "granularity", "schedule")
+#: TrialSettings fields that are not flat searched keys: the method's parts and their parameters.
+_NOT_FLAT = (*METHOD_PARTS, "schedule_params", "criterion_params")
+_CASTS = {"float": float, "int": int, "str": str, "bool": bool}
 
 
 def method_key(criterion: str, granularity: str, schedule: str) -> str:
@@ -103,8 +116,9 @@ def flat_space(search: Any, methods: list[tuple[str, str, str]] | None = None) -
     keys = [method_key(*m) for m in methods]
     space = search.space
     out: dict[str, Param] = {"method": Choice(tuple(keys)) if len(keys) > 1 else Fixed(keys[0])}
-    for name in ("scope", "threshold_rule", "amount", "lr", "distill", "min_keep", "quantize"):
-        out[name] = getattr(space, name)
+    for name in type(space).model_fields:  # every declared searched key but the method's parts
+        if name not in METHOD_PARTS:
+            out[name] = getattr(space, name)
     out["epochs"] = search.epochs
     for s in sorted({m[2] for m in methods}):
         for p, v in search.schedule_params.get(s, {}).items():
@@ -158,44 +172,31 @@ class TrialSettings:
         return method_key(self.criterion, self.granularity, self.schedule)
 
     def record(self) -> dict[str, Any]:
-        """The flat config keys a result row carries (``reports.contract.CONFIG_ORDER`` first)."""
-        row: dict[str, Any] = {
-            "criterion": self.criterion,
-            "granularity": self.granularity,
-            "scope": self.scope,
-            "threshold_rule": self.threshold_rule,
-            "amount": self.amount,
-            "schedule": self.schedule,
-            "lr": self.lr,
-            "epochs": self.epochs,
-            "distill": self.distill,
-            "min_keep": self.min_keep,
-            "quantize": self.quantize,
-        }
+        """The flat config keys a result row carries: the fields in declaration order (the
+        reports' column order), then ``schedule.<param>`` and ``criterion.<param>``."""
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("schedule_params", "criterion_params")}
         row.update({f"schedule.{k}": v for k, v in self.schedule_params.items()})
         row.update({f"criterion.{k}": v for k, v in self.criterion_params.items()})
         return row
 
 
-def decode_trial(flat: Mapping[str, Any]) -> TrialSettings:
+def decode_trial(flat: Mapping[str, Any], settings: type[TrialSettings] = TrialSettings) -> TrialSettings:
     """A sampled flat config (keys of :func:`flat_space`) -> :class:`TrialSettings`.
 
-    Only the chosen schedule's and criterion's parameters are kept.
+    Every field is read from its flat key as the type it declares (a field with a default
+    may be missing: a config recorded before the key existed). Only the chosen schedule's
+    and criterion's parameters are kept. ``settings``: a subclass declaring more keys.
     """
     criterion, granularity, schedule = parse_method(str(flat["method"]))
     sprefix, cprefix = f"schedule.{schedule}.", f"criterion.{criterion}."
-    return TrialSettings(
-        criterion=criterion,
-        granularity=granularity,
-        scope=str(flat["scope"]),
-        threshold_rule=str(flat["threshold_rule"]),
-        amount=float(flat["amount"]),
-        schedule=schedule,
+    values: dict[str, Any] = {}
+    for f in fields(settings):
+        if f.name in _NOT_FLAT or (f.name not in flat and f.default is not MISSING):
+            continue
+        values[f.name] = _CASTS[str(f.type)](flat[f.name])
+    return settings(
+        criterion=criterion, granularity=granularity, schedule=schedule,
         schedule_params={k[len(sprefix):]: v for k, v in flat.items() if k.startswith(sprefix)},
         criterion_params={k[len(cprefix):]: v for k, v in flat.items() if k.startswith(cprefix)},
-        lr=float(flat["lr"]),
-        epochs=int(flat["epochs"]),
-        distill=float(flat.get("distill", 0.0)),
-        min_keep=float(flat.get("min_keep", 0.0)),
-        quantize=str(flat.get("quantize", "none")),
+        **values,
     )

@@ -7,7 +7,8 @@ imports it for :class:`KeptEpoch`).
 
 * **Keys.** :data:`METRIC_KEYS` (what every epoch measures), :data:`TEST_KEYS` (the test
   split: reported, never used for a decision), :data:`EXTRA_KEYS` (bookkeeping a row may
-  carry), :data:`CONFIG_ORDER` (the config keys a row starts with).
+  carry). A row's config keys come in the order the search declared them
+  (``orchestrator.space.TrialSettings``); no list here repeats them.
 * **Events.** The ledger is one JSON object per line, in the order things happened:
   ``{"type": "result", "trial_id", "epoch", <metrics>, "config": {...}, "time_total_s"}`` and
   ``{"type": "status", "trial_id", "status", "reason", "config": {...}}``.
@@ -45,7 +46,6 @@ from typing import Any
 from reports.layout import LEDGER_FILE
 
 __all__ = [
-    "CONFIG_ORDER",
     "COST_METRICS",
     "DECISION_METRICS",
     "EXTRA_KEYS",
@@ -141,20 +141,6 @@ EXTRA_KEYS: tuple[str, ...] = (
     "node_id",
     "host",
     "device",
-)
-#: The flat config keys a row starts with, in this order (others follow, sorted).
-CONFIG_ORDER: tuple[str, ...] = (
-    "criterion",
-    "granularity",
-    "scope",
-    "threshold_rule",
-    "amount",
-    "schedule",
-    "lr",
-    "epochs",
-    "distill",
-    "min_keep",
-    "quantize",
 )
 
 FINISHED_STATUSES: tuple[str, ...] = ("completed", "stopped", "errored")

@@ -47,6 +47,7 @@ RESERVED_COLUMNS = frozenset(
         "pareto_rank",
         "rank_among_trials",
         "dominated_by_dense",
+        "dominated_by",
         "hv_contribution",
         "is_knee",
         "time_total_s",

@@ -21,8 +21,9 @@ from typing import Any
 
 import pandas as pd
 
-from reports.contract import (CONFIG_ORDER, FINISHED_STATUSES, REFERENCE_ID, REFERENCE_INT8_ID, REFERENCE_STATUS,
-                              SELECTION_METRIC)
+from reports.contract import (EXTRA_KEYS, FINISHED_STATUSES, METRIC_KEYS, REFERENCE_ID, REFERENCE_INT8_ID,
+                              REFERENCE_STATUS, SELECTION_METRIC)
+from reports.ledger import RESERVED_COLUMNS
 from reports.layout import DENSE_DIR, METRICS_FILE, MODEL_FILE
 from reports.units import COST_LABELS, format_cost
 
@@ -134,7 +135,9 @@ def _acc(value: Any) -> str:
 def format_choice(choice: Choice, costs: list[str]) -> str:
     """What ``python -m reports pick`` prints."""
     r, d = choice.row, choice.dense
-    config = {k: r[k] for k in r.index if (k in CONFIG_ORDER or k.startswith(("schedule.", "criterion.")))
+    # Config columns: whatever the row holds besides the reports' own columns and the metrics.
+    not_config = RESERVED_COLUMNS | set(METRIC_KEYS) | set(EXTRA_KEYS)
+    config = {k: r[k] for k in r.index if k not in not_config and not k.startswith("_")
               and not (isinstance(r[k], float) and math.isnan(r[k])) and r[k] is not pd.NA}
     lines = [
         f"best trial under {choice.budget}:",

@@ -30,7 +30,6 @@ import pandas as pd
 
 from reports import pareto
 from reports.contract import (
-    CONFIG_ORDER,
     COST_METRICS,
     FINISHED_STATUSES,
     INTEGER_METRICS,
@@ -156,8 +155,11 @@ def _order_columns(
 
 
 def _config_order(config_columns: tuple[str, ...] | list[str]) -> list[str]:
-    first = [c for c in CONFIG_ORDER if c in config_columns]
-    return first + sorted(c for c in config_columns if c not in CONFIG_ORDER)
+    """The searched keys in the order rows carry them (the search's declaration order, as
+    first seen in the ledger), then the schedule / criterion parameters, sorted (which of
+    them a row has depends on its method)."""
+    plain = [c for c in config_columns if "." not in c]
+    return plain + sorted(c for c in config_columns if "." in c)
 
 
 def _reference_row(dense: dict[str, Any] | None, trial_id: str = REFERENCE_ID) -> dict[str, Any] | None:
