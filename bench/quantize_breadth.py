@@ -24,9 +24,16 @@ the float logits' max |value|); file ratios int8 ONNX / float ONNX and int8 ONNX
 file, both on ONNX Runtime's CPU provider (the same runtime), and the float .pt2 on torch /
 the int8 ONNX file. Files are timed as loaded back, alternately (round robin), after
 warm-up; speed-ups are the median of paired ratios (``pruners.measure.paired_speedup``).
-``float ops`` counts the weight-reading ops (Conv / Gemm / MatMul with an initializer
+``fp32 ONNX cos`` is the float ONNX file's cosine with the eager model (a check
+of the export and of the reference, not of int8). ``float ops`` counts the weight-reading ops (Conv / Gemm / MatMul with an initializer
 weight) that stayed float in the int8 file (``weight_dtypes``). With random weights the
 agreement columns say how much int8 perturbs these particular networks, not accuracy.
+
+Random weights can make the float logits degenerate (all zero in vit_b_16, whose head
+torchvision zero-initialises; ~1e-9 in mobilenet_v3_small, whose signals vanish with
+BatchNorm statistics left at mean 0 / var 1): the bench says so under the table, and
+``--condition`` re-estimates BatchNorm statistics on the calibration batches and
+re-initialises all-zero Linear weights first (off by default).
 
 A variant that cannot be pruned, exported or quantized prints one ``FAIL`` line naming the
 step and the error, and the run goes on.
@@ -35,7 +42,7 @@ step and the error, and the run goes on.
 short timings; the numbers mean nothing, the code paths are the real ones.
 
     python bench/quantize_breadth.py [--models a,b] [--side 224] [--threads 1]
-        [--calib-batches 4] [--budget-s 20] [--smoke-test]
+        [--calib-batches 4] [--budget-s 20] [--condition] [--smoke-test]
 """
 
 from __future__ import annotations
@@ -70,6 +77,34 @@ def build(name: str) -> torch.nn.Module:
 
         return ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10)
     return torchvision_sweep._build(name)
+
+
+def condition(model: torch.nn.Module, calib: list[torch.Tensor]) -> list[str]:
+    """Make a random-init model's signals non-degenerate (``--condition``); returns what changed.
+
+    BatchNorm running statistics are re-estimated on the calibration batches (random init
+    leaves mean 0 / var 1 whatever the layer computes: in mobilenet_v3_small the logits then
+    shrink to ~1e-9, under the quantizer's smallest scale, and the int8 output is exactly
+    zero), and a Linear whose weight is all zero (torchvision zero-initialises vit_b_16's
+    head, so its logits are all zero) gets N(0, 0.02) weights.
+    """
+    changed = []
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if norms:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches
+        model.train()
+        with torch.no_grad():
+            for x in calib:
+                model(x)
+        model.eval()
+        changed.append(f"{len(norms)} BatchNorm statistics re-estimated")
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and not m.weight.any():
+            torch.nn.init.normal_(m.weight, std=0.02)
+            changed.append(f"{name} (all-zero Linear) re-initialised")
+    return changed
 
 
 def synthetic(n: int, side: int, generator: torch.Generator) -> torch.Tensor:
@@ -136,6 +171,7 @@ def run_variant(model: torch.nn.Module, tmp: str, tag: str, side: int, calib: li
         with torch.no_grad():
             ref = model(x_eval)
         row.update(agreement(ref, int8(x_eval)))
+        row["ref_max"] = float(ref.abs().max())
         row["onnx_cos"] = agreement(ref, fonnx(x_eval))["cos"]  # the float export itself, as a check
         step = "timing"
         for b in BATCHES:
@@ -162,6 +198,7 @@ def run_model(name: str, side: int, args) -> list[tuple[str, dict]]:
         dense = build(name).eval()
     except Exception as exc:  # noqa: BLE001
         return [("dense", {"error": f"build: {_why(exc)}"})]
+    notes = condition(dense, calib) if args.condition else []
     flops = pruners.count_flops(dense, x_eval[:1])
     rows = []
     with tempfile.TemporaryDirectory(prefix="qbreadth-") as tmp:
@@ -182,12 +219,13 @@ def run_model(name: str, side: int, args) -> list[tuple[str, dict]]:
             rows.append(("pruned", row))
     for _, row in rows:
         row["model_s"] = time.perf_counter() - t0
+        row["conditioned"] = notes
     return rows
 
 
 HEADER = (f"{'model':<19} {'variant':<7} {'FLOPs':>5} {'top-1':>5} {'cos':>6} {'max|d|':>6} "
           f"{'int8/onnx':>9} {'int8/pt2':>8} {'ORT b1':>6} {'ORT b16':>7} {'pt2 b1':>6} {'pt2 b16':>7} "
-          f"{'fp32 ORT ms b1/b16':>18} {'float ops':>9}")
+          f"{'fp32 ORT ms b1/b16':>18} {'float ops':>9} {'fp32 ONNX cos':>13}")
 
 
 def line(name: str, variant: str, r: dict) -> str:
@@ -196,7 +234,7 @@ def line(name: str, variant: str, r: dict) -> str:
     return (f"{name:<19} {variant:<7} {r['flops_ratio']:>5.2f} {r['top1']:>5.2f} {r['cos']:>6.3f} {r['max_rel']:>6.3f} "
             f"{r['size_int8'] / r['size_onnx']:>9.3f} {r['size_int8'] / r['size_pt2']:>8.3f} "
             f"{r['x_ort_1']:>5.2f}x {r['x_ort_16']:>6.2f}x {r['x_pt2_1']:>5.2f}x {r['x_pt2_16']:>6.2f}x "
-            f"{r['ort_ms_1']:>8.1f}/{r['ort_ms_16']:<9.1f} {len(r['left_float']):>3}/{r['weight_ops']:<5}")
+            f"{r['ort_ms_1']:>8.1f}/{r['ort_ms_16']:<9.1f} {len(r['left_float']):>3}/{r['weight_ops']:<5} {r['onnx_cos']:>13.4f}")
 
 
 def main() -> None:
@@ -206,6 +244,9 @@ def main() -> None:
     p.add_argument("--flops-cut", type=float, default=2.0, help="factor by which pruning cuts FLOPs")
     p.add_argument("--calib-batches", type=int, default=None, help="synthetic calibration batches (default 4; smoke 2)")
     p.add_argument("--calib-size", type=int, default=8, help="images per calibration batch")
+    p.add_argument("--condition", action="store_true",
+                   help="re-estimate BatchNorm statistics on the calibration batches and re-initialise "
+                        "all-zero Linear weights before anything else (random-init signals; see condition())")
     p.add_argument("--budget-s", type=float, default=None,
                    help="seconds of timing per variant and batch size (default 20; smoke 1)")
     p.add_argument("--max-repeats", type=int, default=None, help="timed rounds at most (default 30; smoke 3)")
@@ -223,7 +264,7 @@ def main() -> None:
     import torchao
 
     print(f"# torchao {torchao.__version__} | onnxruntime {onnxruntime.__version__} | models: {', '.join(names)}")
-    print(f"# random-init weights (torchvision weights=None, seed 0); input {side}x{side}; calibration: "
+    print(f"# random-init weights (torchvision weights=None, seed 0{'; --condition' if args.condition else ''}); input {side}x{side}; calibration: "
           f"{args.calib_batches} synthetic batches of {args.calib_size}; agreement on a synthetic batch of "
           f"{max(BATCHES)}; pruned = magnitude (L1), structured, global, flops_cut {args.flops_cut:g}")
     print(f"# speed-ups on {args.threads} thread(s): ORT = float ONNX / int8 ONNX, both on ONNX Runtime CPU; "
@@ -237,6 +278,11 @@ def main() -> None:
             print(line(name, variant, r), flush=True)
     wall = time.perf_counter() - t_all
     for name, variant, r in results:
+        if r.get("conditioned") and variant == "dense":
+            print(f"# {name}: --condition: {'; '.join(r['conditioned'])}")
+        if "ref_max" in r and r["ref_max"] < 1e-6:
+            print(f"# {name} {variant}: the float model's logits are at most {r['ref_max']:.1e} in absolute value "
+                  "(random init): its agreement columns say nothing (--condition)")
         if r.get("left_float"):
             shown = ", ".join(r["left_float"][:4]) + (", ..." if len(r["left_float"]) > 4 else "")
             print(f"# {name} {variant}: weight ops left float: {shown}")
