@@ -113,9 +113,42 @@ def prepare(model: nn.Module, example_inputs: Any, *, qat: bool = False) -> nn.M
     clone.train(qat)
     args = _two(tuple(a.detach().to("cpu") if isinstance(a, torch.Tensor) else a for a in as_tuple(example_inputs)))
     graph = torch.export.export(clone, args, dynamic_shapes=_dynamic(args)).module()
+    _name_each_call(graph, tag=True)
     if qat:
-        return prepare_qat_pt2e(graph, _quantizer(qat=True))
-    return prepare_pt2e(graph, _quantizer(qat=False))
+        prepared = prepare_qat_pt2e(graph, _quantizer(qat=True))
+    else:
+        prepared = prepare_pt2e(graph, _quantizer(qat=False))
+    _name_each_call(prepared, tag=False)
+    return prepared
+
+
+def _name_each_call(graph: torch.fx.GraphModule, *, tag: bool) -> None:
+    """Give each call of a module its own name in the nodes' ``nn_module_stack`` (``tag``),
+    or take those names back off (not ``tag``).
+
+    The quantizer finds its patterns by grouping ops per module (torch's
+    ``get_source_partitions`` falls back to the innermost ``nn_module_stack`` entry when an
+    export records no ``source_fn_stack``). A module called twice, such as the one ``nn.ReLU``
+    of torchvision's ``BasicBlock``, then forms one group with two outputs, and annotation
+    raises "Input partition has more than one output node". Export already keys a repeated
+    call apart (``layer1.0.relu@1``); tagging copies that suffix into the module name the
+    grouping reads. A module's real name never holds ``@``.
+    """
+    for node in graph.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        key, (fqn, cls) = next(reversed(stack.items()))
+        if "@" not in key:
+            continue
+        call = "@" + key.rsplit("@", 1)[1]
+        if tag and not fqn.endswith(call):
+            fqn = fqn + call
+        elif not tag and fqn.endswith(call):
+            fqn = fqn[: -len(call)]
+        else:
+            continue
+        node.meta["nn_module_stack"] = {**stack, key: (fqn, cls)}
 
 
 def calibrate(prepared: nn.Module, batches: Iterable[Any], *, limit: int | None = None) -> int:

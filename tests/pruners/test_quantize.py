@@ -156,6 +156,44 @@ def test_quantization_aware_training_then_convert(digits, tmp_path):
     assert acc > 0.85 and report.calibration_examples == 0
 
 
+class _SharedReluBlock(torch.nn.Module):
+    """torchvision's BasicBlock pattern: ONE ``nn.ReLU`` module called twice, the second time
+    after the residual add (``out += identity; out = self.relu(out)``)."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, width, 3, padding=1)
+        self.conv1 = torch.nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(width)
+        self.conv2 = torch.nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(width)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.fc = torch.nn.Linear(width, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = self.stem(x)
+        out = self.relu(self.bn1(self.conv1(identity)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        out = self.relu(out)
+        return self.fc(out.mean((2, 3)))
+
+
+def test_a_module_called_twice_quantizes(digits, tmp_path):
+    """torchvision's resnet18 failed in prepare with "Input partition has more than one output
+    node": the quantizer groups ops by the module that ran them, and the two calls of one ReLU
+    became one partition with two outputs."""
+    xtr = digits[0][0]
+    torch.manual_seed(0)
+    model = _SharedReluBlock().eval()
+    report = quantize_int8(model, tmp_path / "shared.onnx", xtr[:1], _batches(xtr[:256]))
+    assert report.quantized and not report.left_float
+    with torch.no_grad():
+        ref = model(xtr[:64])
+    out = load_onnx(tmp_path / "shared.onnx")(xtr[:64])
+    assert F.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.99
+
+
 # --- the loader refuses what a Prunefront file never needs -------------------------------
 
 
