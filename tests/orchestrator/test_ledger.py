@@ -63,7 +63,7 @@ def test_result_and_status_lines(tmp_path: Path) -> None:
     # Metrics, extras and the decoded config (only the chosen schedule's parameters).
     assert first["config"] == {"criterion": "taylor", "granularity": "structured", "scope": "global",
                                "threshold_rule": "fraction", "amount": 0.5, "schedule": "gradual", "lr": 0.01,
-                               "epochs": 3, "distill": 0.0, "min_keep": 0.0,
+                               "epochs": 3, "distill": 0.0, "min_keep": 0.0, "quantize": "none",
                                "schedule.start_epoch": 0.0, "schedule.end_epoch": 0.8,
                                "schedule.interval_epochs": 0.2, "schedule.initial": 0.0}
     assert first["startup_s"] == 12.0 and first["dense_wait_s"] == 3.0 and first["time_total_s"] == 5.0

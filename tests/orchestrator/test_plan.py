@@ -128,9 +128,9 @@ def test_grid_trial_count_is_samples_times_grid_points():
             }
         }
     )
-    # 2 methods x 2 scopes (both by default) x 3 amounts, twice.
-    assert trial_count(c) == 24
-    assert make_plan(c, Cluster.uniform(1, 2)).trials == 24
+    # 2 methods x 2 scopes (both by default) x 3 amounts x 2 quantize (none, int8 by default), twice.
+    assert trial_count(c) == 48
+    assert make_plan(c, Cluster.uniform(1, 2)).trials == 48
 
 
 def test_from_ray_nodes_skips_dead_nodes():

@@ -31,6 +31,7 @@ def tiny_config(path: Path, **overrides) -> Path:
             "space": {
                 "criterion": ["magnitude"], "granularity": ["unstructured"], "scope": ["global"],
                 "threshold_rule": ["fraction"], "amount": [0.9], "schedule": ["one_shot"], "lr": LRS,
+                "quantize": ["none"],
             },
             "epochs": 2,
         },
@@ -70,7 +71,7 @@ def test_every_trial_epoch_lands_in_parquet_with_its_config(search_run) -> None:
     assert code == 0, stdout
     results = [e for e in ledger(out) if e["type"] == "result"]
     trials = pd.read_parquet(out / "report" / "trials.parquet")
-    trials = trials[trials["trial_id"] != "dense"]
+    trials = trials[trials["status"] != "reference"]
     # Every ledger (trial, epoch) is one Parquet row, nothing more.
     assert sorted(zip(trials["trial_id"], trials["epoch"])) == sorted((e["trial_id"], e["epoch"]) for e in results)
     assert trials["trial_id"].nunique() == 3
@@ -124,7 +125,7 @@ def test_each_trial_keeps_its_chosen_epoch_as_a_loadable_model(search_run) -> No
 
     _, out, _ = search_run
     final = pd.read_parquet(out / "report" / "final.parquet")
-    final = final[final["trial_id"] != "dense"]
+    final = final[final["status"] != "reference"]
     for _, row in final.iterrows():
         model_dir = out / "models" / row["trial_id"]
         saved = json.loads((model_dir / "row.json").read_text())
@@ -146,3 +147,63 @@ def test_no_trial_the_dense_model_dominates_is_on_a_front(search_run) -> None:
     assert not (trials["dominated_by_dense"] & (trials["pareto_rank"] == 1)).any()
     dense = fronts[fronts["status"] == "reference"]
     assert dense["pareto_rank"].notna().all()
+
+
+@pytest.fixture(scope="module")
+def int8_run(ray_session, tmp_path_factory):
+    """One trial that ships int8, beside the dense model and dense-int8."""
+    from orchestrator import search
+
+    tmp = tmp_path_factory.mktemp("e2e-int8")
+    out = tmp / "exp"
+    cfg = tiny_config(tmp / "int8.yaml", name="e2e-int8", **{"search.space.lr": [0.05],
+                                                              "search.space.quantize": ["int8"],
+                                                              "search.quantize_calibration": 256})
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = search.main(["--config", str(cfg), "--output", str(out)])
+    return code, out, buf.getvalue()
+
+
+def test_an_int8_trial_ships_what_its_row_measured(int8_run, tmp_path) -> None:
+    """The issue's "done when": the file loads in a process without Prunefront, holds integer
+    weights, its size is size_bytes and it reproduces test_accuracy within 0.1 point."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from orchestrator import data
+    from orchestrator.config import SearchConfig
+    from pruners.quantize import weight_dtypes
+
+    code, out, stdout = int8_run
+    assert code == 0, stdout
+    final = pd.read_parquet(out / "report" / "final.parquet").set_index("trial_id")
+    assert set(final.index) >= {"dense", "dense-int8"}
+    trial = final[final["status"] != "reference"].iloc[0]
+    path = out / trial["model_file"]
+    assert path.name == "model.onnx" and trial["quantize"] == "int8" and trial["latency_runtime"] == "onnxruntime"
+    assert trial["size_bytes"] == path.stat().st_size
+    assert set(weight_dtypes(path).values()) == {"int8"}
+    cfg = SearchConfig.from_dict(json.loads((out / "experiment.json").read_text())["config"])
+    test = data.load_datasets(cfg.data, seed=cfg.seed).test
+    x = np.stack([test[i][0].numpy() for i in range(len(test))]).astype(np.float32)
+    y = np.array([int(test[i][1]) for i in range(len(test))])
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    script = (
+        "import sys, numpy as np, onnxruntime as ort\n"
+        f"s = ort.InferenceSession({str(path)!r}, providers=['CPUExecutionProvider'])\n"
+        f"x, y = np.load({str(tmp_path / 'x.npy')!r}), np.load({str(tmp_path / 'y.npy')!r})\n"
+        "print(float((s.run(None, {s.get_inputs()[0].name: x})[0].argmax(1) == y).mean()))\n"
+        "assert not {'pruners', 'orchestrator', 'reports', 'torch'} & {m.split('.')[0] for m in sys.modules}\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert abs(float(run.stdout) - trial["test_accuracy"]) <= 0.001
+    # dense-int8 competes on the fronts, and its file is there too.
+    assert (out / final.at["dense-int8", "model_file"]).is_file()
+    fronts = pd.read_parquet(out / "report" / "fronts.parquet")
+    assert set(fronts["front"]) >= {"accuracy_latency", "accuracy_size"}
+    assert (fronts["trial_id"] == "dense-int8").sum() == fronts["front"].nunique()

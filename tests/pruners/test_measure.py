@@ -174,7 +174,8 @@ def test_measure_leaves_the_model_as_it_was():
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN stats not updated
-    assert set(m.to_dict()) == METRIC_KEYS
+    assert set(m.to_dict()) == METRIC_KEYS | {"latency_runtime", "latency_threads"}
+    assert (m.to_dict()["latency_runtime"], m.to_dict()["latency_threads"]) == ("torch", 1)
     assert math.isfinite(m.latency_ms) and m.latency_ms > 0 and m.batch_size == 4
 
 
