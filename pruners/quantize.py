@@ -188,8 +188,6 @@ def save_onnx(
 
     The batch dimension is dynamic. Returns the metadata stored in the file.
     """
-    import onnx
-
     if isinstance(model, nn.Module) and not isinstance(model, torch.fx.GraphModule):
         from pruners.io import make_permanent_copy
 
@@ -212,16 +210,7 @@ def save_onnx(
             # behaviour (move_exported_model_to_eval rewrote it); the exporter warns about it.
             warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode")
             program = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=dyn, verbose=False, optimize=True)
-        proto = program.model_proto
-        del proto.metadata_props[:]
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = _META_KEY, json.dumps(meta, sort_keys=True)
-        with open(tmp, "wb") as f:
-            f.write(proto.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        onnx.checker.check_model(tmp)
-        os.replace(tmp, path)
+        _write_model(program.model_proto, tmp, path, meta)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -273,6 +262,22 @@ def quantize_int8(
     return QuantizeReport(os.fspath(path), os.path.getsize(path), seen, quantized, left)
 
 
+def _write_model(proto: Any, tmp: str, path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
+    """``proto`` with Prunefront's metadata, written to ``tmp`` (fsynced, checked by
+    ``onnx.checker``) and renamed to ``path``: the file is whole or absent."""
+    import onnx
+
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = _META_KEY, json.dumps(meta, sort_keys=True)
+    with open(tmp, "wb") as f:
+        f.write(proto.SerializeToString())
+        f.flush()
+        os.fsync(f.fileno())
+    onnx.checker.check_model(tmp)
+    os.replace(tmp, path)
+
+
 def _quantize_static(model: nn.Module, path: str | os.PathLike[str], example_inputs: Any, calibration: Iterable[Any],
                      limit: int | None, metadata: dict[str, Any] | None) -> int:
     """Post-training int8 by ONNX Runtime's quantizer on the float ONNX file of ``model``:
@@ -310,17 +315,8 @@ def _quantize_static(model: nn.Module, path: str | os.PathLike[str], example_inp
             warnings.simplefilter("ignore")
             quantize_static(float_path, int8_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
-        proto = onnx.load(int8_path, load_external_data=False)
-        del proto.metadata_props[:]
-        entry = proto.metadata_props.add()
         meta["user"] = {"quantize": "int8", "calibration_examples": seen, **(metadata or {})}
-        entry.key, entry.value = _META_KEY, json.dumps(meta, sort_keys=True)
-        with open(int8_path, "wb") as f:
-            f.write(proto.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        onnx.checker.check_model(int8_path)
-        os.replace(int8_path, path)
+        _write_model(onnx.load(int8_path, load_external_data=False), int8_path, path, meta)
     return seen
 
 

@@ -4,11 +4,11 @@ one line naming the file and line; dense.checkpoint refuses a model file that wo
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.orchestrator.test_cli_errors import _error, _parse  # noqa: F401 - one CLI-error helper
 from tests.pruners.test_io_untrusted import _pickled_weight, _rewrite, _saved
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,14 +18,6 @@ search:
   num_samples: 2
   space: {criterion: [magnitude], granularity: [unstructured], schedule: [one_shot]}
 """
-
-
-def _parse(args: list[str]):
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from orchestrator import cli
-
-    return cli.parse(args)
 
 
 @pytest.fixture
@@ -42,13 +34,6 @@ def experiment(tmp_path) -> Path:
     return exp
 
 
-def _error(args: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as e:
-        _parse(args)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ")
-    return err.strip()
 
 
 def test_a_sound_experiment_resumes(experiment):
