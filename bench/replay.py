@@ -322,7 +322,7 @@ def recorded_grid(table: pd.DataFrame, dense: Mapping[str, float], objectives: M
     costs = {c: float(dense[c]) for c in COSTS}
     by_config = group(table)
     print(f"# recorded grid: {len(by_config)} configurations, objectives {dict(objectives)}, {workers} workers, "
-          f"{seeds} seeds (Syne Tune's own bracket: three objectives)")
+          f"{seeds} seeds" + (" (Syne Tune's own bracket: three objectives)" if len(methods) > 1 else ""))
     scores: dict = {}
     for seed in range(seeds):
         for key, value in replay_space(by_config, methods, objectives, GRID_BUDGETS, workers, seed, costs).items():
