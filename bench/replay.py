@@ -14,6 +14,19 @@ every configuration has run. A finished or stopped trial's result is its kept ep
 (``reports.contract.kept_epoch``) among the epochs it ran. ``front_hypervolume`` selects
 the Pareto front on *validation* accuracy and scores it on the *test* accuracy of the
 selected points.
+
+Run as a script (issue 20), it is a simulated cluster: 64 and 256 workers over a
+10,000-configuration space sampled from ranges, larger than any budget here (1/8, 1/4, 1/3 of
+the epochs that run every configuration to its end), with several seeds. Its stand-in epochs
+come from ``bench/stand_in.py``: per-method validation-accuracy curves through the recorded
+grid's configurations (quadratic in ``amount``, linear in ``log(lr)``), plus per-epoch and
+per-configuration Gaussian noise whose size is fitted per method from the grid's
+epoch-to-epoch changes; test accuracy is validation plus an offset fitted to the grid;
+costs are interpolated in ``amount``; epoch times are drawn from the recorded ones; one
+seeded generator per seed. It reports MO-ASHA's hypervolume share against random search (no
+early stopping), Ray's ASHA and Syne Tune's MOASHA (``bench/syne_peer.py``, as shipped and
+with one line corrected; skipped, said, without ``.[syne]``), seed by seed, on that space
+and on the recorded grid. ``--smoke-test``: 200 configurations, 2 seeds.
 """
 
 from __future__ import annotations
