@@ -57,3 +57,12 @@ def test_search_efficiency(tmp_path: Path) -> None:
     out = _run("search_efficiency.py", "--out", str(tmp_path / "grid"), "--plot", str(tmp_path / "e.png"),
                tmp=tmp_path)
     assert "MO-ASHA" in out and (tmp_path / "e.png").stat().st_size > 10_000
+
+
+def test_replay_large_space(tmp_path: Path) -> None:
+    """The simulated cluster (issue 20) end to end: the recorded grid's peers and the large
+    space on both worker counts; Syne Tune's rows, or its skip line where the extra is absent."""
+    out = _run("replay.py", tmp=tmp_path)
+    assert "## 8 workers" in out and "## 32 workers" in out, out
+    assert "random, no stopping" in out and "ASHA (Ray)" in out
+    assert "Syne MOASHA fixed" in out or "# skipped: Syne Tune's MOASHA" in out, out
