@@ -52,7 +52,7 @@ def tiny_search(device: str, smoke: bool) -> dict:
         "data": {"dataset": "digits"},
         "dense": {"epochs": 2 if smoke else 5},
         "search": {"algorithm": "grid", "num_samples": 1, "epochs": 2 if smoke else 3,
-                   "space": {"criterion": ["magnitude"], "granularity": ["unstructured", "structured"],
+                   "space": {"quantize": ["none"], "criterion": ["magnitude"], "granularity": ["unstructured", "structured"],
                              "schedule": ["one_shot"], "scope": ["global"], "amount": [0.5], "lr": [0.05]}},
         "scheduler": {"name": "fifo"},
         "metrics": {"latency_repeats": 5 if smoke else 20},

@@ -155,7 +155,7 @@ def run_search(dense_path: Path, out: Path, args) -> tuple[list[dict], int]:
         "dense": {"checkpoint": str(dense_path), "epochs": 0},
         "search": {
             "algorithm": "grid", "num_samples": 1, "epochs": EPOCHS,
-            "space": {"criterion": ["magnitude", "taylor"] if not args.smoke_test else ["magnitude"],
+            "space": {"quantize": ["none"], "criterion": ["magnitude", "taylor"] if not args.smoke_test else ["magnitude"],
                       "granularity": ["structured"], "scope": ["layerwise", "global"] if not args.smoke_test else ["layerwise"],
                       "threshold_rule": ["flops_cut"], "amount": list(args.cuts), "schedule": ["one_shot"],
                       "lr": [args.search_lr], "distill": [0.0, 0.7] if not args.smoke_test else [0.7],

@@ -68,7 +68,7 @@ def record_config(smoke: bool, epochs: int = 8, lr_schedule: str = "cosine",
                   "optimizer": {"name": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "lr_schedule": "cosine"}},
         "search": {
             "algorithm": "grid", "num_samples": 1, "epochs": epochs if not smoke else 2,
-            "space": {"criterion": list(criteria) if not smoke else ["magnitude"],
+            "space": {"quantize": ["none"], "criterion": list(criteria) if not smoke else ["magnitude"],
                       "granularity": ["unstructured", "structured"], "scope": ["global"],
                       "threshold_rule": ["fraction"], "amount": [0.5, 0.7, 0.9] if not smoke else [0.5],
                       "schedule": ["one_shot", "gradual"] if not smoke else ["one_shot"],

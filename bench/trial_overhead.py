@@ -73,7 +73,7 @@ def run_prunefront(trials: int, out: Path) -> list[float]:
         "name": "bench-overhead",
         "dense": {"epochs": 1},
         "search": {"algorithm": "random", "num_samples": trials, "epochs": 1,
-                   "space": {"criterion": ["magnitude"], "granularity": ["unstructured"],
+                   "space": {"quantize": ["none"], "criterion": ["magnitude"], "granularity": ["unstructured"],
                              "schedule": ["one_shot"], "amount": [0.5], "lr": [0.01]}},
         "scheduler": {"name": "fifo"},
         "metrics": {"latency_repeats": 1},

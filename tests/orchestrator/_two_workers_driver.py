@@ -24,7 +24,7 @@ def _trial_config(method: str) -> tuple[dict, dict]:
         "name": "two-workers",
         "data": {"dataset": "digits", "batch_size": 32},
         "search": {
-            "space": {"scope": ["global"], "criterion": [criterion], "granularity": [granularity],
+            "space": {"quantize": ["none"], "scope": ["global"], "criterion": [criterion], "granularity": [granularity],
                       "schedule": [schedule], "amount": 0.6, "lr": 0.02},
             "epochs": 2,
         },

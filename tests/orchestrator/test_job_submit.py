@@ -103,7 +103,7 @@ def test_submitted_job_succeeds_and_leaves_its_report(head_cluster, tmp_path: Pa
         "data": {"dataset": "digits"},
         "dense": {"epochs": 2},
         "search": {"algorithm": "random", "num_samples": 2, "epochs": 1,
-                   "space": {"scope": ["global"], "criterion": ["magnitude"], "granularity": ["structured"], "schedule": ["one_shot"],
+                   "space": {"quantize": ["none"], "scope": ["global"], "criterion": ["magnitude"], "granularity": ["structured"], "schedule": ["one_shot"],
                              "amount": {"low": 0.3, "high": 0.6}, "lr": 0.02}},
         "scheduler": {"name": "fifo"},
         "metrics": {"latency_repeats": 1},

@@ -142,7 +142,7 @@ def test_two_real_drivers_on_one_output(ray_address: str, tmp_path: Path) -> Non
         "data": {"dataset": "digits", "train_subset": 300},
         "dense": {"epochs": 1},
         "search": {"algorithm": "grid", "num_samples": 1, "epochs": 2,
-                   "space": {"scope": ["global"], "criterion": ["magnitude"], "granularity": ["unstructured"],
+                   "space": {"quantize": ["none"], "scope": ["global"], "criterion": ["magnitude"], "granularity": ["unstructured"],
                              "schedule": ["one_shot"], "amount": [0.5], "lr": [0.05, 0.02]}},
         "scheduler": {"name": "fifo"},
         "metrics": {"latency_repeats": 1},

@@ -88,7 +88,7 @@ def test_search_survives_the_memory_monitor_killing_a_trial(tmp_path: Path) -> N
         "data": {"dataset": "digits"},
         "dense": {"epochs": 2},
         "search": {"algorithm": "grid", "num_samples": 1, "epochs": epochs,
-                   "space": {"criterion": ["magnitude"], "granularity": ["unstructured"], "schedule": ["one_shot"],
+                   "space": {"quantize": ["none"], "criterion": ["magnitude"], "granularity": ["unstructured"], "schedule": ["one_shot"],
                              "scope": ["layerwise"], "amount": [0.5, 0.8], "lr": [0.05]}},
         "scheduler": {"name": "fifo"},
         "metrics": {"latency_repeats": 1},

@@ -160,7 +160,7 @@ def test_a_search_exports_its_state_as_ray_metrics(tmp_path: Path) -> None:
         "data": {"dataset": "digits"},
         "dense": {"epochs": 2},
         "search": {"algorithm": "grid", "num_samples": 1, "epochs": 2,
-                   "space": {"criterion": ["magnitude"], "granularity": ["unstructured", "structured"],
+                   "space": {"quantize": ["none"], "criterion": ["magnitude"], "granularity": ["unstructured", "structured"],
                              "schedule": ["one_shot"], "scope": ["layerwise"], "amount": [0.5], "lr": [0.05]}},
         "scheduler": {"name": "fifo"},
         "metrics": {"latency_repeats": 1},

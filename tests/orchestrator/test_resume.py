@@ -40,7 +40,7 @@ def test_resume_after_kill_9(ray_address: str, tmp_path: Path) -> None:
         "dense": {"epochs": 3, "optimizer": {"name": "sgd", "lr_schedule": "cosine"}},
         "search": {
             "algorithm": "grid", "num_samples": 1, "epochs": 3,
-            "space": {"scope": ["global"], "criterion": ["magnitude"], "granularity": ["unstructured"], "schedule": ["one_shot"],
+            "space": {"quantize": ["none"], "scope": ["global"], "criterion": ["magnitude"], "granularity": ["unstructured"], "schedule": ["one_shot"],
                       "amount": [0.5], "lr": LRS},
         },
         "scheduler": {"name": "fifo"},
