@@ -17,8 +17,8 @@ dense model in int8.
    - Torch-Pruning group L1, one-shot, uniform per-layer ratio at 2/4/8x fewer MACs, fine-tuned,
      then the same int8;
    - Prunefront: a real search (``orchestrator/search.py``, embedded Ray, grid, FIFO) from the
-     same dense checkpoint over flops_cut 2/4/8 x magnitude x global / layer-wise x quantize
-     none / int8 (12 trials, 2 epochs each). Its pick is ``reports.pick`` on the search's final
+     same dense checkpoint over flops_cut 2/4/8 x magnitude x global / layer-wise (``--scopes``)
+     x quantize none / int8 (12 trials, 2 epochs each; 6 with one scope). Its pick is ``reports.pick`` on the search's final
      table (its trials and dense-int8): the smallest file whose validation accuracy is within
      ``--max-drop`` points of the dense model's.
 3. Every shipped file is loaded back and evaluated (test accuracy is the file's), and timed at
@@ -92,7 +92,7 @@ def ray_lock(path: str | None, log) -> Iterator[None]:
 
 
 def search_space(args) -> dict:
-    return {"criterion": ["magnitude"], "scope": ["layerwise"] if args.smoke_test else ["global", "layerwise"],
+    return {"criterion": ["magnitude"], "scope": ["layerwise"] if args.smoke_test else args.scopes,
             "threshold_rule": ["flops_cut"], "amount": list(args.cuts), "distill": [0.0],
             "quantize": ["none", "int8"]}
 
@@ -191,6 +191,8 @@ def main() -> None:
     p.add_argument("--calibration", type=int, default=512, help="training images int8 calibrates on")
     p.add_argument("--max-drop", type=float, default=MAX_DROP,
                    help="the pick's budget: points of validation accuracy below dense")
+    p.add_argument("--scopes", nargs="+", default=["global", "layerwise"], choices=["global", "layerwise"],
+                   help="the search's pruning scopes (each doubles its trials)")
     p.add_argument("--ray-lock", default=None, metavar="FILE",
                    help="hold this flock only while the search's Ray runs (a machine shared with other Ray users)")
     p.add_argument("--reuse-search", action="store_true",
