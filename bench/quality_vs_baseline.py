@@ -67,8 +67,10 @@ def loaders(args: Any) -> tuple:
     return ds, train, val, test
 
 
-def fit(model, train, val, test, epochs: int, lr: float, warmup: float) -> dict:
-    """Fine-tune (or train): SGD Nesterov, warm-up + cosine; keep the best-validation epoch."""
+def fit(model, train, val, test, epochs: int, lr: float, warmup: float, restore_best: bool = False) -> dict:
+    """Fine-tune (or train): SGD Nesterov, warm-up + cosine; keep the best-validation epoch.
+
+    ``restore_best``: also leave ``model`` holding that epoch's weights (to ship it), not the last's."""
     opt_cfg = pruners.OptimizerConfig(name="sgd", lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True,
                                       lr_schedule="cosine", warmup=warmup)
     opt = opt_cfg.build(model.parameters())
@@ -86,6 +88,11 @@ def fit(model, train, val, test, epochs: int, lr: float, warmup: float) -> dict:
         val_acc = pruners.evaluate(model, val)[0]
         if best is None or val_acc > best["val_accuracy"]:
             best = {"epoch": epoch, "val_accuracy": val_acc, "test_accuracy": pruners.evaluate(model, test)[0]}
+            if restore_best:
+                state = copy.deepcopy(model.state_dict())
+    if restore_best:
+        model.load_state_dict(state)
+        model.eval()
     return best
 
 
@@ -144,10 +151,13 @@ def run_baselines(dense, ds, train, val, test, args, log) -> list[dict]:
     return rows
 
 
-def run_search(dense_path: Path, out: Path, args) -> tuple[list[dict], int]:
-    """The Prunefront search from the same dense weights; its kept trials and total epochs."""
+def run_search(dense_path: Path, out: Path, args, *, name: str = "quality-vs-baseline",
+               space: dict | None = None) -> tuple[list[dict], int]:
+    """The Prunefront search from the same dense weights; its kept trials and total epochs.
+
+    ``space`` replaces keys of the search space below (another bench searching more choices)."""
     cfg = {
-        "name": "quality-vs-baseline",
+        "name": name,
         "seed": 0,
         "data": {"dataset": "fashion_mnist", "val_size": args.val_size, "train_subset": args.train_subset,
                  "eval_subset": args.eval_subset, "batch_size": 128, "eval_batch_size": 512, "augment": False},
@@ -167,6 +177,7 @@ def run_search(dense_path: Path, out: Path, args) -> tuple[list[dict], int]:
         "metrics": {"latency_repeats": 5},
         "resources": {"workers": 1, "cpus_per_worker": 0.9, "driver_cpus": 0.1},
     }
+    cfg["search"]["space"].update(space or {})
     config = out / "search.yaml"
     config.write_text(yaml.safe_dump(cfg))
     root = Path(__file__).resolve().parent.parent

@@ -86,7 +86,8 @@ def evaluate(
     net: nn.Module, loader: Iterable[Any], loss_fn: LossFn = F.cross_entropy, device: torch.device | None = None
 ) -> tuple[float, float]:
     """(top-1 accuracy, mean loss) over ``loader``, summed over all ranks' samples."""
-    device = device if device is not None else device_of(unwrap(net))
+    if device is None:  # an ONNX Runtime program (an int8 file) has no parameters: it takes CPU tensors
+        device = device_of(unwrap(net)) if isinstance(net, nn.Module) else torch.device("cpu")
     correct = loss_sum = count = 0.0
     # A module is switched to eval and back; an ONNX Runtime program (an int8 file) has no mode.
     with eval_mode(net) if isinstance(net, nn.Module) else contextlib.nullcontext(), torch.no_grad():

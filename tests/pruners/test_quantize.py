@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,3 +231,16 @@ def test_a_damaged_file_is_one_line_naming_it(float_file, tmp_path, damage):
     with pytest.raises(UnsafeOnnxFile) as err:
         load_onnx(bad)
     assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_shipped_onnx_files_carry_no_exporter_debug_metadata(int8_file, float_file):
+    """torch.onnx's dynamo exporter attaches stack traces, FX node text and source paths to every
+    node (metadata_props): about half of a small int8 file's bytes, counted in size_bytes and
+    shipped to users. The files keep only Prunefront's own metadata."""
+    import onnx
+
+    for path in (int8_file[0], float_file):
+        proto = onnx.load(str(path))
+        assert not any(len(n.metadata_props) for n in proto.graph.node), path
+        assert b"stack_trace" not in Path(path).read_bytes(), path
+        assert load_onnx_metadata(path)["format"]
