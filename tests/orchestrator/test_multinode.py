@@ -84,8 +84,8 @@ def test_trials_run_on_two_nodes_and_rows_say_where(sim_cluster, tmp_path: Path)
     assert "2 trial(s), up to 2 at once" in proc.stdout, proc.stdout
 
     final = pd.read_parquet(out / "report" / "final.parquet")
-    assert sorted(final["status"]) == ["completed", "completed", "reference"]
-    dense = final[final["status"] == "reference"].iloc[0]
+    assert sorted(final["status"]) == ["completed", "completed", "reference", "reference"]  # dense, dense-int8
+    dense = final[final["trial_id"] == "dense"].iloc[0]
     trials = final[final["status"] == "completed"]
     # Nothing ran on the head (it has no CPUs); the two trials ran on the two worker nodes,
     # so one of them got the dense weights on another node than the dense job's.
