@@ -154,7 +154,8 @@ def test_ranks_end_with_identical_masks_shapes_and_metrics(ddp_results, case):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=key)
 
     # The file (size, latency against the dense file) is written and timed on rank 0 only.
-    files = {"size_bytes", "latency_ms", "latency_iqr_ms", "dense_latency_ms", "speedup"}
+    files = {"size_bytes", "latency_ms", "latency_iqr_ms", "dense_latency_ms", "speedup", "latency_runtime",
+             "latency_threads"}
     assert all(isinstance(r["size_bytes"], int) and r["latency_ms"] > 0 for r in r0["rows"])
     assert all(r[k] is None for r in r1["rows"] for k in files)
 
