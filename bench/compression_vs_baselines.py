@@ -116,7 +116,9 @@ def search_files(out: Path) -> tuple[Any, list[dict]]:
             continue
         if r["trial_id"] == "dense" or not path.is_file():
             continue
-        rows.append({"trial_id": r["trial_id"], "file": path, "quantize": r.get("quantize"),
+        q = r.get("quantize")  # a reference row (dense-int8) has no config: NA
+        q = "int8" if r["trial_id"] == "dense-int8" else (None if pd.isna(q) else str(q))
+        rows.append({"trial_id": r["trial_id"], "file": path, "quantize": q,
                      "scope": r.get("scope"), "amount": r.get("amount"), "flops": r.get("flops"),
                      "val_accuracy": float(r["val_accuracy"]), "test_accuracy": float(r["test_accuracy"]),
                      "size_bytes": int(r["size_bytes"])})
