@@ -185,10 +185,7 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     p = _common.parser(__doc__.splitlines()[0])
     p.add_argument("--out", default="bench/out/compression", help="where the dense model, files and results go")
-    p.add_argument("--train-subset", type=int, default=15000)
-    p.add_argument("--val-size", type=int, default=5000)
-    p.add_argument("--eval-subset", type=int, default=None)
-    p.add_argument("--dense-epochs", type=int, default=10)
+    qvb.add_data_arguments(p)
     p.add_argument("--lr", type=float, default=0.02, help="fine-tuning learning rate, every side")
     p.add_argument("--calibration", type=int, default=512, help="training images int8 calibrates on")
     p.add_argument("--max-drop", type=float, default=MAX_DROP,

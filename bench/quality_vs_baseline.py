@@ -242,13 +242,18 @@ def plot(results: dict, path: Path) -> None:
     _common.save_figure(fig, path)
 
 
-def main() -> None:
-    p = _common.parser(__doc__.splitlines()[0])
-    p.add_argument("--out", default="bench/out/quality", help="where the dense model, logs and results go")
+def add_data_arguments(p: Any) -> None:
+    """The data and dense-model options every Fashion-MNIST bench built on these helpers takes."""
     p.add_argument("--train-subset", type=int, default=15000)
     p.add_argument("--val-size", type=int, default=5000)
     p.add_argument("--eval-subset", type=int, default=None)
     p.add_argument("--dense-epochs", type=int, default=10)
+
+
+def main() -> None:
+    p = _common.parser(__doc__.splitlines()[0])
+    p.add_argument("--out", default="bench/out/quality", help="where the dense model, logs and results go")
+    add_data_arguments(p)
     p.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.03])
     p.add_argument("--search-lr", type=float, default=0.02)
     p.add_argument("--plot", type=Path, default=None, help="also draw the figure to this PNG")
