@@ -395,7 +395,9 @@ def _front_tracker(experiment_dir: Path) -> Any:
     try:
         dense = json.loads(layout.dense_metrics.read_text())
         info = json.loads(layout.experiment.read_text())
+        # Written before metrics.json (orchestrator.dense), so present by now when made.
+        others = [json.loads(layout.dense_int8_metrics.read_text())] if layout.dense_int8_metrics.is_file() else []
     except (OSError, ValueError):
         return None
     config = info.get("config") if isinstance(info, dict) else None
-    return FrontTracker(fronts_for(config if isinstance(config, dict) else {}), dense)
+    return FrontTracker(fronts_for(config if isinstance(config, dict) else {}), dense, others)

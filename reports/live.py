@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +104,15 @@ class FrontTracker:
     Args:
         fronts: ``{front name: cost column}`` (``reports.tables.fronts_for``).
         dense: The dense model's metrics (its cost is the reference; it competes).
+        others: The other reference models' metrics (the dense model in int8), which
+            compete as the report's reference rows do.
     """
 
-    def __init__(self, fronts: Mapping[str, str], dense: Mapping[str, Any]) -> None:
+    def __init__(self, fronts: Mapping[str, str], dense: Mapping[str, Any],
+                 others: Sequence[Mapping[str, Any]] = ()) -> None:
         self.fronts = dict(fronts)
         self.dense = dict(dense)
+        self.references = [self.dense, *(dict(o) for o in others)]
         self.rows: dict[str, Mapping[str, Any]] = {}  # finished trial -> its kept row
         self._archive: dict[str, dict[str, tuple[float, float]]] = {f: {} for f in self.fronts}
 
@@ -160,15 +164,9 @@ class FrontTracker:
         pts = np.array([archive[t] for t in ids])
         hv = pareto.hypervolume_2d(pts, ref, ("max", "min"))
         box = (1.0 - ref[0]) * ref[1]
-        dense = (_float(self.dense.get(SELECTION_METRIC)), _float(self.dense.get(cost)))
-        members = np.ones(len(ids), dtype=bool)
-        if all(math.isfinite(v) for v in dense):
-            members = ~pareto.dominates(np.array(dense), pts, ("max", "min"))
-        knee = None
-        if members.any():
-            k = pareto.knee_point(pts[members], ("max", "min"))
-            knee = [t for t, m in zip(ids, members) if m][k]
-        return (hv / box if box > 0 else math.nan), knee
+        refs = [(_float(r.get(SELECTION_METRIC)), _float(r.get(cost))) for r in self.references]
+        k = pareto.knee_among(pts, [p for p in refs if all(math.isfinite(v) for v in p)], ("max", "min"))
+        return (hv / box if box > 0 else math.nan), (None if k is None else ids[k])
 
     def members(self) -> set[str]:
         """Trials on some front (no other finished trial dominates them)."""

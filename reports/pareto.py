@@ -276,3 +276,26 @@ def knee_point(points: object, directions: Sequence[str] = ("max", "min")) -> in
     tied = np.flatnonzero(np.isclose(dist, best, rtol=0.0, atol=1e-12))
     winner = tied[np.lexsort((members[tied], front[tied, 1]))[0]]
     return int(members[winner])
+
+
+def knee_among(points: object, references: object, directions: Sequence[str] = ("max", "min")) -> int | None:
+    """Index into ``points`` of the knee of the trials' front when reference models compete.
+
+    The one rule the report (``reports.tables``) and the live monitor (``reports.live``)
+    share: the knee is :func:`knee_point` of the points that neither another point nor
+    any reference (the dense model, the dense model in int8) dominates. None when there
+    is no such point.
+
+    Args:
+        points: ``(n, 2)`` finite objective values of the trials.
+        references: ``(m, 2)`` finite objective values of the reference models (m may be 0).
+        directions: Direction of each of the two objectives.
+    """
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    refs = np.asarray(references, dtype=float).reshape(-1, 2)
+    if len(pts) == 0:
+        return None
+    members = np.flatnonzero(nondominated_sort(np.vstack([pts, refs]), directions)[: len(pts)] == 1)
+    if len(members) == 0:
+        return None
+    return int(members[knee_point(pts[members], directions)])

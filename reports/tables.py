@@ -386,11 +386,10 @@ def _one_front(
                 dominated[idx] |= beaten
         contrib[idx] = pareto.hv_contributions(sub, ref_point, DIRECTIONS)
         hv = pareto.hypervolume_2d(sub, ref_point, DIRECTIONS)
-        members = idx[rank[idx] == 1]
-        if len(members):
-            k = pareto.knee_point(pts[members], DIRECTIONS)
-            knee[members[k]] = True
-            knee_id = str(trials.iloc[members[k]]["trial_id"])
+        k = pareto.knee_among(sub, dense, DIRECTIONS)
+        if k is not None:
+            knee[idx[k]] = True
+            knee_id = str(trials.iloc[idx[k]]["trial_id"])
     part = trials.assign(
         front=front,
         pareto_rank=pd.array([pd.NA if math.isnan(r) else int(r) for r in rank], dtype="Int64"),
