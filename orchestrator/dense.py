@@ -143,12 +143,11 @@ def dense_int8(net: Any, setup: Any, row: dict[str, Any], folder: str) -> None:
     timing = {"latency_repeats": cfg.metrics.latency_repeats, "batch_size": cfg.metrics.latency_batch_size,
               "threads": cfg.metrics.latency_threads}
     main = setup.rank == 0
-    shipped, program = pruners.ship_int8(net, path, setup.example_inputs, (lambda: done) if main else None,
-                                         setup.val_loader, reference=reference if main else None, **timing)
+    int8_row, program = pruners.ship_int8(net, path, setup.example_inputs, (lambda: done) if main else None,
+                                          setup.val_loader, row, reference=reference if main else None, **timing)
     test_accuracy, test_loss = pruners.evaluate(program, setup.test_loader, device=torch.device("cpu"))
     if main:
-        int8_row = {**row, "float_val_accuracy": row["val_accuracy"], "float_val_loss": row["val_loss"],
-                    **shipped, "test_accuracy": test_accuracy, "test_loss": test_loss}
+        int8_row.update(test_accuracy=test_accuracy, test_loss=test_loss)
         Path(folder, DENSE_INT8_METRICS_FILE).write_text(json.dumps({k: _plain(v) for k, v in int8_row.items()},
                                                                     indent=2))
         os.unlink(reference)

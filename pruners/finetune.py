@@ -271,12 +271,10 @@ class _Int8Shipper:
             return quantize_int8(float_module, artifact, self.example, inputs,
                                  calibration_examples=self.calibration, metadata=info)
 
-        shipped, program = ship_int8(float_module, artifact, self.example, write if main_rank else None,
-                                     self.eval_loader, loss_fn=self.loss_fn,
-                                     reference=self.reference if main_rank else None, **self.timing)
-        row = {**end.row, "float_val_accuracy": end.row["val_accuracy"], "float_val_loss": end.row["val_loss"],
-               **shipped, **(end.pruner.stats() if end.pruner is not None else {})}
-        return row, program, artifact
+        row, program = ship_int8(float_module, artifact, self.example, write if main_rank else None,
+                                 self.eval_loader, end.row, loss_fn=self.loss_fn,
+                                 reference=self.reference if main_rank else None, **self.timing)
+        return {**row, **(end.pruner.stats() if end.pruner is not None else {})}, program, artifact
 
 
 def ship_int8(
@@ -285,6 +283,7 @@ def ship_int8(
     example_inputs: Any,
     write: Callable[[], QuantizeReport] | None,
     eval_loader: Iterable[Any],
+    float_row: dict[str, Any],
     *,
     loss_fn: LossFn = F.cross_entropy,
     reference: str | None = None,
@@ -293,6 +292,10 @@ def ship_int8(
     threads: int | None = 1,
 ) -> tuple[dict[str, Any], Any]:
     """The row of an int8 file, and the file loaded (an ONNX Runtime program).
+
+    The row is ``float_row`` (the float model's, at the same point) with the file's figures
+    over it; the float model's validation accuracy and loss stay as ``float_val_accuracy``
+    and ``float_val_loss``.
 
     ``write()`` (rank 0 only; None on the others) quantizes and writes the ONNX file at
     ``path``; its bytes go to every rank, which evaluates the file on its shard of
@@ -322,5 +325,6 @@ def ship_int8(
     metrics = measure(module, example_inputs, artifact=path if main_rank else None, files=main_rank,
                       reference=reference, latency_repeats=latency_repeats, batch_size=batch_size,
                       threads=threads)
-    return {"val_accuracy": val_accuracy, "val_loss": val_loss, **metrics.to_dict(),
+    return {**float_row, "float_val_accuracy": float_row["val_accuracy"], "float_val_loss": float_row["val_loss"],
+            "val_accuracy": val_accuracy, "val_loss": val_loss, **metrics.to_dict(),
             "int8_layers": layers[0], "float_layers": layers[1]}, program
