@@ -76,10 +76,17 @@ QUANTIZE_MODES = ("none", "int8", "int8_qat")
 
 
 def _quantizer(qat: bool) -> Any:
+    """torchao's X86 quantizer with weights in 7 bits ([-64, 63]), like the post-training
+    files (``reduce_range``; see ``_quantize_static``): full-scale 8-bit weights overflow
+    ONNX Runtime's int16 pair sums on x86 CPUs without VNNI."""
+    import dataclasses
+
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
+    config = xiq.get_default_x86_inductor_quantization_config(is_qat=qat)
+    weight = dataclasses.replace(config.weight, quant_min=-64, quant_max=63)
     quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_qat=qat))
+    quantizer.set_global(dataclasses.replace(config, weight=weight))
     return quantizer
 
 
@@ -296,8 +303,8 @@ def _write_model(proto: Any, tmp: str, path: str | os.PathLike[str], meta: dict[
 def _quantize_static(model: nn.Module, path: str | os.PathLike[str], example_inputs: Any, calibration: Iterable[Any],
                      limit: int | None, metadata: dict[str, Any] | None) -> int:
     """Post-training int8 by ONNX Runtime's quantizer on the float ONNX file of ``model``:
-    QDQ format, int8 weights symmetric per output channel, uint8 activations (MinMax over
-    the calibration batches). Writes ``path`` atomically; returns the examples seen."""
+    QDQ format, int8 weights symmetric per output channel in 7 bits (``reduce_range``, see
+    below), uint8 activations (MinMax over the calibration batches). Writes ``path`` atomically; returns the examples seen."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -328,8 +335,13 @@ def _quantize_static(model: nn.Module, path: str | os.PathLike[str], example_inp
 
         with warnings.catch_warnings(), _quiet_root_logger():
             warnings.simplefilter("ignore")
+            # reduce_range: 7-bit weights. On x86 without VNNI (AVX2), ONNX Runtime's u8 x s8
+            # kernels add pairs of products in int16 (VPMADDUBSW), which full-scale 8-bit
+            # weights overflow (2 x 255 x 127 > 32,767): outputs clip and accuracy drops (0.7
+            # points on the compression bench's small_resnet). A shipped file must compute on
+            # the user's CPU what it computed here, so it is quantized for every x86 CPU.
             quantize_static(float_path, int8_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+                            reduce_range=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
         meta["user"] = {"quantize": "int8", "calibration_examples": seen, **(metadata or {})}
         _write_model(onnx.load(int8_path, load_external_data=False), int8_path, path, meta)
     return seen

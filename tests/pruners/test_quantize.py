@@ -244,3 +244,29 @@ def test_shipped_onnx_files_carry_no_exporter_debug_metadata(int8_file, float_fi
         assert not any(len(n.metadata_props) for n in proto.graph.node), path
         assert b"stack_trace" not in Path(path).read_bytes(), path
         assert load_onnx_metadata(path)["format"]
+
+
+@pytest.mark.parametrize("qat", [False, True], ids=["post-training", "qat"])
+def test_int8_matmuls_do_not_saturate_on_avx2(tmp_path, qat):
+    """ONNX Runtime's u8 x s8 kernels on x86 without VNNI (AVX2: VPMADDUBSW) add each pair of
+    products in int16: two full-scale activations (255) times full-scale weights (127) make
+    64,770 and clip at 32,767. Shipped files keep weights to 7 bits, post-training and after
+    QAT alike, so a pair stays below the clip on every x86 CPU and the file computes what it
+    was measured to. Without it, on an AVX2 machine, this layer's int8 output is about half
+    the float one."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 4, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.rand(4, 64) * 0.5 + 0.5)  # every weight near its channel's max
+    x = torch.rand(256, 64) * 0.2 + 0.8  # every activation near the calibrated max
+    path = tmp_path / "sat.onnx"
+    if qat:
+        prepared = prepare(layer, x[:1], qat=True)
+        with torch.no_grad():
+            prepared(x)  # the fake-quantize modules observe the ranges (no training needed here)
+        quantize_int8(layer, path, x[:1], prepared=prepared)
+    else:
+        quantize_int8(layer, path, x[:1], [x], calibration_examples=256)
+    got = np.asarray(load_onnx(path, threads=1)(x))
+    want = layer(x).detach().numpy()
+    assert np.abs(got - want).max() / np.abs(want).max() < 0.02
