@@ -286,7 +286,8 @@ def main() -> None:
     side(PICK, pick_file, trial_id=str(row["trial_id"]),
          macs_cut=float(final.iloc[0]["flops"]) / float(row["flops"]),
          row_val_accuracy=float(row["val_accuracy"]), row_test_accuracy=float(row["test_accuracy"]),
-         quantize=str(row.get("quantize")), what=f"{row.get('method')} {row.get('scope')} {row.get('amount')}")
+         quantize=next(t["quantize"] for t in trials if t["trial_id"] == row["trial_id"]),
+         what="the dense model" if row["status"] == "reference" else f"{row.get('method')} {row.get('scope')} {row.get('amount')}")
 
     timed_files = {s["side"]: Path(s["file"]) for s in sides}
     timed_files.update({f"trial {t['trial_id']}": t["file"] for t in trials})
