@@ -28,6 +28,7 @@ the old one's series. Every finished trial is counted in the histograms
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -79,6 +80,8 @@ HISTOGRAMS: dict[str, tuple[str, list[float], str]] = {
 }
 #: Trials that left the live set (running or on a front) before the per-trial series are reset.
 STALE_LIMIT = 64
+#: Seconds between two readings of which trials Tune runs (a reading visits every trial).
+LIVE_REFRESH_S = 1.0
 
 
 def linger_s() -> float:
@@ -177,7 +180,9 @@ class MonitorCallback(Callback):
         self._methods: dict[str, str] = {}
         self._follower: Any = None
         self._tracker: Any = None
-        self._status: dict[str, str] = {}
+        self._counter: Any = None  # reports.contract.TrialCounter of the ledger's statuses
+        self._live_ids: set[str] = set()
+        self._live_at = -math.inf
         self.last_line: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks; the actor handles stay
@@ -261,14 +266,16 @@ class MonitorCallback(Callback):
         from reports.live import LedgerFollower
 
         if self._follower is None:
-            self._follower = LedgerFollower(self.experiment_dir)
+            from reports.contract import TrialCounter
+
+            self._follower, self._counter = LedgerFollower(self.experiment_dir), TrialCounter()
         if self._tracker is None:
             self._tracker = _front_tracker(self.experiment_dir)
         observe = []
         for tid in self._follower.update():
             st = self._follower.states[tid]
-            was = self._status.get(tid)
-            self._status[tid] = st.status
+            was = self._counter.statuses.get(tid)
+            self._counter.set(tid, st.status)
             if self._tracker is not None:
                 self._tracker.finish(tid, st)
             if st.finished and was != st.status and st.results:
@@ -290,11 +297,22 @@ class MonitorCallback(Callback):
         """Trial counts per state: ``reports.contract.trial_counts`` (the one definition the
         search's last line and ``reports show`` use) of the statuses the ledger follower saw,
         Tune's running trials and the planned total."""
-        from reports.contract import trial_counts
+        from reports.contract import TrialCounter
 
-        live = [t.trial_id for t in trials if str(t.status) == "RUNNING"]
-        counts = trial_counts(self._status, planned=self.total, live=live).to_dict()
+        if self._counter is None:
+            self._counter = TrialCounter()
+        counts = self._counter.counts(planned=self.total, live=self._live(trials)).to_dict()
         return {s: counts[s] for s in STATES}
+
+    def _live(self, trials: list[Any], force: bool = False) -> set[str]:
+        """Ids of the trials Tune runs now. Finding them reads every trial, so it is done at
+        most every :data:`LIVE_REFRESH_S` seconds (gauges are scraped every few seconds);
+        the search's last summary (``force``) reads them afresh."""
+        now = time.monotonic()
+        if force or now - self._live_at >= LIVE_REFRESH_S:
+            self._live_ids = {t.trial_id for t in trials if str(t.status) == "RUNNING"}
+            self._live_at = now
+        return self._live_ids
 
     def _fronts(self) -> tuple[list[tuple[str, float, dict[str, str]]], str | None]:
         """Gauges of each front (hypervolume, knee accuracy) and a phrase saying them."""
@@ -335,17 +353,18 @@ class MonitorCallback(Callback):
         tags = self._tags(trial_id=tid, method=self._method(trial))
         self._send([(name, result[key], tags) for name, key in TRIAL_METRICS.items()
                     if isinstance(result.get(key), (int, float))], trial=tid)
-        running = sum(1 for t in trials if str(t.status) == "RUNNING")
+        running = len(self._live(trials))
         self._send([("prunefront_epochs_done", self._epochs_done, self._tags()),
                     ("prunefront_trials", running, self._tags(state="running"))])
 
-    def _ended(self, trials: list, echo: bool = True) -> None:
+    def _ended(self, trials: list, echo: bool = True, final: bool = False) -> None:
         try:
             observe = self._read()
+            self._live(trials, force=final)
             counts = self._states(trials)
             values = [("prunefront_trials", n, self._tags(state=s)) for s, n in counts.items()]
             front_values, best = self._fronts()
-            live = {t.trial_id for t in trials if str(t.status) == "RUNNING"}
+            live = set(self._live_ids)
             live |= self._tracker.members() if self._tracker is not None else set()
         except Exception:  # noqa: BLE001 - e.g. a ledger line being written; next time
             logger.warning("could not summarise the search for monitoring", exc_info=True)
@@ -363,7 +382,7 @@ class MonitorCallback(Callback):
         self._ended(trials)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._ended(trials, echo=False)  # the last trial's end printed it
+        self._ended(trials, echo=False, final=True)  # the last trial's end printed it
 
     def close(self, wait: bool = True) -> None:
         """Let the last values be exported (:func:`linger_s`), then end the exporter."""
