@@ -163,6 +163,8 @@ class MonitorCallback(Callback):
 
     def __init__(self, experiment_dir: str | os.PathLike[str], experiment: str, total: int, *,
                  export: bool = True, echo: bool = True) -> None:
+        from reports.contract import TrialCounter
+
         self.experiment_dir = Path(experiment_dir)
         self.experiment = experiment
         self.total = int(total)
@@ -180,7 +182,7 @@ class MonitorCallback(Callback):
         self._methods: dict[str, str] = {}
         self._follower: Any = None
         self._tracker: Any = None
-        self._counter: Any = None  # reports.contract.TrialCounter of the ledger's statuses
+        self._counter = TrialCounter()  # the ledger's statuses, as the follower reads them
         self._live_ids: set[str] = set()
         self._live_at = -math.inf
         self.last_line: str | None = None
@@ -266,9 +268,7 @@ class MonitorCallback(Callback):
         from reports.live import LedgerFollower
 
         if self._follower is None:
-            from reports.contract import TrialCounter
-
-            self._follower, self._counter = LedgerFollower(self.experiment_dir), TrialCounter()
+            self._follower = LedgerFollower(self.experiment_dir)
         if self._tracker is None:
             self._tracker = _front_tracker(self.experiment_dir)
         observe = []
@@ -297,10 +297,6 @@ class MonitorCallback(Callback):
         """Trial counts per state: ``reports.contract.trial_counts`` (the one definition the
         search's last line and ``reports show`` use) of the statuses the ledger follower saw,
         Tune's running trials and the planned total."""
-        from reports.contract import TrialCounter
-
-        if self._counter is None:
-            self._counter = TrialCounter()
         counts = self._counter.counts(planned=self.total, live=self._live(trials)).to_dict()
         return {s: counts[s] for s in STATES}
 
@@ -360,11 +356,10 @@ class MonitorCallback(Callback):
     def _ended(self, trials: list, echo: bool = True, final: bool = False) -> None:
         try:
             observe = self._read()
-            self._live(trials, force=final)
+            live = set(self._live(trials, force=final))
             counts = self._states(trials)
             values = [("prunefront_trials", n, self._tags(state=s)) for s, n in counts.items()]
             front_values, best = self._fronts()
-            live = set(self._live_ids)
             live |= self._tracker.members() if self._tracker is not None else set()
         except Exception:  # noqa: BLE001 - e.g. a ledger line being written; next time
             logger.warning("could not summarise the search for monitoring", exc_info=True)
